@@ -1,0 +1,23 @@
+import type { ModelConfig } from '../repository/model-config-types.js';
+import type {
+  InferRequest, InferResponse, ModelMetadata, ModelStatus, ServerMetadata,
+} from './types.js';
+
+/**
+ * What every front end (HTTP, gRPC) calls: the data plane. It holds the protocol logic and no
+ * transport. Methods throw `SdserveError` (src/errors.ts) for anything the caller must see.
+ */
+export interface InferenceCore {
+  serverMetadata(): ServerMetadata;
+  isLive(): boolean;
+  isReady(): boolean;
+  /** `version` empty or absent: any ready version. */
+  isModelReady(name: string, version?: string): boolean;
+  modelMetadata(name: string, version?: string): ModelMetadata;
+  modelConfig(name: string, version?: string): ModelConfig;
+  /** Resolves when the response is complete; `signal` aborts a request the client gave up on. */
+  infer(request: InferRequest, signal?: AbortSignal): Promise<InferResponse>;
+  repositoryIndex(readyOnly: boolean): ModelStatus[];
+  loadModel(name: string, configOverride?: string): Promise<void>;
+  unloadModel(name: string): Promise<void>;
+}

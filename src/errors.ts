@@ -1,0 +1,64 @@
+/**
+ * The one catalog of sdserve errors. Inner code throws `SdserveError`; each front end maps the
+ * code to its transport status here and nowhere else.
+ */
+
+export type GrpcStatusName =
+  | 'INVALID_ARGUMENT'
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'UNAVAILABLE'
+  | 'RESOURCE_EXHAUSTED'
+  | 'DEADLINE_EXCEEDED'
+  | 'CANCELLED'
+  | 'UNIMPLEMENTED'
+  | 'INTERNAL';
+
+interface CatalogEntry {
+  readonly http: number;
+  readonly grpc: GrpcStatusName;
+}
+
+export const ERROR_CATALOG = {
+  SDS_ERR_INVALID_ARG: { http: 400, grpc: 'INVALID_ARGUMENT' },
+  SDS_ERR_MODEL_NOT_FOUND: { http: 400, grpc: 'UNAVAILABLE' },
+  SDS_ERR_MODEL_NOT_READY: { http: 400, grpc: 'UNAVAILABLE' },
+  SDS_ERR_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },
+  SDS_ERR_UNSUPPORTED: { http: 400, grpc: 'UNIMPLEMENTED' },
+  SDS_ERR_QUEUE_FULL: { http: 503, grpc: 'UNAVAILABLE' },
+  SDS_ERR_TIMEOUT: { http: 504, grpc: 'DEADLINE_EXCEEDED' },
+  SDS_ERR_CANCELLED: { http: 499, grpc: 'CANCELLED' },
+  SDS_ERR_CONFIG: { http: 400, grpc: 'INVALID_ARGUMENT' },
+  SDS_ERR_BACKEND: { http: 500, grpc: 'INTERNAL' },
+  SDS_ERR_BACKEND_DIED: { http: 500, grpc: 'INTERNAL' },
+  SDS_ERR_INTERNAL: { http: 500, grpc: 'INTERNAL' },
+} as const satisfies Record<string, CatalogEntry>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOG;
+
+export class SdserveError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SdserveError';
+    this.code = code;
+  }
+
+  get httpStatus(): number {
+    return ERROR_CATALOG[this.code].http;
+  }
+
+  get grpcStatus(): GrpcStatusName {
+    return ERROR_CATALOG[this.code].grpc;
+  }
+}
+
+/** Wraps anything thrown into an SdserveError so front ends have one type to map. */
+export function toSdserveError(err: unknown): SdserveError {
+  if (err instanceof SdserveError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new SdserveError('SDS_ERR_INTERNAL', message, { cause: err });
+}
+
+export const invalidArg = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG', message);
