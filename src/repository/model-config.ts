@@ -1,0 +1,139 @@
+import type {
+  InstanceGroup, InstanceKind, ModelConfig, ModelParameter, VersionPolicy,
+} from './model-config-types.js';
+import { jsonToMessage } from './json-tree.js';
+import {
+  MessageReader, configError, setMapEntry, type MessageSchema, type ReaderContext,
+} from './message-reader.js';
+import { DYNAMIC_BATCHING_SCHEMA, readDynamicBatching } from './model-config-batching.js';
+import { readInputs, readOutputs } from './model-config-tensors.js';
+import { parsePbtxt, type PbtxtMessage } from './pbtxt.js';
+
+/** model_config.proto `ModelInstanceGroup.Kind`, in enum-number order. */
+export const INSTANCE_KINDS: readonly InstanceKind[] = ['KIND_AUTO', 'KIND_GPU', 'KIND_CPU', 'KIND_MODEL'];
+
+const INT32_MAX = 0x7fffffff;
+
+/** model_config.proto `oneof scheduling_choice`. */
+const SCHEDULING_CHOICES = ['dynamic_batching', 'sequence_batching', 'ensemble_scheduling'];
+
+const MODEL_CONFIG_SCHEMA: MessageSchema = {
+  known: [
+    'name', 'platform', 'backend', 'version_policy', 'max_batch_size', 'input', 'output',
+    'instance_group', 'dynamic_batching', 'parameters', 'default_model_filename',
+  ],
+  // Valid ModelConfig fields that sdserve does not act on: accepted so Triton configs load as-is.
+  ignored: [
+    'runtime', 'batch_input', 'batch_output', 'optimization', 'sequence_batching',
+    'ensemble_scheduling', 'cc_model_filenames', 'metric_tags', 'model_warmup', 'model_operations',
+    'model_transaction_policy', 'model_repository_agents', 'response_cache', 'model_metrics',
+  ],
+};
+
+const VERSION_POLICY_SCHEMA: MessageSchema = { known: ['latest', 'all', 'specific'] };
+const INSTANCE_GROUP_SCHEMA: MessageSchema = {
+  known: ['name', 'kind', 'count', 'gpus'],
+  ignored: ['rate_limiter', 'secondary_devices', 'profile', 'passive', 'host_policy'],
+};
+const PARAMETER_SCHEMA: MessageSchema = { known: ['string_value'] };
+
+/**
+ * Parses and validates a `config.pbtxt`. Errors are `SdserveError('SDS_ERR_CONFIG')` naming
+ * `file:line:column`, the field path, the value found and what was expected.
+ */
+export function parseModelConfig(text: string, file: string, modelDirName: string): ModelConfig {
+  return readModelConfig(parsePbtxt(text, file), { file, origin: 'pbtxt' }, modelDirName);
+}
+
+/**
+ * Validates a config given as protobuf JSON (the `config` override of the repository load API),
+ * with the same checks as `parseModelConfig`. Field names may be proto or lowerCamelCase.
+ */
+export function modelConfigFromJson(json: unknown, modelDirName: string, source = 'config override'): ModelConfig {
+  return readModelConfig(jsonToMessage(json, source), { file: source, origin: 'json' }, modelDirName);
+}
+
+function readModelConfig(tree: PbtxtMessage, context: ReaderContext, modelDirName: string): ModelConfig {
+  const config = new MessageReader(tree, '', context, MODEL_CONFIG_SCHEMA);
+  config.oneOf(SCHEDULING_CHOICES);
+
+  const name = readName(config, modelDirName);
+  const maxBatchSize = config.int('max_batch_size', 0, { min: 0, max: INT32_MAX });
+  const dynamicBatching = config.message('dynamic_batching', DYNAMIC_BATCHING_SCHEMA);
+  return {
+    name,
+    platform: config.string('platform'),
+    backend: config.string('backend'),
+    version_policy: readVersionPolicy(config),
+    max_batch_size: maxBatchSize,
+    input: readInputs(config),
+    output: readOutputs(config),
+    instance_group: readInstanceGroups(config, name),
+    ...(dynamicBatching ? { dynamic_batching: readDynamicBatching(dynamicBatching, maxBatchSize) } : {}),
+    parameters: readParameters(config),
+    default_model_filename: config.string('default_model_filename'),
+  };
+}
+
+/** Triton takes the name from the model folder and refuses a config that names another. */
+function readName(config: MessageReader, modelDirName: string): string {
+  const name = config.string('name');
+  if (name !== '' && name !== modelDirName) {
+    throw configError(config.context, 'name',
+      `${JSON.stringify(name)} does not match the model directory name ${JSON.stringify(modelDirName)}`,
+      config.position('name'));
+  }
+  return modelDirName;
+}
+
+function readVersionPolicy(config: MessageReader): VersionPolicy {
+  const policy = config.message('version_policy', VERSION_POLICY_SCHEMA);
+  if (!policy) return { latest: { num_versions: 1 } };
+  policy.oneOf(VERSION_POLICY_SCHEMA.known);
+
+  const specific = policy.message('specific', { known: ['versions'] });
+  if (specific) {
+    const versions = specific.intList('versions', { min: 1 });
+    if (versions.length === 0) throw specific.fail('expected at least one entry in versions');
+    return { specific: { versions } };
+  }
+  if (policy.message('all', { known: [] })) return { all: {} };
+  const latest = policy.message('latest', { known: ['num_versions'] });
+  return { latest: { num_versions: latest?.int('num_versions', 1, { min: 1, max: 0xffffffff }) ?? 1 } };
+}
+
+function readInstanceGroups(config: MessageReader, modelName: string): InstanceGroup[] {
+  const groups = config.messages('instance_group', INSTANCE_GROUP_SCHEMA);
+  // Without instance_group Triton places one instance per GPU; the core falls back to CPU.
+  if (groups.length === 0) return [{ name: `${modelName}_0`, kind: 'KIND_GPU', count: 1, gpus: [] }];
+
+  return groups.map((group, index) => {
+    const kind = group.enumValue('kind', INSTANCE_KINDS, 'KIND_AUTO');
+    const gpus = group.intList('gpus', { min: 0, max: INT32_MAX });
+    if (gpus.length > 0 && (kind === 'KIND_CPU' || kind === 'KIND_MODEL')) {
+      throw configError(group.context, group.childPath('gpus'),
+        `cannot be given for ${kind}; only KIND_GPU and KIND_AUTO run on listed GPUs`, group.position('gpus'));
+    }
+    return {
+      name: group.string('name') || `${modelName}_${index}`,
+      kind,
+      count: group.int('count', 1, { min: 1, max: INT32_MAX }),
+      gpus,
+    };
+  });
+}
+
+function readParameters(config: MessageReader): Record<string, ModelParameter> {
+  const parameters: Record<string, ModelParameter> = {};
+  for (const entry of config.mapEntries('parameters', PARAMETER_SCHEMA)) {
+    if (entry.key === undefined) {
+      throw configError(config.context, entry.path, "map entry needs a 'key'", entry.position);
+    }
+    const key = config.asString(entry.key, `${entry.path}.key`);
+    if (Object.hasOwn(parameters, key)) {
+      throw configError(config.context, `${entry.path}.key`, `parameter ${JSON.stringify(key)} is set more than once`, entry.key.position);
+    }
+    setMapEntry(parameters, key, { string_value: entry.value?.string('string_value') ?? '' });
+  }
+  return parameters;
+}
