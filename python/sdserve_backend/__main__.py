@@ -1,0 +1,5 @@
+import sys
+
+from sdserve_backend.main import main
+
+sys.exit(main())

@@ -1,0 +1,279 @@
+"""The backend process: connects to the core, says hello, then serves one model.
+
+Threads: the reader thread owns the socket's read side and is the one switch on message type.
+Health and cancel are answered there at once, so they work while a long `execute` runs; load,
+execute and finalize are queued to the main thread, which runs model code one call at a time."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import os
+import platform
+import queue
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+
+import triton_python_backend_utils as pb_utils
+from sdserve_backend import PROTOCOL_VERSION
+from sdserve_backend.ipc import Buffer, Frame, FrameReader, FrameWriter, MalformedFrame, encode_frame
+from sdserve_backend.messages import HelloMeta, MessageType, RequestMeta, TensorMeta
+from sdserve_backend.model_loader import load_model
+from sdserve_backend.tensor_codec import array_from_payload, array_to_wire, padding_after
+
+log = logging.getLogger("sdserve.backend")
+
+# The reply that carries a handler's error, per request type; others get ErrorNotify.
+ERROR_REPLY_TYPE = {
+    MessageType.LOAD_REQUEST: MessageType.LOAD_RESPONSE,
+    MessageType.EXECUTE_REQUEST: MessageType.EXECUTE_RESPONSE,
+    MessageType.FINALIZE_REQUEST: MessageType.FINALIZE_RESPONSE,
+}
+
+# A queued unit of model work; returns False when the process should stop serving.
+Job = Callable[[], bool]
+
+
+def describe_exception(error: BaseException) -> str:
+    """The traceback's last line with an unqualified type, e.g. `FileNotFoundError: weights not found at /m`."""
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+class BackendServer:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._reader = FrameReader(sock)
+        self._writer = FrameWriter(sock)
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._model: Any = None
+        self._in_flight_lock = threading.Lock()
+        self._in_flight: dict[int, list[pb_utils.InferenceRequest]] = {}
+
+    def serve(self) -> int:
+        self._writer.send(MessageType.HELLO_NOTIFY, 0, dict(hello_metadata()))
+        threading.Thread(target=self._read_loop, name="sdserve-frame-reader", daemon=True).start()
+        while (job := self._jobs.get()) is not None and job():
+            pass
+        self._writer.close()
+        return 0
+
+    # -- reader thread -----------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                frame = self._reader.read()
+            except MalformedFrame as error:
+                log.warning("malformed frame: %s", error)
+                self._writer.send(MessageType.ERROR_NOTIFY, error.correlation_id, {"error": str(error)})
+                continue
+            except OSError as error:
+                log.warning("socket read failed: %s", error)
+                frame = None
+            if frame is None:
+                self._on_disconnect()
+                return
+            try:
+                self._dispatch(frame)
+            except Exception as error:
+                self._reply_error(frame, error)
+
+    def _dispatch(self, frame: Frame) -> None:
+        match frame.type:
+            case MessageType.LOAD_REQUEST:
+                self._jobs.put(lambda: self._guarded(frame, self._load))
+            case MessageType.EXECUTE_REQUEST:
+                requests = self._decode_requests(frame)
+                self._jobs.put(lambda: self._guarded(frame, lambda f: self._execute(f, requests)))
+            case MessageType.HEALTH_REQUEST:
+                self._writer.send(MessageType.HEALTH_RESPONSE, frame.correlation_id, {})
+            case MessageType.CANCEL_REQUEST:
+                self._cancel(frame.metadata.get("request_ids", []))
+            case MessageType.FINALIZE_REQUEST:
+                self._jobs.put(lambda: self._guarded(frame, self._finalize))
+            case _:
+                raise ValueError(f"message type {frame.type.name} ({int(frame.type)}) is not a request")
+
+    def _decode_requests(self, frame: Frame) -> list[pb_utils.InferenceRequest]:
+        metas: list[RequestMeta] = frame.metadata["requests"]
+        requests = [
+            pb_utils.InferenceRequest(
+                inputs=[self._decode_tensor(frame, tensor) for tensor in meta.get("inputs", [])],
+                request_id=str(meta.get("request_id", "")),
+                requested_output_names=meta.get("requested_output_names", []),
+                parameters=meta.get("parameters", {}),
+                batch_index=index,
+                progress_sink=self._progress_sink(frame.correlation_id),
+            )
+            for index, meta in enumerate(metas)
+        ]
+        with self._in_flight_lock:
+            self._in_flight[frame.correlation_id] = requests
+        return requests
+
+    @staticmethod
+    def _decode_tensor(frame: Frame, meta: TensorMeta) -> pb_utils.Tensor:
+        array = array_from_payload(frame.payload, meta["name"], meta["datatype"], list(meta["shape"]),
+                                   int(meta["offset"]), int(meta["length"]))
+        return pb_utils.Tensor(meta["name"], array, datatype=meta["datatype"])
+
+    def _cancel(self, request_ids: list[str]) -> None:
+        wanted = set(request_ids)
+        with self._in_flight_lock:
+            for requests in self._in_flight.values():
+                for request in requests:
+                    if request.request_id() in wanted:
+                        request.mark_cancelled()
+
+    def _on_disconnect(self) -> None:
+        log.info("the core closed the connection; exiting after the current call")
+        with self._in_flight_lock:
+            for requests in self._in_flight.values():
+                for request in requests:
+                    request.mark_cancelled()
+        self._jobs.put(None)
+
+    def _progress_sink(self, correlation_id: int) -> pb_utils.ProgressSink:
+        def send_progress(request: pb_utils.InferenceRequest, step: Any, steps: Any) -> None:
+            def encode() -> list[Buffer]:
+                metadata = {"request_id": request.request_id(), "request_index": request.batch_index,
+                            "step": int(step), "steps": int(steps)}
+                return encode_frame(MessageType.PROGRESS_NOTIFY, correlation_id, metadata)
+
+            self._writer.send_later(encode)
+
+        return send_progress
+
+    # -- main thread: model calls ---------------------------------------------------------------
+
+    def _guarded(self, frame: Frame, handler: Callable[[Frame], bool]) -> bool:
+        try:
+            return handler(frame)
+        except Exception as error:
+            self._reply_error(frame, error)
+            return frame.type != MessageType.FINALIZE_REQUEST
+
+    def _reply_error(self, frame: Frame, error: Exception) -> None:
+        log.error("%s failed:\n%s", frame.type.name, "".join(traceback.format_exception(error)).rstrip())
+        reply_type = ERROR_REPLY_TYPE.get(frame.type, MessageType.ERROR_NOTIFY)
+        self._writer.send(reply_type, frame.correlation_id, {"error": describe_exception(error)})
+
+    def _load(self, frame: Frame) -> bool:
+        if self._model is not None:
+            raise RuntimeError("a model is already loaded in this backend")
+        model_file = frame.metadata["model_file"]
+        log.info("loading %s (pid %d)", model_file, os.getpid())
+        self._model = load_model(model_file, dict(frame.metadata.get("args", {})))
+        self._writer.send(MessageType.LOAD_RESPONSE, frame.correlation_id, {"cuda": cuda_version()})
+        return True
+
+    def _execute(self, frame: Frame, requests: list[pb_utils.InferenceRequest]) -> bool:
+        try:
+            if self._model is None:
+                raise RuntimeError("no model is loaded in this backend")
+            responses = self._model.execute(requests)
+            if not isinstance(responses, (list, tuple)) or len(responses) != len(requests):
+                count = len(responses) if isinstance(responses, (list, tuple)) else type(responses).__name__
+                raise pb_utils.TritonModelException(
+                    f"execute() must return a list of {len(requests)} InferenceResponse, got {count}"
+                )
+            metadata, payload = encode_responses(requests, responses)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.pop(frame.correlation_id, None)
+        self._writer.send(MessageType.EXECUTE_RESPONSE, frame.correlation_id, metadata, payload)
+        return True
+
+    def _finalize(self, frame: Frame) -> bool:
+        finalize = getattr(self._model, "finalize", None)
+        if callable(finalize):
+            finalize()
+        self._writer.send(MessageType.FINALIZE_RESPONSE, frame.correlation_id, {})
+        return False
+
+
+def encode_responses(requests: list[pb_utils.InferenceRequest],
+                     responses: list[Any]) -> tuple[dict[str, Any], list[Buffer]]:
+    """ExecuteResponse metadata and payload buffers; tensors padded to PAYLOAD_ALIGNMENT."""
+    payload: list[Buffer] = []
+    offset = 0
+    metas: list[dict[str, Any]] = []
+    for index, (request, response) in enumerate(zip(requests, responses)):
+        if not isinstance(response, pb_utils.InferenceResponse):
+            metas.append({"error": f"execute() response {index} is a {type(response).__name__}, "
+                                   "not an InferenceResponse"})
+            continue
+        error = response.error()
+        if error is not None:
+            metas.append({"error": error.message(), "code": error.code_name()})
+            continue
+        outputs = response.output_tensors()
+        wanted = request.requested_output_names()
+        if wanted:
+            by_name = {tensor.name(): tensor for tensor in outputs}
+            missing = [name for name in wanted if name not in by_name]
+            if missing:
+                metas.append({"error": f"the model produced no output named {', '.join(missing)}",
+                              "code": "INVALID_ARG"})
+                continue
+            outputs = [by_name[name] for name in wanted]
+        output_metas: list[TensorMeta] = []
+        for tensor in outputs:
+            datatype = tensor.kserve_datatype()
+            data = array_to_wire(tensor.as_numpy(), datatype)
+            output_metas.append({"name": tensor.name(), "datatype": datatype, "shape": tensor.shape(),
+                                 "offset": offset, "length": data.nbytes})
+            payload.append(data)
+            pad = padding_after(data.nbytes)
+            if pad:
+                payload.append(bytes(pad))
+            offset += data.nbytes + pad
+        metas.append({"outputs": output_metas})
+    return {"responses": metas}, payload
+
+
+def hello_metadata() -> HelloMeta:
+    try:
+        torch_version: str | None = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = None
+    return {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "python": platform.python_version(),
+            "torch": torch_version}
+
+
+def cuda_version() -> str | None:
+    """torch's CUDA version if the model imported torch (importing it here would slow every load)."""
+    torch = sys.modules.get("torch")
+    version = getattr(getattr(torch, "version", None), "cuda", None)
+    return version if isinstance(version, str) else None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m sdserve_backend",
+                                     description="Serve one Triton-style Python model to the sdserve core.")
+    parser.add_argument("--socket", required=True, help="Unix socket path the core listens on")
+    parser.add_argument("--log-level", default=os.environ.get("SDSERVE_BACKEND_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(args.socket)
+    except OSError as error:
+        log.error("cannot connect to %s: %s", args.socket, error)
+        return 2
+    try:
+        return BackendServer(sock).serve()
+    finally:
+        sock.close()

@@ -1,0 +1,434 @@
+/**
+ * One Python backend process hosting one model instance: spawn, two-phase handshake (hello,
+ * then load), request/response over the Unix socket, health probe, and graceful stop.
+ * Restart policy is the supervisor's; a dead backend is replaced by calling `start` again.
+ */
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
+
+import type { InferRequest, InferResponse } from '../core/types.js';
+import { SdserveError, type ErrorCode } from '../errors.js';
+import { encodeFrame, FrameDecoder, type Frame, type MalformedFrameError } from './frame.js';
+import {
+  isErrorMeta, MessageType, messageTypeName,
+  type CancelRequestMeta, type ExecuteRequestMeta, type ExecuteResponseMeta, type HelloMeta,
+  type LoadRequestMeta, type ProgressMeta, type ResponseMeta, type TritonErrorCode,
+} from './messages.js';
+import { PayloadBuilder, tensorFromPayload } from './tensor-payload.js';
+
+export interface BackendLogger {
+  info(msg: string): void;
+  warn(msg: string): void;
+  error(msg: string): void;
+}
+
+export interface BackendProcessOptions {
+  pythonExecutable: string;
+  /** Prepended to PYTHONPATH; must hold `sdserve_backend` and `triton_python_backend_utils`. */
+  pythonPath: string[];
+  modelFile: string;
+  /** Triton's `initialize(args)` dict. */
+  args: Record<string, string>;
+  /** Names this backend in logs and errors, e.g. `tiny_sd_0`. */
+  label: string;
+  /** Spawn until HelloNotify. */
+  startTimeoutMs: number;
+  /** LoadRequest until LoadResponse; a big model can take minutes. */
+  loadTimeoutMs: number;
+  /** Added to this process's environment. */
+  env?: NodeJS.ProcessEnv;
+  logger?: BackendLogger;
+}
+
+export type ProgressListener = (requestIndex: number, step: number, steps: number) => void;
+
+export interface BackendProcessEvents {
+  exit: [code: number | null, signal: NodeJS.Signals | null];
+}
+
+interface PendingReply {
+  expected: MessageType;
+  resolve(frame: Frame): void;
+  reject(error: SdserveError): void;
+  onProgress?: ProgressListener;
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(value: T): void;
+  reject(error: unknown): void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (error: unknown) => void;
+  const promise = new Promise<T>((res, rej) => { resolve = res; reject = rej; });
+  return { promise, resolve, reject };
+}
+
+/** Per-request Triton error codes that clients must see as their own mistakes, not ours. */
+const TRITON_CODE_TO_ERROR: Partial<Record<TritonErrorCode, ErrorCode>> = {
+  INVALID_ARG: 'SDS_ERR_INVALID_ARG',
+  UNSUPPORTED: 'SDS_ERR_UNSUPPORTED',
+  CANCELLED: 'SDS_ERR_CANCELLED',
+};
+
+const LOG_LEVEL = /^(DEBUG|INFO|WARNING|ERROR|CRITICAL) /;
+const STDERR_TAIL_LINES = 20;
+
+const stderrLogger: BackendLogger = {
+  info: (msg) => process.stderr.write(`${msg}\n`),
+  warn: (msg) => process.stderr.write(`${msg}\n`),
+  error: (msg) => process.stderr.write(`${msg}\n`),
+};
+
+export class BackendProcess extends EventEmitter<BackendProcessEvents> {
+  readonly label: string;
+  /** What the backend said in HelloNotify (set once `start` resolves). */
+  hello: HelloMeta | undefined;
+
+  private readonly child: ChildProcess;
+  private readonly logger: BackendLogger;
+  private readonly pending = new Map<number, PendingReply>();
+  private readonly helloReceived = deferred<HelloMeta>();
+  private readonly exited = deferred<void>();
+  private readonly stderrTail: string[] = [];
+  private socket: Socket | undefined;
+  private nextCorrelationId = 1;
+  private alive = true;
+  private stopping = false;
+
+  private constructor(child: ChildProcess, private readonly server: Server,
+    private readonly socketDir: string, label: string, logger: BackendLogger) {
+    super();
+    this.child = child;
+    this.label = label;
+    this.logger = logger;
+    // Callers that never wait for hello (failed starts) must not see an unhandled rejection.
+    this.helloReceived.promise.catch(() => undefined);
+    server.on('connection', (socket) => this.onConnection(socket));
+    child.on('exit', (code, signal) => this.onExit(code, signal));
+    child.on('error', (err) => {
+      this.logger.error(`[${label}] cannot run the backend: ${err.message}`);
+      if (child.pid === undefined) this.onExit(null, null, err.message);
+    });
+    if (child.stdout) this.forwardLines(child.stdout, 'info', false);
+    if (child.stderr) this.forwardLines(child.stderr, 'warn', true);
+  }
+
+  /**
+   * Spawns the backend and loads its model. Throws SdserveError('SDS_ERR_BACKEND', reason) if
+   * it does not say hello within `startTimeoutMs` or does not load within `loadTimeoutMs`;
+   * the reason is the backend's own message when it gave one. The child is dead by then.
+   */
+  static async start(opts: BackendProcessOptions): Promise<BackendProcess> {
+    // 1. listen on a socket only this user can reach (mkdtemp makes the folder 0700)
+    const socketDir = await mkdtemp(join(tmpdir(), 'sdserve-backend-'));
+    const socketPath = join(socketDir, 'backend.sock');
+    const server = createServer();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(socketPath, () => { server.off('error', reject); resolve(); });
+      });
+    } catch (err) {
+      await rm(socketDir, { recursive: true, force: true });
+      throw new SdserveError('SDS_ERR_BACKEND', `cannot listen on ${socketPath}: ${(err as Error).message}`);
+    }
+    // 2. spawn
+    const inherited = opts.env?.PYTHONPATH ?? process.env.PYTHONPATH;
+    const child = spawn(opts.pythonExecutable, ['-m', 'sdserve_backend', '--socket', socketPath], {
+      env: {
+        ...process.env,
+        ...opts.env,
+        PYTHONPATH: [...opts.pythonPath, ...(inherited ? [inherited] : [])].join(delimiter),
+        PYTHONUNBUFFERED: '1',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const backend = new BackendProcess(child, server, socketDir, opts.label, opts.logger ?? stderrLogger);
+    try {
+      // 3. hello
+      backend.hello = await withTimeout(backend.helloReceived.promise, opts.startTimeoutMs,
+        () => `backend ${opts.label} did not connect within ${opts.startTimeoutMs} ms`);
+      // 4. load
+      const load: LoadRequestMeta = { model_file: opts.modelFile, args: opts.args };
+      const reply = await backend.request(MessageType.LoadRequest, MessageType.LoadResponse, load, [],
+        { timeoutMs: opts.loadTimeoutMs, timeoutMessage: `backend ${opts.label} did not load ${opts.modelFile} within ${opts.loadTimeoutMs} ms` });
+      if (isErrorMeta(reply.metadata)) throw new SdserveError('SDS_ERR_BACKEND', reply.metadata.error);
+      backend.logger.info(`[${opts.label}] loaded ${opts.modelFile} (pid ${child.pid})`);
+      return backend;
+    } catch (err) {
+      await backend.kill();
+      const message = err instanceof Error ? err.message : String(err);
+      throw new SdserveError('SDS_ERR_BACKEND', message, { cause: err });
+    }
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  get isAlive(): boolean {
+    return this.alive;
+  }
+
+  /**
+   * Runs `requests` as one batch. Resolves to one entry per request, in order: its response,
+   * or the SdserveError the model gave it (a failure of the whole batch is given to each).
+   * Rejects with SDS_ERR_BACKEND_DIED if the backend dies first.
+   */
+  async execute(requests: InferRequest[], onProgress?: ProgressListener): Promise<Array<InferResponse | SdserveError>> {
+    if (requests.length === 0) return [];
+    const payload = new PayloadBuilder();
+    const metadata: ExecuteRequestMeta = {
+      requests: requests.map((request) => ({
+        request_id: request.id ?? '',
+        inputs: request.inputs.map((tensor) => payload.add(tensor)),
+        requested_output_names: request.outputs?.map((output) => output.name) ?? [],
+        parameters: request.parameters,
+      })),
+    };
+    const reply = await this.request(MessageType.ExecuteRequest, MessageType.ExecuteResponse, metadata,
+      payload.parts, { onProgress });
+    const answer = reply.metadata as ExecuteResponseMeta;
+    if (isErrorMeta(answer)) return requests.map(() => new SdserveError('SDS_ERR_BACKEND', answer.error));
+    if (!Array.isArray(answer.responses) || answer.responses.length !== requests.length) {
+      throw new SdserveError('SDS_ERR_BACKEND',
+        `backend ${this.label} answered ${requests.length} requests with ${answer.responses?.length} responses`);
+    }
+    return answer.responses.map((response, index) => toInferResponse(requests[index], response, reply.payload));
+  }
+
+  /**
+   * Marks requests as cancelled; a model sees it through `request.is_cancelled()` and may stop
+   * early. Requests without an id cannot be cancelled. No reply: the execute still answers.
+   */
+  cancel(requestIds: string[]): void {
+    if (!this.alive || this.socket === undefined || requestIds.length === 0) return;
+    const metadata: CancelRequestMeta = { request_ids: requestIds };
+    this.write(encodeFrame(MessageType.CancelRequest, this.nextCorrelationId++, metadata));
+  }
+
+  /** Whether the backend answers a probe within `timeoutMs` (it does so even mid-execute). */
+  async health(timeoutMs: number): Promise<boolean> {
+    try {
+      await this.request(MessageType.HealthRequest, MessageType.HealthResponse, {}, [], { timeoutMs });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Asks the backend to finalize and exit: executes already sent finish first, then the
+   * model's `finalize()` runs. SIGKILL if it has not exited after `graceMs`.
+   */
+  async stop(graceMs: number): Promise<void> {
+    if (!this.alive || this.stopping) return this.exited.promise;
+    this.stopping = true;
+    const killTimer = setTimeout(() => { void this.kill(); }, graceMs);
+    try {
+      const reply = await this.request(MessageType.FinalizeRequest, MessageType.FinalizeResponse, {}, []);
+      if (isErrorMeta(reply.metadata)) this.logger.warn(`[${this.label}] finalize failed: ${reply.metadata.error}`);
+    } catch {
+      // It exited or was killed before replying; either way it is gone.
+    }
+    await this.exited.promise;
+    clearTimeout(killTimer);
+  }
+
+  /** SIGKILL, resolving once the child is gone. */
+  async kill(): Promise<void> {
+    if (this.alive) this.child.kill('SIGKILL');
+    return this.exited.promise;
+  }
+
+  private request(type: MessageType, expected: MessageType, metadata: object, payload: Buffer[],
+    opts: { timeoutMs?: number; timeoutMessage?: string; onProgress?: ProgressListener } = {}): Promise<Frame> {
+    if (!this.alive || this.socket === undefined) {
+      return Promise.reject(new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is not running`));
+    }
+    if (this.stopping && type !== MessageType.FinalizeRequest) {
+      return Promise.reject(new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is stopping`));
+    }
+    const correlationId = this.nextCorrelationId++;
+    const frames = encodeFrame(type, correlationId, metadata, payload);
+    const reply = new Promise<Frame>((resolve, reject) => {
+      this.pending.set(correlationId, { expected, resolve, reject, onProgress: opts.onProgress });
+    });
+    this.write(frames);
+    if (opts.timeoutMs === undefined) return reply;
+    const message = opts.timeoutMessage
+      ?? `backend ${this.label} did not answer ${messageTypeName(type)} within ${opts.timeoutMs} ms`;
+    return withTimeout(reply, opts.timeoutMs, () => {
+      this.pending.delete(correlationId);
+      return message;
+    });
+  }
+
+  private write(buffers: Buffer[]): void {
+    const socket = this.socket;
+    if (socket === undefined) return;
+    socket.cork();
+    for (const buffer of buffers) socket.write(buffer);
+    socket.uncork();
+  }
+
+  private onConnection(socket: Socket): void {
+    if (this.socket !== undefined) {
+      socket.destroy();
+      return;
+    }
+    this.socket = socket;
+    // One backend, one connection: stop listening so nothing else can connect.
+    this.server.close();
+    const decoder = new FrameDecoder({
+      onFrame: (frame) => this.onFrame(frame),
+      onError: (error) => this.onMalformedFrame(error),
+    });
+    socket.on('data', (chunk: Buffer) => decoder.push(chunk));
+    socket.on('error', (err) => this.logger.warn(`[${this.label}] socket error: ${err.message}`));
+    socket.on('close', () => {
+      // The connection is the backend's lifeline; a backend that dropped it cannot serve.
+      if (this.alive) {
+        this.logger.error(`[${this.label}] backend closed its connection; killing it`);
+        this.child.kill('SIGKILL');
+      }
+    });
+  }
+
+  private onFrame(frame: Frame): void {
+    switch (frame.type) {
+      case MessageType.HelloNotify:
+        this.helloReceived.resolve(frame.metadata as unknown as HelloMeta);
+        return;
+      case MessageType.ProgressNotify:
+        this.onProgress(frame);
+        return;
+      case MessageType.ErrorNotify:
+        this.onErrorNotify(frame);
+        return;
+      case MessageType.LoadResponse:
+      case MessageType.ExecuteResponse:
+      case MessageType.HealthResponse:
+      case MessageType.FinalizeResponse:
+        this.settle(frame);
+        return;
+      default:
+        this.logger.warn(`[${this.label}] ignored ${messageTypeName(frame.type)}: backends do not send it`);
+    }
+  }
+
+  private settle(frame: Frame): void {
+    const pending = this.pending.get(frame.correlationId);
+    if (pending === undefined || pending.expected !== frame.type) {
+      this.logger.warn(`[${this.label}] ignored ${messageTypeName(frame.type)} ${frame.correlationId}: nothing awaits it`);
+      return;
+    }
+    this.pending.delete(frame.correlationId);
+    pending.resolve(frame);
+  }
+
+  private onProgress(frame: Frame): void {
+    const listener = this.pending.get(frame.correlationId)?.onProgress;
+    if (listener === undefined) return;
+    const { request_index: index, step, steps } = frame.metadata as unknown as ProgressMeta;
+    try {
+      listener(index, step, steps);
+    } catch (err) {
+      this.logger.warn(`[${this.label}] progress listener failed: ${(err as Error).message}`);
+    }
+  }
+
+  private onErrorNotify(frame: Frame): void {
+    const message = String(frame.metadata.error);
+    const pending = this.pending.get(frame.correlationId);
+    if (frame.correlationId !== 0 && pending !== undefined) {
+      this.pending.delete(frame.correlationId);
+      pending.reject(new SdserveError('SDS_ERR_BACKEND', message));
+      return;
+    }
+    this.logger.error(`[${this.label}] backend reported: ${message}`);
+  }
+
+  private onMalformedFrame(error: MalformedFrameError): void {
+    this.logger.error(`[${this.label}] ${error.message}`);
+    const pending = this.pending.get(error.correlationId);
+    if (error.correlationId !== 0 && pending !== undefined) {
+      this.pending.delete(error.correlationId);
+      pending.reject(error);
+    }
+  }
+
+  private onExit(code: number | null, signal: NodeJS.Signals | null, spawnError?: string): void {
+    if (!this.alive) return;
+    this.alive = false;
+    const how = spawnError ?? signal ?? `code ${code}`;
+    const lastLine = this.stderrTail.at(-1);
+    this.helloReceived.reject(new SdserveError('SDS_ERR_BACKEND',
+      `backend ${this.label} exited (${how}) before it was ready${lastLine ? `: ${lastLine}` : ''}`));
+    for (const pending of this.pending.values()) {
+      pending.reject(new SdserveError('SDS_ERR_BACKEND_DIED',
+        `backend ${this.label} exited (${how}) while running this request`));
+    }
+    this.pending.clear();
+    this.socket?.destroy();
+    this.server.close();
+    void rm(this.socketDir, { recursive: true, force: true }).catch(() => undefined);
+    this.exited.resolve();
+    this.emit('exit', code, signal);
+  }
+
+  private forwardLines(stream: Readable, defaultLevel: keyof BackendLogger, keepTail: boolean): void {
+    // Python's multi-line records (tracebacks) continue at the level of the line that began them.
+    let level = defaultLevel;
+    createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
+      const prefix = LOG_LEVEL.exec(line)?.[1];
+      if (prefix !== undefined) {
+        level = prefix === 'ERROR' || prefix === 'CRITICAL' ? 'error' : prefix === 'WARNING' ? 'warn' : 'info';
+      }
+      this.logger[level](`[${this.label}] ${line}`);
+      if (keepTail && line.trim() !== '') {
+        this.stderrTail.push(line.trim());
+        if (this.stderrTail.length > STDERR_TAIL_LINES) this.stderrTail.shift();
+      }
+    });
+  }
+}
+
+function toInferResponse(request: InferRequest, response: ResponseMeta, payload: Buffer): InferResponse | SdserveError {
+  if ('error' in response) {
+    const code = (response.code && TRITON_CODE_TO_ERROR[response.code]) ?? 'SDS_ERR_BACKEND';
+    return new SdserveError(code, String(response.error));
+  }
+  try {
+    return {
+      ...(request.id !== undefined ? { id: request.id } : {}),
+      model_name: request.model_name,
+      model_version: request.model_version ?? '',
+      outputs: response.outputs.map((meta) => tensorFromPayload(payload, meta)),
+    };
+  } catch (err) {
+    return err instanceof SdserveError ? err : new SdserveError('SDS_ERR_BACKEND', String(err));
+  }
+}
+
+async function withTimeout<T>(promise: Promise<T>, timeoutMs: number, onTimeout: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new SdserveError('SDS_ERR_TIMEOUT', onTimeout())), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,13 @@
+export {
+  BackendProcess,
+  type BackendLogger,
+  type BackendProcessEvents,
+  type BackendProcessOptions,
+  type ProgressListener,
+} from './backend-process.js';
+export {
+  encodeFrame, FrameDecoder, MalformedFrameError, MAX_FRAME_LENGTH, HEADER_BYTES,
+  type Frame, type FrameHandlers,
+} from './frame.js';
+export * from './messages.js';
+export { PAYLOAD_ALIGNMENT, PayloadBuilder, tensorFromPayload } from './tensor-payload.js';
