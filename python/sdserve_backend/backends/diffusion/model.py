@@ -1,0 +1,135 @@
+"""The "diffusion" backend model: Stable Diffusion text-to-image with Triton's Python-model API.
+
+Inputs: `prompt` BYTES [B, 1] and optional `negative_prompt` BYTES [B, 1] (or [1, 1] for all).
+Output: `generated_image` UINT8 [B, H, W, 3]. Config parameters set the defaults; a request's
+parameters `steps`, `guidance_scale`, `seed`, `scheduler`, `height`, `width` override them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from sdserve_backend.backends.diffusion import settings as model_settings
+from sdserve_backend.backends.diffusion.batching import Job, RequestCancelled, run_jobs
+from sdserve_backend.pipelines import (
+    GenerationRequest,
+    TextToImagePipeline,
+    choose_placement,
+    detect_version,
+    load_components,
+    resolve_scheduler_class,
+)
+
+OUTPUT_NAME = "generated_image"
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        # 1. Read the config
+        model_config = json.loads(args["model_config"])
+        parameters = model_settings.config_parameters(model_config)
+        version_dir = Path(args["model_repository"]) / str(args.get("model_version", "1"))
+        version = parameters.get("version", "").strip()
+
+        # 2. Find the weights and choose the device
+        weights = model_settings.resolve_weights(version_dir, parameters.get("weights", "").strip(), version)
+        weights_config = parameters.get("weights_config", "").strip()
+        config_dir = None
+        if weights_config:
+            config_dir = Path(weights_config) if Path(weights_config).is_absolute() else version_dir / weights_config
+        placement = choose_placement(args.get("model_instance_kind", "GPU"), int(args.get("model_instance_device_id", "0") or 0))
+        if placement.warning is not None:
+            pb_utils.Logger.log_warn(f"{args.get('model_name', '')}: {placement.warning}")
+
+        # 3. Load the models
+        components = load_components(weights, placement.device, placement.dtype, config_dir)
+        self.pipeline = TextToImagePipeline(components)
+        mismatch = model_settings.version_mismatch(version, detect_version(components), components.is_sdxl)
+        if mismatch is not None:
+            pb_utils.Logger.log_warn(mismatch)
+
+        # 4. Check the defaults against the model
+        self.defaults = model_settings.read_model_defaults(parameters, components.default_image_size)
+        try:
+            resolve_scheduler_class(self.defaults.settings.scheduler, components.scheduler_class)
+        except ValueError as error:
+            raise ValueError(f"config parameter {error}") from None
+        pb_utils.Logger.log_info(
+            f"{args.get('model_name', '')}: loaded {weights} on {placement.device} ({placement.dtype}), "
+            f"{'SDXL' if components.is_sdxl else 'SD'}, defaults {self.defaults.settings}"
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        jobs = [self._parse(request) for request in requests]
+
+        def report_progress(index: int, step: int, steps: int) -> None:
+            # sdserve's pb_utils streams progress to the client; Triton's has no such call.
+            report = getattr(requests[index], "report_progress", None)
+            if report is not None:
+                report(step, steps)
+
+        def is_cancelled(index: int) -> bool:
+            check = getattr(requests[index], "is_cancelled", None)
+            return bool(check()) if check is not None else False
+
+        outcomes = run_jobs(self.pipeline, jobs, on_step=report_progress, is_cancelled=is_cancelled)
+        return [_response(outcome) for outcome in outcomes]
+
+    def finalize(self) -> None:
+        self.pipeline = None
+
+    def _parse(self, request: Any) -> Job | Exception:
+        try:
+            prompt_tensor = pb_utils.get_input_tensor_by_name(request, "prompt")
+            if prompt_tensor is None:
+                raise ValueError("input 'prompt' is required")
+            prompts = _texts("prompt", prompt_tensor.as_numpy())
+            if not prompts:
+                raise ValueError("input 'prompt' must hold at least one prompt, got none")
+            negative_tensor = pb_utils.get_input_tensor_by_name(request, "negative_prompt")
+            negatives = None
+            if negative_tensor is not None:
+                negatives = _texts("negative_prompt", negative_tensor.as_numpy())
+                if len(negatives) == 1:
+                    negatives = negatives * len(prompts)
+                elif len(negatives) != len(prompts):
+                    raise ValueError(
+                        f"input 'negative_prompt' must hold 1 or {len(prompts)} entries (one per prompt), "
+                        f"got {len(negatives)}"
+                    )
+            settings, seed = model_settings.read_request_overrides(request.parameters(), self.defaults)
+        except ValueError as error:
+            return error
+        return Job(GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None), settings)
+
+
+def _texts(name: str, array: np.ndarray) -> list[str]:
+    texts: list[str] = []
+    for item in array.reshape(-1):
+        if isinstance(item, bytes):
+            try:
+                texts.append(item.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"input '{name}' must be UTF-8 text, got {item[:40]!r}") from None
+        elif isinstance(item, str):
+            texts.append(item)
+        else:
+            raise ValueError(f"input '{name}' must be BYTES, got an element of type {type(item).__name__}")
+    return texts
+
+
+def _response(outcome: np.ndarray | Exception) -> Any:
+    if isinstance(outcome, np.ndarray):
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, outcome)])
+    if isinstance(outcome, RequestCancelled):
+        code = pb_utils.TritonError.CANCELLED
+    elif isinstance(outcome, ValueError):
+        code = pb_utils.TritonError.INVALID_ARG
+    else:
+        code = pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(outcome), code))

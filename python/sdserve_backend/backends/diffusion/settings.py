@@ -1,0 +1,193 @@
+"""Reading the model's config parameters and each request's parameters into typed settings.
+
+Triton hands config parameters over as strings ({"steps": {"string_value": "30"}}); KServe request
+parameters may be strings, numbers or booleans. Both go through the same checks, and every error
+names the parameter and the value it got.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdserve_backend.pipelines import GenerationSettings
+
+README_HINT = 'see README "Serving real weights"'
+KNOWN_VERSIONS = ("1.5", "2.1", "xl-1.0")
+MAX_SEED = 2**64 - 1
+MAX_IMAGE_SIDE = 4096
+MAX_STEPS = 1000
+# Per-request parameters that override the config; the config spells the image size differently.
+REQUEST_OVERRIDES = ("steps", "guidance_scale", "seed", "scheduler", "height", "width")
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """The config's defaults for every request, after checking."""
+
+    settings: GenerationSettings
+    # None: a fresh random seed for every request.
+    seed: int | None
+    version: str
+    weights: str
+    weights_config: str
+
+
+def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """{"steps": {"string_value": "30"}} -> {"steps": "30"}."""
+    parameters = model_config.get("parameters") or {}
+    flat: dict[str, str] = {}
+    for key, value in parameters.items():
+        flat[key] = str(value.get("string_value", "")) if isinstance(value, Mapping) else str(value)
+    return flat
+
+
+def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) -> ModelDefaults:
+    """Check the config parameters; raises ValueError naming the first bad one."""
+    source = "config parameter"
+    settings = GenerationSettings(
+        height=parse_image_side("image_height", parameters.get("image_height", ""), default_image_size, source),
+        width=parse_image_side("image_width", parameters.get("image_width", ""), default_image_size, source),
+        steps=parse_steps(parameters.get("steps", ""), 30, source),
+        guidance_scale=parse_guidance_scale(parameters.get("guidance_scale", ""), 7.5, source),
+        scheduler=str(parameters.get("scheduler", "")).strip(),
+    )
+    seed_text = str(parameters.get("seed", "")).strip()
+    return ModelDefaults(
+        settings=settings,
+        seed=parse_seed(seed_text, source) if seed_text else None,
+        version=str(parameters.get("version", "")).strip(),
+        weights=str(parameters.get("weights", "")).strip(),
+        weights_config=str(parameters.get("weights_config", "")).strip(),
+    )
+
+
+def read_request_overrides(parameters_json: str, defaults: ModelDefaults) -> tuple[GenerationSettings, int]:
+    """The settings and seed for one request: its parameters over the model's defaults."""
+    parameters = json.loads(parameters_json or "{}")
+    if not isinstance(parameters, dict):
+        raise ValueError(f"request parameters must be a JSON object, got {parameters_json!r}")
+    source = "parameter"
+    base = defaults.settings
+    settings = GenerationSettings(
+        height=parse_image_side("height", parameters["height"], base.height, source)
+        if "height" in parameters
+        else base.height,
+        width=parse_image_side("width", parameters["width"], base.width, source)
+        if "width" in parameters
+        else base.width,
+        steps=parse_steps(parameters["steps"], base.steps, source) if "steps" in parameters else base.steps,
+        guidance_scale=parse_guidance_scale(parameters["guidance_scale"], base.guidance_scale, source)
+        if "guidance_scale" in parameters
+        else base.guidance_scale,
+        scheduler=_parse_scheduler(parameters["scheduler"]) if "scheduler" in parameters else base.scheduler,
+    )
+    seed = parameters.get("seed", "")
+    if seed == "" or seed is None:
+        chosen = defaults.seed if defaults.seed is not None else secrets.randbits(32)
+    else:
+        chosen = parse_seed(seed, source)
+    return settings, chosen
+
+
+def resolve_weights(version_dir: Path, weights: str, version: str) -> Path:
+    """Where the weights are: `weights` relative to the version folder (or absolute), else the
+    version folder itself when it is a diffusers folder, else `<version>-pytorch_model` in it,
+    else the one `.safetensors` file in it. Raises FileNotFoundError when there are none."""
+    if weights:
+        path = Path(weights) if Path(weights).is_absolute() else version_dir / weights
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"weights not found at {path}: it holds no model_index.json; {README_HINT}")
+        if not path.exists():
+            raise FileNotFoundError(f"weights not found at {path}; {README_HINT}")
+        return path
+    if (version_dir / "model_index.json").is_file():
+        return version_dir
+    tutorial_layout = version_dir / f"{version or '1.5'}-pytorch_model"
+    if (tutorial_layout / "model_index.json").is_file():
+        return tutorial_layout
+    checkpoints = sorted(version_dir.glob("*.safetensors")) if version_dir.is_dir() else []
+    if len(checkpoints) == 1:
+        return checkpoints[0]
+    if len(checkpoints) > 1:
+        names = ", ".join(path.name for path in checkpoints)
+        raise FileNotFoundError(f"{version_dir} holds several checkpoints ({names}); name one with the weights parameter")
+    raise FileNotFoundError(f"weights not found at {tutorial_layout}; {README_HINT}")
+
+
+def version_mismatch(configured: str, detected: str | None, is_sdxl: bool) -> str | None:
+    """A warning when the config's `version` disagrees with the weights, else None."""
+    if configured == "":
+        return None
+    if configured not in KNOWN_VERSIONS:
+        return f"config parameter 'version' is {configured!r}, not one of {', '.join(KNOWN_VERSIONS)}; ignoring it"
+    weights_kind = detected or ("xl-1.0" if is_sdxl else "1.x/2.x")
+    agrees = configured == detected if detected is not None else (configured == "xl-1.0") == is_sdxl
+    if agrees:
+        return None
+    return f"config parameter 'version' says {configured!r} but the weights are Stable Diffusion {weights_kind}; using the weights"
+
+
+# ---------------------------------------------------------------------------------------------
+# Single values
+
+
+def parse_image_side(name: str, value: Any, default: int, source: str) -> int:
+    side = _parse_int(name, value, default, source)
+    if not 8 <= side <= MAX_IMAGE_SIDE or side % 8 != 0:
+        raise ValueError(f"{source} '{name}' must be a multiple of 8 from 8 to {MAX_IMAGE_SIDE}, got {value!r}")
+    return side
+
+
+def parse_steps(value: Any, default: int, source: str) -> int:
+    steps = _parse_int("steps", value, default, source)
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"{source} 'steps' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
+    return steps
+
+
+def parse_guidance_scale(value: Any, default: float, source: str) -> float:
+    if value == "" or value is None:
+        return default
+    try:
+        scale = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        scale = math.nan
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"{source} 'guidance_scale' must be a finite number >= 0, got {value!r}")
+    return scale
+
+
+def parse_seed(value: Any, source: str) -> int:
+    seed = _parse_int("seed", value, None, source)
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{source} 'seed' must be an integer from 0 to {MAX_SEED}, got {value!r}")
+    return seed
+
+
+def _parse_scheduler(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"parameter 'scheduler' must be a scheduler name, got {value!r}")
+    return value.strip()
+
+
+def _parse_int(name: str, value: Any, default: int | None, source: str) -> int:
+    if (value == "" or value is None) and default is not None:
+        return default
+    if isinstance(value, bool):
+        raise ValueError(f"{source} '{name}' must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"{source} '{name}' must be an integer, got {value!r}")

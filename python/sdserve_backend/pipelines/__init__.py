@@ -1,0 +1,26 @@
+"""Diffusion pipelines: model loading, schedulers and the text-to-image recipe."""
+
+from sdserve_backend.pipelines.components import DiffusionComponents, detect_version, load_components
+from sdserve_backend.pipelines.device import Placement, choose_placement
+from sdserve_backend.pipelines.schedulers import SCHEDULER_SHORT_NAMES, make_scheduler, resolve_scheduler_class
+from sdserve_backend.pipelines.text_to_image import (
+    GenerationRequest,
+    GenerationSettings,
+    TextToImagePipeline,
+    split_per_request,
+)
+
+__all__ = [
+    "SCHEDULER_SHORT_NAMES",
+    "DiffusionComponents",
+    "GenerationRequest",
+    "GenerationSettings",
+    "Placement",
+    "TextToImagePipeline",
+    "choose_placement",
+    "detect_version",
+    "load_components",
+    "make_scheduler",
+    "resolve_scheduler_class",
+    "split_per_request",
+]

@@ -1,0 +1,169 @@
+"""Loading the models of a Stable Diffusion checkpoint (1.5, 2.x or XL) onto one device.
+
+Two on-disk forms are accepted, both strictly offline:
+- a diffusers folder (model_index.json plus one subfolder per component);
+- a single `.safetensors` checkpoint in the original layout, read with diffusers'
+  `from_single_file`, which then needs a local diffusers folder for the component configs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from sdserve_backend.pipelines import schedulers
+
+SDXL_PIPELINE_CLASS = "StableDiffusionXLPipeline"
+SD_PIPELINE_CLASS = "StableDiffusionPipeline"
+SINGLE_FILE_SUFFIXES = (".safetensors",)
+
+
+@dataclass(frozen=True)
+class DiffusionComponents:
+    """Everything a text-to-image run needs, already on `device` in `dtype`."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    # Stable Diffusion XL's second (OpenCLIP bigG) encoder; None for 1.x / 2.x.
+    tokenizer_2: CLIPTokenizer | None
+    text_encoder_2: CLIPTextModelWithProjection | None
+    scheduler_class: type[SchedulerMixin]
+    scheduler_config: dict[str, Any]
+    # SDXL: an absent negative prompt means zero embeddings rather than the encoding of "".
+    force_zeros_for_empty_prompt: bool
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def default_image_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+
+def load_components(
+    weights: Path, device: torch.device, dtype: torch.dtype, config_dir: Path | None = None
+) -> DiffusionComponents:
+    """Load a diffusers folder or a single-file checkpoint at `weights` onto `device`.
+
+    `config_dir` is needed only for a single-file checkpoint: a local diffusers folder whose
+    model_index.json and component configs describe the checkpoint's architecture.
+    """
+    weights = Path(weights)
+    if weights.is_dir():
+        if not (weights / "model_index.json").is_file():
+            raise FileNotFoundError(f"{weights} is not a diffusers model folder: it has no model_index.json")
+        components = _load_diffusers_folder(weights, dtype)
+    elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES:
+        components = _load_single_file(weights, config_dir, dtype)
+    elif weights.is_file():
+        raise ValueError(f"weights file {weights} is not a .safetensors checkpoint")
+    else:
+        raise FileNotFoundError(f"weights not found at {weights}")
+    return _place(components, device, dtype)
+
+
+def detect_version(components: DiffusionComponents) -> str | None:
+    """"xl-1.0", "2.1" or "1.5" as the weights' architecture says, None when it is not telling."""
+    if components.is_sdxl:
+        return "xl-1.0"
+    # The text encoder width differs: CLIP ViT-L (768) for 1.x, OpenCLIP ViT-H (1024) for 2.x.
+    cross_attention_dim = components.unet.config.cross_attention_dim
+    return {768: "1.5", 1024: "2.1"}.get(cross_attention_dim)
+
+
+def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> dict[str, Any]:
+    model_index = json.loads((folder / "model_index.json").read_text())
+    is_sdxl = _is_present(model_index, "text_encoder_2")
+    if not _is_present(model_index, "text_encoder"):
+        raise ValueError(f"{folder}: models without a first text encoder (such as the SDXL refiner) are not supported")
+
+    def load(model_class: Any, subfolder: str) -> Any:
+        return model_class.from_pretrained(folder, subfolder=subfolder, torch_dtype=dtype, local_files_only=True)
+
+    scheduler_class_name = model_index["scheduler"][1]
+    scheduler_class = schedulers.resolve_scheduler_class(scheduler_class_name, default_class=SchedulerMixin)
+    return {
+        "unet": load(UNet2DConditionModel, "unet"),
+        "vae": load(AutoencoderKL, "vae"),
+        "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
+        "text_encoder": load(CLIPTextModel, "text_encoder"),
+        "tokenizer_2": (
+            CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2", local_files_only=True) if is_sdxl else None
+        ),
+        "text_encoder_2": load(CLIPTextModelWithProjection, "text_encoder_2") if is_sdxl else None,
+        "scheduler_class": scheduler_class,
+        "scheduler_config": dict(scheduler_class.load_config(folder, subfolder="scheduler", local_files_only=True)),
+        "force_zeros_for_empty_prompt": bool(model_index.get("force_zeros_for_empty_prompt", is_sdxl)),
+    }
+
+
+def _load_single_file(checkpoint: Path, config_dir: Path | None, dtype: torch.dtype) -> dict[str, Any]:
+    needed = (
+        "a local diffusers folder with model_index.json, scheduler/, unet/config.json, vae/config.json, "
+        "text_encoder/config.json and tokenizer/ (plus text_encoder_2/ and tokenizer_2/ for SDXL) that "
+        "describes this checkpoint's architecture"
+    )
+    if config_dir is None:
+        raise ValueError(f"loading the single-file checkpoint {checkpoint} offline needs {needed}; none was given")
+    if not (Path(config_dir) / "model_index.json").is_file():
+        raise FileNotFoundError(f"config folder {config_dir} has no model_index.json; loading {checkpoint} needs {needed}")
+
+    # Imported here: the pipeline classes pull in much of transformers, and only this path needs them.
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    model_index = json.loads((Path(config_dir) / "model_index.json").read_text())
+    is_sdxl = model_index.get("_class_name") == SDXL_PIPELINE_CLASS or _is_present(model_index, "text_encoder_2")
+    extra: dict[str, Any] = {} if is_sdxl else {"safety_checker": None, "requires_safety_checker": False}
+    pipeline_class = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
+    pipeline = pipeline_class.from_single_file(
+        str(checkpoint), config=str(config_dir), local_files_only=True, torch_dtype=dtype, **extra
+    )
+    return {
+        "unet": pipeline.unet,
+        "vae": pipeline.vae,
+        "tokenizer": pipeline.tokenizer,
+        "text_encoder": pipeline.text_encoder,
+        "tokenizer_2": getattr(pipeline, "tokenizer_2", None),
+        "text_encoder_2": getattr(pipeline, "text_encoder_2", None),
+        "scheduler_class": type(pipeline.scheduler),
+        "scheduler_config": dict(pipeline.scheduler.config),
+        "force_zeros_for_empty_prompt": bool(model_index.get("force_zeros_for_empty_prompt", is_sdxl)),
+    }
+
+
+def _place(parts: dict[str, Any], device: torch.device, dtype: torch.dtype) -> DiffusionComponents:
+    unet: UNet2DConditionModel = parts["unet"]
+    if unet.config.time_cond_proj_dim is not None:
+        raise ValueError("guidance-distilled UNets (time_cond_proj_dim set, e.g. LCM) are not supported")
+    vae: AutoencoderKL = parts["vae"]
+    # The SDXL VAE overflows in float16; diffusers upcasts it for decoding when force_upcast is set.
+    # Keeping it in float32 from the start gives the same numbers without casting per batch.
+    is_sdxl = parts["text_encoder_2"] is not None
+    vae_dtype = torch.float32 if is_sdxl and dtype == torch.float16 and vae.config.force_upcast else dtype
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        if parts[name] is not None:
+            parts[name] = parts[name].to(device).eval()
+    if vae.dtype != vae_dtype:
+        vae = vae.to(dtype=vae_dtype)
+    parts["vae"] = vae.to(device).eval()
+    return DiffusionComponents(device=device, dtype=dtype, **parts)
+
+
+def _is_present(model_index: dict[str, Any], component: str) -> bool:
+    entry = model_index.get(component)
+    return isinstance(entry, list) and len(entry) == 2 and entry[1] is not None
