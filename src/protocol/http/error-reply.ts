@@ -1,0 +1,46 @@
+/**
+ * The one place HTTP status codes are chosen for errors. sdserve errors take theirs from the
+ * catalog (src/errors.ts); fastify's own client errors (413 body too large, 415, schema
+ * validation 400) keep theirs; anything else is a 500. Every error body is `{"error": "..."}`.
+ */
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { SdserveError, toSdserveError } from '../../errors.js';
+
+/** The HTTP status for anything thrown by a handler, parser or the core. */
+export function httpStatusOf(err: unknown): number {
+  if (err instanceof SdserveError) return err.httpStatus;
+  const status = (err as Partial<FastifyError> | null)?.statusCode;
+  return typeof status === 'number' && status >= 400 && status < 500 ? status : 500;
+}
+
+/** Fastify error handler: sends `{"error": message}` with the mapped status. */
+export function sendError(err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const status = httpStatusOf(err);
+  if (status >= 500) request.log.error({ err }, 'request failed');
+  return reply.code(status).type('application/json').send({ error: toSdserveError(err).message });
+}
+
+/** Fastify not-found handler. */
+export function sendNotFound(request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return reply.code(404).type('application/json')
+    .send({ error: `no route for ${request.method} ${request.url}` });
+}
+
+interface SchemaError {
+  instancePath: string;
+  message?: string;
+  params?: { allowedValues?: unknown[] };
+}
+
+/**
+ * Fastify schemaErrorFormatter: `invalid request body: /inputs/0/datatype must be equal to one
+ * of the allowed values (BOOL, ...)`. The infer body's `/header` wrapper is not shown.
+ */
+export function formatSchemaError(errors: SchemaError[], dataVar: string): Error {
+  const first = errors[0];
+  const path = (first?.instancePath ?? '').replace(/^\/header(?=\/|$)/, '');
+  const allowed = first?.params?.allowedValues;
+  const detail = `${path === '' ? '' : `${path} `}${first?.message ?? 'is invalid'}`
+    + (Array.isArray(allowed) ? ` (${allowed.join(', ')})` : '');
+  return new Error(`invalid request ${dataVar}: ${detail}`);
+}

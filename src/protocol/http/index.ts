@@ -1,0 +1,6 @@
+export { buildHttpServer, DEFAULT_BODY_LIMIT_BYTES, type HttpServerOptions } from './server.js';
+export { httpStatusOf } from './error-reply.js';
+export {
+  decodeInferRequest, encodeInferResponse, wantsBinary,
+  type DecodedInferRequest, type EncodedInferResponse, type OutputFormat, type WireInferRequest,
+} from './infer-codec.js';

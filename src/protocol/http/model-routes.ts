@@ -1,0 +1,30 @@
+/**
+ * Per-model reads, each at `/v2/models/:model` and `/v2/models/:model/versions/:version`:
+ * metadata, readiness (200 or 400, empty body) and configuration (Triton's JSON form).
+ */
+import type { FastifyInstance } from 'fastify';
+import type { InferenceCore } from '../../core/inference-core.js';
+
+export interface ModelParams {
+  model: string;
+  version?: string;
+}
+
+/** The two URL forms of a model: any ready version, or one version. */
+export const MODEL_PATHS = ['/v2/models/:model', '/v2/models/:model/versions/:version'] as const;
+
+/** Registers metadata, ready and config routes in both URL forms. */
+export function registerModelRoutes(app: FastifyInstance, core: InferenceCore): void {
+  for (const base of MODEL_PATHS) {
+    app.get<{ Params: ModelParams }>(base, async (request) => (
+      core.modelMetadata(request.params.model, request.params.version)
+    ));
+    app.get<{ Params: ModelParams }>(`${base}/ready`, async (request, reply) => {
+      const ready = core.isModelReady(request.params.model, request.params.version);
+      return reply.code(ready ? 200 : 400).send();
+    });
+    app.get<{ Params: ModelParams }>(`${base}/config`, async (request) => (
+      core.modelConfig(request.params.model, request.params.version)
+    ));
+  }
+}
