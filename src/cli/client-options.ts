@@ -1,0 +1,51 @@
+/**
+ * Parsers for the `client` command's options. They run at the CLI boundary and throw
+ * commander's `InvalidArgumentError`, which commander reports with the option's name.
+ */
+import { InvalidArgumentError } from 'commander';
+
+export function parsePositiveInteger(value: string): number {
+  const parsed = parseInteger(value);
+  if (parsed < 1) throw new InvalidArgumentError(`expected an integer >= 1, got '${value}'.`);
+  return parsed;
+}
+
+export function parseNonNegativeInteger(value: string): number {
+  const parsed = parseInteger(value);
+  if (parsed < 0) throw new InvalidArgumentError(`expected an integer >= 0, got '${value}'.`);
+  return parsed;
+}
+
+export function parseNonNegativeNumber(value: string): number {
+  const parsed = value.trim() === '' ? NaN : Number(value);
+  if (!Number.isFinite(parsed) || parsed < 0) {
+    throw new InvalidArgumentError(`expected a number >= 0, got '${value}'.`);
+  }
+  return parsed;
+}
+
+/**
+ * Accepts `host:port` (as Triton's client does) or a full `http://` / `https://` URL and
+ * returns the base URL without a trailing slash.
+ */
+export function parseServerUrl(value: string): string {
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(value) ? value : `http://${value}`;
+  let url: URL;
+  try {
+    url = new URL(withScheme);
+  } catch {
+    throw new InvalidArgumentError(`expected HOST:PORT or an http(s) URL, got '${value}'.`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new InvalidArgumentError(`expected an http or https URL, got '${value}'.`);
+  }
+  return url.href.replace(/\/+$/, '');
+}
+
+function parseInteger(value: string): number {
+  const parsed = /^\s*[+-]?\d+\s*$/.test(value) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(parsed)) {
+    throw new InvalidArgumentError(`expected an integer, got '${value}'.`);
+  }
+  return parsed;
+}

@@ -1,0 +1,257 @@
+/**
+ * The benchmark loop behind `sdserve client`: N concurrent clients each send R text-to-image
+ * requests of B prompts, optionally save the images, and the run reports throughput and latency
+ * in the Triton Stable Diffusion tutorial client's format.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { availableParallelism } from 'node:os';
+import { performance } from 'node:perf_hooks';
+import type { InferRequest, InferResponse, Parameters, Tensor } from '../core/types.js';
+import { encodeBytesElements, inferOverHttp } from './client-http.js';
+import { ImageWriterPool } from './client-image-writer.js';
+import { parseServerUrl } from './client-options.js';
+import { createClientProgress, type ClientProgress, type ProgressTarget } from './client-progress.js';
+import {
+  formatClientLine, formatFailureLine, formatLatencyLine, formatTotalLine,
+} from './client-report.js';
+import { mean, summarizeLatencies, type LatencyStats } from './client-stats.js';
+import type { RgbImage } from './image-file.js';
+
+export const DEFAULT_MODEL = 'tiny_sd';
+export const DEFAULT_PROMPT = 'a watercolor painting of a lighthouse on a rocky coast at sunset';
+export const DEFAULT_URL = 'localhost:8000';
+export const IMAGE_OUTPUT = 'generated_image';
+
+export interface ClientOptions {
+  model?: string;
+  prompt?: string;
+  negativePrompt?: string;
+  /** Concurrent clients; each sends its requests one after another. */
+  clients?: number;
+  requests?: number;
+  staticBatchSize?: number;
+  saveImage?: boolean;
+  outputDir?: string;
+  /** `host:port` or an `http(s)://` base URL. */
+  url?: string;
+  steps?: number;
+  seed?: number;
+  guidanceScale?: number;
+  scheduler?: string;
+  width?: number;
+  height?: number;
+  /** Progress bars on stderr; drawn only when stderr is a TTY. */
+  progress?: boolean;
+  stdout?: NodeJS.WritableStream;
+  stderr?: ProgressTarget;
+}
+
+export interface ClientResult {
+  client: number;
+  succeeded: number;
+  failed: number;
+  elapsedSeconds: number;
+  /** Successful requests per second. */
+  throughput: number;
+  averageLatencySeconds: number;
+  /** One entry per successful request, in the order sent. */
+  latenciesSeconds: number[];
+  savedImages: string[];
+}
+
+export interface ClientSummary {
+  clients: ClientResult[];
+  requests: number;
+  succeeded: number;
+  failed: number;
+  elapsedSeconds: number;
+  throughput: number;
+  /** Over every successful request of every client. */
+  latency: LatencyStats;
+  savedImages: string[];
+}
+
+interface ResolvedRun {
+  baseUrl: string;
+  request: InferRequest;
+  clients: number;
+  requests: number;
+  batchSize: number;
+  imageSaving: { outputDir: string; writer: ImageWriterPool } | undefined;
+  progress: ClientProgress;
+}
+
+/**
+ * Runs the benchmark and prints its report to `stdout` (failures to `stderr`). Failed requests
+ * are counted in the summary, not thrown; the caller decides what they mean for the exit code.
+ */
+export async function runClient(options: ClientOptions = {}): Promise<ClientSummary> {
+  // 1. Resolve defaults and build the one request every client repeats.
+  const stdout = options.stdout ?? process.stdout;
+  const stderr = options.stderr ?? process.stderr;
+  const clients = options.clients ?? 1;
+  const requests = options.requests ?? 1;
+  const batchSize = options.staticBatchSize ?? 1;
+  const baseUrl = parseServerUrl(options.url ?? DEFAULT_URL);
+  const request = buildInferRequest(options, batchSize);
+  let imageSaving: ResolvedRun['imageSaving'];
+  if (options.saveImage) {
+    const outputDir = options.outputDir ?? '.';
+    await mkdir(outputDir, { recursive: true });
+    const writers = Math.min(clients, Math.max(1, availableParallelism() - 1));
+    imageSaving = { outputDir, writer: new ImageWriterPool(writers) };
+  }
+  const progress = createClientProgress({
+    enabled: options.progress ?? true, stream: stderr, clients, requestsPerClient: requests,
+  });
+  const run: ResolvedRun = { baseUrl, request, clients, requests, batchSize, imageSaving, progress };
+
+  // 2. Run the clients concurrently.
+  let results: ClientResult[];
+  let elapsedSeconds: number;
+  try {
+    const start = performance.now();
+    results = await Promise.all(
+      Array.from({ length: clients }, (_, client) => runOneClient(run, client)),
+    );
+    elapsedSeconds = (performance.now() - start) / 1000;
+  } finally {
+    progress.stop();
+    await imageSaving?.writer.close();
+  }
+
+  // 3. Summarize and report.
+  const summary = summarize(results, elapsedSeconds);
+  const lines = [
+    ...results.map((r) => formatClientLine(r.client, r.throughput, r.averageLatencySeconds)),
+    formatTotalLine(summary.throughput, summary.elapsedSeconds),
+    formatLatencyLine(summary.latency),
+  ];
+  stdout.write(`${lines.join('\n')}\n`);
+  return summary;
+}
+
+/** The request sent by every client: B copies of the prompt plus any generation parameters given. */
+export function buildInferRequest(options: ClientOptions, batchSize: number): InferRequest {
+  const promptTensor = (name: string, text: string): Tensor => ({
+    name,
+    datatype: 'BYTES',
+    shape: [batchSize, 1],
+    data: encodeBytesElements(new Array<string>(batchSize).fill(text)),
+  });
+  const inputs = [promptTensor('prompt', options.prompt ?? DEFAULT_PROMPT)];
+  if (options.negativePrompt !== undefined) {
+    inputs.push(promptTensor('negative_prompt', options.negativePrompt));
+  }
+  const candidates: Record<string, string | number | undefined> = {
+    steps: options.steps,
+    seed: options.seed,
+    guidance_scale: options.guidanceScale,
+    scheduler: options.scheduler,
+    height: options.height,
+    width: options.width,
+  };
+  const parameters: Parameters = {};
+  for (const [name, value] of Object.entries(candidates)) {
+    if (value !== undefined) parameters[name] = value;
+  }
+  return {
+    model_name: options.model ?? DEFAULT_MODEL,
+    inputs,
+    outputs: [{ name: IMAGE_OUTPUT }],
+    parameters,
+  };
+}
+
+async function runOneClient(run: ResolvedRun, client: number): Promise<ClientResult> {
+  const latenciesSeconds: number[] = [];
+  const savedImages: string[] = [];
+  let failed = 0;
+  const start = performance.now();
+  for (let request = 0; request < run.requests; request += 1) {
+    const sentAt = performance.now();
+    try {
+      const response = await inferOverHttp(run.baseUrl, run.request);
+      const images = imagesFromResponse(response, run.batchSize);
+      // Saving stays out of the latency but inside the client's elapsed time, as in the
+      // tutorial client.
+      const latencySeconds = (performance.now() - sentAt) / 1000;
+      if (run.imageSaving !== undefined) {
+        savedImages.push(...await saveImages(run.imageSaving, client, request, images));
+      }
+      latenciesSeconds.push(latencySeconds);
+      run.progress.advance(client, false);
+    } catch (error) {
+      failed += 1;
+      run.progress.log(formatFailureLine(client, request, error));
+      run.progress.advance(client, true);
+    }
+  }
+  const elapsedSeconds = (performance.now() - start) / 1000;
+  return {
+    client,
+    succeeded: latenciesSeconds.length,
+    failed,
+    elapsedSeconds,
+    throughput: latenciesSeconds.length / elapsedSeconds,
+    averageLatencySeconds: mean(latenciesSeconds),
+    latenciesSeconds,
+    savedImages,
+  };
+}
+
+/** Splits the UINT8 [B,H,W,3] output into B images, checking it is what was asked for. */
+export function imagesFromResponse(response: InferResponse, batchSize: number): RgbImage[] {
+  const output = response.outputs.find((tensor) => tensor.name === IMAGE_OUTPUT);
+  if (output === undefined) throw new Error(`response has no '${IMAGE_OUTPUT}' output`);
+  const [batch, height, width, channels] = output.shape;
+  if (output.datatype !== 'UINT8' || output.shape.length !== 4 || batch !== batchSize || channels !== 3) {
+    throw new Error(
+      `'${IMAGE_OUTPUT}' must be UINT8 [${batchSize},H,W,3], got ${output.datatype} [${output.shape.join(',')}]`,
+    );
+  }
+  const imageBytes = height * width * 3;
+  if (output.data.length !== batch * imageBytes) {
+    throw new Error(
+      `'${IMAGE_OUTPUT}' of shape [${output.shape.join(',')}] needs ${batch * imageBytes} bytes, got ${output.data.length}`,
+    );
+  }
+  return Array.from({ length: batch }, (_, index) => ({
+    width,
+    height,
+    pixels: output.data.subarray(index * imageBytes, (index + 1) * imageBytes),
+  }));
+}
+
+/** `client_{i}_generated_image_{j}.jpg`, with a `_{k}` batch index only when B > 1. */
+export function imageFileName(client: number, request: number, batchIndex: number, batchSize: number): string {
+  const batchSuffix = batchSize > 1 ? `_${batchIndex}` : '';
+  return `client_${client}_${IMAGE_OUTPUT}_${request}${batchSuffix}.jpg`;
+}
+
+async function saveImages(
+  { outputDir, writer }: NonNullable<ResolvedRun['imageSaving']>,
+  client: number, request: number, images: RgbImage[],
+): Promise<string[]> {
+  const paths = images.map((_, index) =>
+    join(outputDir, imageFileName(client, request, index, images.length)));
+  await Promise.all(images.map((image, index) => writer.write(paths[index], image)));
+  return paths;
+}
+
+function summarize(results: ClientResult[], elapsedSeconds: number): ClientSummary {
+  const latencies = results.flatMap((r) => r.latenciesSeconds);
+  const succeeded = latencies.length;
+  const failed = results.reduce((total, r) => total + r.failed, 0);
+  return {
+    clients: results,
+    requests: succeeded + failed,
+    succeeded,
+    failed,
+    elapsedSeconds,
+    throughput: succeeded / elapsedSeconds,
+    latency: summarizeLatencies(latencies),
+    savedImages: results.flatMap((r) => r.savedImages),
+  };
+}
