@@ -1,0 +1,7 @@
+export { DataPlane, SERVER_NAME, SERVER_VERSION } from './data-plane.js';
+export { detectGpuCount } from './gpu.js';
+export { ModelManager, type ModelControlMode } from './model-manager.js';
+export { formatModelTable } from './model-table.js';
+export type { BackendRuntime } from './served-model.js';
+export type { InferenceCore } from './inference-core.js';
+export * from './types.js';

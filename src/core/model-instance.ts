@@ -1,0 +1,91 @@
+import { BackendProcess } from '../backend/index.js';
+import { SdserveError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { BatchExecutor } from '../scheduler/index.js';
+import type { InferRequest, InferResponse } from './types.js';
+
+export type BackendStartOptions = Parameters<typeof BackendProcess.start>[0];
+
+const RESTART_BACKOFF_MS = [250, 1000, 3000, 10000];
+
+/**
+ * One backend process under supervision: a process that dies unexpectedly fails its in-flight
+ * requests (BackendProcess does that) and is started again with backoff, while the scheduler
+ * routes around it.
+ */
+export class ModelInstance implements BatchExecutor {
+  private process: BackendProcess | undefined;
+  private stopping = false;
+  private restartTimer: NodeJS.Timeout | undefined;
+  private consecutiveFailures = 0;
+  restarts = 0;
+
+  constructor(
+    readonly label: string,
+    private readonly startOptions: BackendStartOptions,
+    private readonly logger: Logger,
+    private readonly onAvailable: () => void,
+  ) {}
+
+  get isAvailable(): boolean {
+    return this.process?.isAlive === true;
+  }
+
+  get pid(): number | undefined {
+    return this.process?.pid;
+  }
+
+  /** First start: a failure here is the model's load failure, reported to the caller. */
+  async start(): Promise<void> {
+    this.process = await BackendProcess.start(this.startOptions);
+    this.watch(this.process);
+  }
+
+  execute(requests: InferRequest[]): Promise<Array<InferResponse | SdserveError>> {
+    if (!this.process?.isAlive) {
+      return Promise.reject(new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is not running`));
+    }
+    this.logger.debug(`backend ${this.label} (pid ${this.process.pid}): executing ${requests.length} request(s)`);
+    return this.process.execute(requests);
+  }
+
+  async stop(graceMs: number): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.restartTimer);
+    await this.process?.stop(graceMs);
+  }
+
+  private watch(process: BackendProcess): void {
+    process.once('exit', (code: number | null, signal: string | null) => {
+      if (this.stopping || process !== this.process) return;
+      this.logger.warn(`backend ${this.label} exited (${signal ?? `code ${code}`}); restarting`);
+      this.scheduleRestart();
+    });
+  }
+
+  private scheduleRestart(): void {
+    const delay = RESTART_BACKOFF_MS[Math.min(this.consecutiveFailures, RESTART_BACKOFF_MS.length - 1)];
+    this.restartTimer = setTimeout(() => void this.restart(), delay);
+  }
+
+  private async restart(): Promise<void> {
+    if (this.stopping) return;
+    try {
+      const process = await BackendProcess.start(this.startOptions);
+      if (this.stopping) {
+        await process.stop(1000);
+        return;
+      }
+      this.process = process;
+      this.watch(process);
+      this.restarts += 1;
+      this.consecutiveFailures = 0;
+      this.logger.info(`backend ${this.label} restarted (pid ${process.pid})`);
+      this.onAvailable();
+    } catch (err) {
+      this.consecutiveFailures += 1;
+      this.logger.error(`backend ${this.label} failed to restart: ${(err as Error).message}`);
+      this.scheduleRestart();
+    }
+  }
+}

@@ -1,0 +1,141 @@
+import { SdserveError } from '../errors.js';
+import { modelConfigFromJson, resolveVersions, scanRepository, type ModelEntry } from '../repository/index.js';
+import { notReady, ServedModel, type BackendRuntime } from './served-model.js';
+import type { ModelStatus } from './types.js';
+
+export type ModelControlMode = 'none' | 'explicit' | 'poll';
+
+interface ModelRecord {
+  entry: ModelEntry;
+  versions: Map<number, ServedModel>;
+  /** Why the model as a whole cannot load (bad config, no versions), else ''. */
+  reason: string;
+  loading?: Promise<void>;
+}
+
+/**
+ * The model repository at run time: which models exist, which versions are served, and the
+ * load/unload lifecycle (Triton's model control modes).
+ */
+export class ModelManager {
+  private readonly records = new Map<string, ModelRecord>();
+
+  constructor(
+    private readonly repositoryPaths: string[],
+    private readonly runtime: BackendRuntime,
+  ) {}
+
+  /** Scans the repository and loads the startup models: all of them in 'none' mode, else those named ('*': all). */
+  async start(mode: ModelControlMode, startupModels: string[]): Promise<void> {
+    const entries = await this.scan();
+    for (const entry of entries) this.records.set(entry.name, { entry, versions: new Map(), reason: '' });
+    const loadAll = mode !== 'explicit' || startupModels.includes('*');
+    const names = loadAll ? entries.map((e) => e.name) : startupModels;
+    await Promise.all(names.map((name) => this.loadModel(name).catch((err: Error) => {
+      this.runtime.logger.error(err.message);
+    })));
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.records.keys()].map((name) => this.unloadModel(name).catch(() => undefined)));
+  }
+
+  /** Loads (or reloads) a model; resolves when it is READY, rejects with the reason otherwise. */
+  async loadModel(name: string, configOverride?: string): Promise<void> {
+    const previous = this.records.get(name)?.loading;
+    if (previous) await previous.catch(() => undefined);
+    const loading = this.doLoad(name, configOverride);
+    const record = this.records.get(name);
+    if (record) record.loading = loading;
+    try {
+      await loading;
+    } finally {
+      const current = this.records.get(name);
+      if (current?.loading === loading) current.loading = undefined;
+    }
+  }
+
+  async unloadModel(name: string): Promise<void> {
+    const record = this.records.get(name);
+    if (!record) throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to unload '${name}', no version is available`);
+    const versions = [...record.versions.values()];
+    record.versions.clear();
+    await Promise.all(versions.map((served) => served.unload()));
+  }
+
+  /** The version a request goes to: the given one if READY, else the newest READY one. */
+  resolve(name: string, version?: string): ServedModel {
+    const record = this.records.get(name);
+    if (!record) throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `Request for unknown model: '${name}' is not found`);
+    if (version) {
+      const served = record.versions.get(Number(version));
+      if (!served || served.state !== 'READY' || !/^\d+$/.test(version)) throw notReady(name, version);
+      return served;
+    }
+    const ready = [...record.versions.values()].filter((s) => s.state === 'READY').sort((a, b) => b.version - a.version);
+    if (ready.length === 0) throw notReady(name);
+    return ready[0];
+  }
+
+  isReady(name: string, version?: string): boolean {
+    try {
+      this.resolve(name, version);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Every model and version known, with its state; models never loaded have version ''. */
+  statuses(): ModelStatus[] {
+    const rows: ModelStatus[] = [];
+    for (const [name, record] of [...this.records].sort(([a], [b]) => a.localeCompare(b))) {
+      if (record.versions.size === 0) {
+        rows.push({ name, version: '', state: 'UNAVAILABLE', reason: record.reason || 'unloaded' });
+        continue;
+      }
+      for (const served of [...record.versions.values()].sort((a, b) => a.version - b.version)) {
+        rows.push({ name, version: String(served.version), state: served.state, reason: served.reason });
+      }
+    }
+    return rows;
+  }
+
+  /** Models the server tried to load (for the startup table). */
+  attemptedStatuses(): ModelStatus[] {
+    return this.statuses().filter((row) => row.version !== '' || this.records.get(row.name)?.reason);
+  }
+
+  private async doLoad(name: string, configOverride?: string): Promise<void> {
+    const entry = (await this.scan()).find((e) => e.name === name);
+    if (!entry) {
+      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to load '${name}', failed to poll from model repository`);
+    }
+    const record: ModelRecord = this.records.get(name) ?? { entry, versions: new Map(), reason: '' };
+    this.records.set(name, record);
+    record.entry = entry;
+    await this.unloadModel(name);
+    try {
+      const config = configOverride === undefined ? entry.config : modelConfigFromJson(JSON.parse(configOverride), name);
+      if (!config) throw new SdserveError('SDS_ERR_CONFIG', entry.error ?? `model '${name}' has no usable config.pbtxt`);
+      const versions = resolveVersions(config, entry.versions);
+      if (versions.length === 0) {
+        throw new SdserveError('SDS_ERR_CONFIG', `no version folder of model '${name}' matches its version policy`);
+      }
+      record.reason = '';
+      for (const version of versions) record.versions.set(version, new ServedModel(config, entry.dir, version, this.runtime));
+    } catch (err) {
+      record.reason = err instanceof SyntaxError ? `invalid config override: ${err.message}` : (err as Error).message;
+      throw new SdserveError('SDS_ERR_CONFIG', `failed to load '${name}': ${record.reason}`);
+    }
+    const served = [...record.versions.values()];
+    await Promise.all(served.map((s) => s.load()));
+    const failed = served.find((s) => s.state !== 'READY');
+    if (failed) throw new SdserveError('SDS_ERR_BACKEND', `failed to load '${name}' version ${failed.version}: ${failed.reason}`);
+  }
+
+  private async scan(): Promise<ModelEntry[]> {
+    const all = await Promise.all(this.repositoryPaths.map((p) => scanRepository(p)));
+    return all.flat();
+  }
+}

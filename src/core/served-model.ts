@@ -1,0 +1,155 @@
+import path from 'node:path';
+import { SdserveError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { InstanceGroup, ModelConfig } from '../repository/model-config-types.js';
+import { RequestScheduler, type SchedulerPolicy } from '../scheduler/index.js';
+import { ModelInstance, type BackendStartOptions } from './model-instance.js';
+import type { InferRequest, InferResponse, ModelState } from './types.js';
+import { validateRequest } from './validate-request.js';
+
+/** How backend processes are started on this host. */
+export interface BackendRuntime {
+  pythonExecutable: string;
+  projectRoot: string;
+  gpuCount: number;
+  startTimeoutMs: number;
+  loadTimeoutMs: number;
+  stopGraceMs: number;
+  logger: Logger;
+}
+
+/** One version of one model: its instances and the scheduler in front of them. */
+export class ServedModel {
+  state: ModelState = 'UNAVAILABLE';
+  reason = 'unloaded';
+  private instances: ModelInstance[] = [];
+  private scheduler: RequestScheduler;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly modelDir: string,
+    readonly version: number,
+    private readonly runtime: BackendRuntime,
+  ) {
+    this.scheduler = new RequestScheduler(`${config.name}:${version}`, schedulerPolicy(config));
+  }
+
+  get label(): string {
+    return `${this.config.name} (version ${this.version})`;
+  }
+
+  get backendRestarts(): number {
+    return this.instances.reduce((n, instance) => n + instance.restarts, 0);
+  }
+
+  /** Starts every instance; any failure stops the others and leaves the version UNAVAILABLE. */
+  async load(): Promise<void> {
+    this.state = 'LOADING';
+    this.reason = '';
+    const modelFile = this.modelFile();
+    const instances = this.instanceSpecs().map((spec) => new ModelInstance(
+      spec.label, { ...this.startOptions(modelFile, spec.args), label: spec.label }, this.runtime.logger,
+      () => this.scheduler.notifyAvailable(),
+    ));
+    const results = await Promise.allSettled(instances.map((instance) => instance.start()));
+    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) {
+      await Promise.all(instances.map((instance) => instance.stop(this.runtime.stopGraceMs)));
+      this.state = 'UNAVAILABLE';
+      this.reason = (failure.reason as Error).message;
+      return;
+    }
+    this.instances = instances;
+    for (const instance of instances) this.scheduler.addExecutor(instance);
+    this.state = 'READY';
+  }
+
+  /** Waits for queued and running requests, then stops the instances. */
+  async unload(): Promise<void> {
+    this.state = 'UNLOADING';
+    await this.scheduler.whenIdle();
+    await Promise.all(this.instances.map((instance) => instance.stop(this.runtime.stopGraceMs)));
+    this.instances = [];
+    this.state = 'UNAVAILABLE';
+    this.reason = 'unloaded';
+  }
+
+  infer(request: InferRequest, signal?: AbortSignal): Promise<InferResponse> {
+    const batchSize = validateRequest(request, this.config);
+    return this.scheduler.enqueue({ ...request, model_version: String(this.version) }, batchSize, signal);
+  }
+
+  private modelFile(): string {
+    if (this.config.backend === 'python') {
+      return path.join(this.modelDir, String(this.version), this.config.default_model_filename || 'model.py');
+    }
+    return path.join(this.runtime.projectRoot, 'python', 'sdserve_backend', 'backends', this.config.backend, 'model.py');
+  }
+
+  private instanceSpecs(): Array<{ label: string; args: Record<string, string> }> {
+    const specs: Array<{ label: string; args: Record<string, string> }> = [];
+    this.config.instance_group.forEach((group, groupIndex) => {
+      const kind = this.instanceKind(group);
+      const devices = kind === 'GPU' ? (group.gpus.length > 0 ? group.gpus : [...Array(this.runtime.gpuCount).keys()]) : [0];
+      const name = group.name || `${this.config.name}_${groupIndex}`;
+      for (const device of devices) {
+        for (let i = 0; i < group.count; i += 1) {
+          const label = `${name}_${specs.length}`;
+          specs.push({ label, args: this.initializeArgs(label, kind, device) });
+        }
+      }
+    });
+    return specs;
+  }
+
+  private instanceKind(group: InstanceGroup): 'GPU' | 'CPU' {
+    if (group.kind === 'KIND_CPU' || group.kind === 'KIND_MODEL') return 'CPU';
+    if (this.runtime.gpuCount > 0) return 'GPU';
+    if (group.kind === 'KIND_GPU') {
+      this.runtime.logger.warn(`model '${this.config.name}': instance_group KIND_GPU but no GPU found; running on CPU`);
+    }
+    return 'CPU';
+  }
+
+  private initializeArgs(instanceName: string, kind: string, device: number): Record<string, string> {
+    return {
+      model_config: JSON.stringify(this.config),
+      model_instance_kind: kind,
+      model_instance_name: instanceName,
+      model_instance_device_id: String(device),
+      model_repository: this.modelDir,
+      model_version: String(this.version),
+      model_name: this.config.name,
+    };
+  }
+
+  private startOptions(modelFile: string, args: Record<string, string>): Omit<BackendStartOptions, 'label'> {
+    return {
+      pythonExecutable: this.runtime.pythonExecutable,
+      pythonPath: [path.join(this.runtime.projectRoot, 'python')],
+      modelFile,
+      args,
+      startTimeoutMs: this.runtime.startTimeoutMs,
+      loadTimeoutMs: this.runtime.loadTimeoutMs,
+      logger: this.runtime.logger,
+    };
+  }
+}
+
+function schedulerPolicy(config: ModelConfig): SchedulerPolicy {
+  const dynamic = config.dynamic_batching;
+  return {
+    maxBatchSize: config.max_batch_size,
+    dynamicBatching: dynamic && {
+      maxQueueDelayUs: dynamic.max_queue_delay_microseconds,
+      preferredBatchSizes: dynamic.preferred_batch_size,
+    },
+    maxQueueSize: dynamic?.default_queue_policy?.max_queue_size ?? 0,
+  };
+}
+
+export function notReady(name: string, version?: string): SdserveError {
+  return new SdserveError('SDS_ERR_MODEL_NOT_READY', version
+    ? `Request for unknown model: '${name}' version ${version} is not at ready state`
+    : `Request for unknown model: '${name}' has no available versions`);
+}

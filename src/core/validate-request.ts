@@ -1,0 +1,92 @@
+import { SdserveError } from '../errors.js';
+import type { ModelConfig, ModelInput } from '../repository/model-config-types.js';
+import { countBytesElements, elementCount, expectedByteLength, toKServeDatatype } from './datatypes.js';
+import type { InferRequest, Tensor } from './types.js';
+
+/**
+ * Checks a request against its model's config, with Triton's wording, and returns its batch size
+ * (1 for models that do not batch).
+ */
+export function validateRequest(request: InferRequest, config: ModelConfig): number {
+  const prefix = `[request id: ${request.id || '<id_unknown>'}]`;
+  const invalid = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG', `${prefix} ${message}`);
+  const byName = new Map(config.input.map((input) => [input.name, input]));
+
+  // 1. every input is known and given once
+  const seen = new Set<string>();
+  for (const tensor of request.inputs) {
+    if (!byName.has(tensor.name)) {
+      throw invalid(`unexpected inference input '${tensor.name}' for model '${config.name}'`);
+    }
+    if (seen.has(tensor.name)) throw invalid(`input '${tensor.name}' is given more than once`);
+    seen.add(tensor.name);
+  }
+  // 2. required inputs are present
+  const missing = config.input.filter((input) => !input.optional && !seen.has(input.name)).map((i) => `'${i.name}'`);
+  if (missing.length > 0) {
+    throw invalid(`expected ${config.input.filter((i) => !i.optional).length} inputs but got ${request.inputs.length} `
+      + `inputs for model '${config.name}'. Got input(s) [${[...seen].map((n) => `'${n}'`).join(', ')}], `
+      + `but missing required input(s) [${missing.join(', ')}]. Please provide all required input(s).`);
+  }
+  // 3. datatype, shape, batch size and data length of each input
+  let batchSize: number | undefined;
+  for (const tensor of request.inputs) {
+    const input = byName.get(tensor.name) as ModelInput;
+    checkDatatype(tensor, input, config, invalid);
+    const batch = checkShape(tensor, input, config, invalid);
+    if (batchSize !== undefined && batch !== batchSize) {
+      throw invalid(`inputs of model '${config.name}' disagree on the batch size (${batchSize} and ${batch})`);
+    }
+    batchSize = batch;
+    checkDataLength(tensor, invalid);
+  }
+  // 4. requested outputs exist
+  const outputs = new Set(config.output.map((o) => o.name));
+  for (const requested of request.outputs ?? []) {
+    if (!outputs.has(requested.name)) {
+      throw invalid(`unexpected inference output '${requested.name}' for model '${config.name}'`);
+    }
+  }
+  return batchSize ?? 1;
+}
+
+type Invalid = (message: string) => SdserveError;
+
+function checkDatatype(tensor: Tensor, input: ModelInput, config: ModelConfig, invalid: Invalid): void {
+  const expected = toKServeDatatype(input.data_type);
+  if (tensor.datatype !== expected) {
+    throw invalid(`inference input '${tensor.name}' data-type is '${tensor.datatype}', but model '${config.name}' expects '${expected}'`);
+  }
+}
+
+function checkShape(tensor: Tensor, input: ModelInput, config: ModelConfig, invalid: Invalid): number {
+  const batching = config.max_batch_size > 0;
+  const dims = tensor.shape.slice(batching ? 1 : 0);
+  const expectedDims = input.dims;
+  const matches = dims.length === expectedDims.length && dims.every((d, i) => expectedDims[i] === -1 || expectedDims[i] === d);
+  if (!matches || (batching && tensor.shape.length === 0)) {
+    const expected = batching ? [-1, ...expectedDims] : expectedDims;
+    throw invalid(`unexpected shape for input '${tensor.name}' for model '${config.name}'. `
+      + `Expected [${expected.join(',')}], got [${tensor.shape.join(',')}]`);
+  }
+  if (!batching) return 1;
+  const batch = tensor.shape[0];
+  if (batch < 1 || batch > config.max_batch_size) {
+    throw invalid(`inference request batch-size must be <= ${config.max_batch_size} for '${config.name}'`);
+  }
+  return batch;
+}
+
+function checkDataLength(tensor: Tensor, invalid: Invalid): void {
+  const expectedBytes = expectedByteLength(tensor);
+  if (expectedBytes !== undefined) {
+    if (tensor.data.length !== expectedBytes) {
+      throw invalid(`input '${tensor.name}' has ${tensor.data.length} bytes of data, but shape [${tensor.shape.join(',')}] of ${tensor.datatype} needs ${expectedBytes}`);
+    }
+    return;
+  }
+  const count = countBytesElements(tensor.data);
+  if (count !== elementCount(tensor.shape)) {
+    throw invalid(`input '${tensor.name}' has ${count < 0 ? 'malformed' : count} BYTES element(s), but shape [${tensor.shape.join(',')}] needs ${elementCount(tensor.shape)}`);
+  }
+}

@@ -1,0 +1,71 @@
+import type { FastifyInstance } from 'fastify';
+import type { AddressInfo } from 'node:net';
+import { DataPlane, detectGpuCount, formatModelTable, ModelManager, type ModelControlMode } from './core/index.js';
+import type { Logger } from './logger.js';
+import { PROJECT_ROOT } from './paths.js';
+import { startGrpcServer } from './protocol/grpc/index.js';
+import { buildHttpServer } from './protocol/http/index.js';
+
+export interface ServerOptions {
+  modelRepositories: string[];
+  modelControlMode: ModelControlMode;
+  loadModels: string[];
+  host: string;
+  httpPort: number;
+  grpcPort: number;
+  pythonExecutable: string;
+  exitOnError: boolean;
+  backendStartTimeoutMs: number;
+  backendLoadTimeoutMs: number;
+  logger: Logger;
+  /** Where the start-up lines (model table, service addresses) go. */
+  print: (line: string) => void;
+}
+
+export interface RunningServer {
+  core: DataPlane;
+  httpPort: number;
+  grpcPort: number;
+  close(): Promise<void>;
+}
+
+/** Wiring only: repository and backends, the data plane, then the front ends. */
+export async function startServer(options: ServerOptions): Promise<RunningServer> {
+  // 1. models
+  const gpuCount = detectGpuCount();
+  const models = new ModelManager(options.modelRepositories, {
+    pythonExecutable: options.pythonExecutable,
+    projectRoot: PROJECT_ROOT,
+    gpuCount,
+    startTimeoutMs: options.backendStartTimeoutMs,
+    loadTimeoutMs: options.backendLoadTimeoutMs,
+    stopGraceMs: 10_000,
+    logger: options.logger,
+  });
+  await models.start(options.modelControlMode, options.loadModels);
+  const rows = models.attemptedStatuses();
+  options.print(formatModelTable(rows));
+  const core = new DataPlane(models);
+  if (options.exitOnError && rows.some((row) => row.state !== 'READY')) {
+    await core.shutdown();
+    throw new Error('failed to load all models');
+  }
+
+  // 2. front ends
+  const http: FastifyInstance = buildHttpServer(core, { logger: false });
+  await http.listen({ host: options.host, port: options.httpPort });
+  const httpPort = (http.server.address() as AddressInfo).port;
+  const grpc = await startGrpcServer(core, { host: options.host, port: options.grpcPort });
+  options.print(`Started GRPCInferenceService at ${options.host}:${grpc.port}`);
+  options.print(`Started HTTPService at ${options.host}:${httpPort}`);
+
+  return {
+    core,
+    httpPort,
+    grpcPort: grpc.port,
+    async close() {
+      await Promise.all([http.close(), grpc.close()]);
+      await core.shutdown();
+    },
+  };
+}
