@@ -2,6 +2,7 @@ import type { ModelConfig } from '../repository/model-config-types.js';
 import { toKServeDatatype } from './datatypes.js';
 import type { InferenceCore } from './inference-core.js';
 import type { ModelManager } from './model-manager.js';
+import type { ModelStatistics } from './statistics.js';
 import type { InferRequest, InferResponse, ModelMetadata, ModelStatus, ServerMetadata } from './types.js';
 
 export const SERVER_NAME = 'sdserve';
@@ -56,6 +57,14 @@ export class DataPlane implements InferenceCore {
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  statistics(name?: string, version?: string): ModelStatistics[] {
+    return this.models.statistics(name, version);
+  }
+
+  backendRestarts(): Array<{ name: string; version: string; restarts: number }> {
+    return this.models.backendRestarts();
   }
 
   repositoryIndex(readyOnly: boolean): ModelStatus[] {

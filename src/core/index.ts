@@ -5,3 +5,4 @@ export { formatModelTable } from './model-table.js';
 export type { BackendRuntime } from './served-model.js';
 export type { InferenceCore } from './inference-core.js';
 export * from './types.js';
+export * from './statistics.js';

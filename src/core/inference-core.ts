@@ -1,3 +1,4 @@
+import type { ModelStatistics } from './statistics.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import type {
   InferRequest, InferResponse, ModelMetadata, ModelStatus, ServerMetadata,
@@ -17,6 +18,8 @@ export interface InferenceCore {
   modelConfig(name: string, version?: string): ModelConfig;
   /** Resolves when the response is complete; `signal` aborts a request the client gave up on. */
   infer(request: InferRequest, signal?: AbortSignal): Promise<InferResponse>;
+  /** Triton's statistics extension: `name` absent for every model, `version` absent for every loaded version. */
+  statistics(name?: string, version?: string): ModelStatistics[];
   repositoryIndex(readyOnly: boolean): ModelStatus[];
   loadModel(name: string, configOverride?: string): Promise<void>;
   unloadModel(name: string): Promise<void>;

@@ -1,6 +1,7 @@
 import { SdserveError } from '../errors.js';
 import { modelConfigFromJson, resolveVersions, scanRepository, type ModelEntry } from '../repository/index.js';
 import { notReady, ServedModel, type BackendRuntime } from './served-model.js';
+import type { ModelStatistics } from './statistics.js';
 import type { ModelStatus } from './types.js';
 
 export type ModelControlMode = 'none' | 'explicit' | 'poll';
@@ -84,6 +85,25 @@ export class ModelManager {
     } catch {
       return false;
     }
+  }
+
+  /** Statistics of the loaded versions of `name` (absent: of every model), `version` (absent: all). */
+  statistics(name?: string, version?: string): ModelStatistics[] {
+    if (name && !this.records.has(name)) {
+      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `requested model '${name}' is not found`);
+    }
+    const names = name ? [name] : [...this.records.keys()].sort();
+    return names.flatMap((n) => [...(this.records.get(n)?.versions.values() ?? [])]
+      .filter((served) => !version || String(served.version) === version)
+      .sort((a, b) => a.version - b.version)
+      .map((served) => served.statistics()));
+  }
+
+  /** Backend processes restarted after dying, per loaded model version. */
+  backendRestarts(): Array<{ name: string; version: string; restarts: number }> {
+    return [...this.records.values()].flatMap((record) => [...record.versions.values()].map((served) => ({
+      name: served.config.name, version: String(served.version), restarts: served.backendRestarts,
+    })));
   }
 
   /** Every model and version known, with its state; models never loaded have version ''. */

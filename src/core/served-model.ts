@@ -4,6 +4,7 @@ import type { Logger } from '../logger.js';
 import type { InstanceGroup, ModelConfig } from '../repository/model-config-types.js';
 import { RequestScheduler, type SchedulerPolicy } from '../scheduler/index.js';
 import { ModelInstance, type BackendStartOptions } from './model-instance.js';
+import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
 import type { InferRequest, InferResponse, ModelState } from './types.js';
 import { validateRequest } from './validate-request.js';
 
@@ -23,7 +24,8 @@ export class ServedModel {
   state: ModelState = 'UNAVAILABLE';
   reason = 'unloaded';
   private instances: ModelInstance[] = [];
-  private scheduler: RequestScheduler;
+  private readonly scheduler: RequestScheduler;
+  private readonly stats = new StatisticsRecorder();
 
   constructor(
     readonly config: ModelConfig,
@@ -31,7 +33,8 @@ export class ServedModel {
     readonly version: number,
     private readonly runtime: BackendRuntime,
   ) {
-    this.scheduler = new RequestScheduler(`${config.name}:${version}`, schedulerPolicy(config));
+    this.scheduler = new RequestScheduler(`${config.name}:${version}`, schedulerPolicy(config),
+      (batchSize, computeNs) => this.stats.recordExecution(batchSize, computeNs));
   }
 
   get label(): string {
@@ -74,9 +77,23 @@ export class ServedModel {
     this.reason = 'unloaded';
   }
 
-  infer(request: InferRequest, signal?: AbortSignal): Promise<InferResponse> {
-    const batchSize = validateRequest(request, this.config);
-    return this.scheduler.enqueue({ ...request, model_version: String(this.version) }, batchSize, signal);
+  statistics(): ModelStatistics {
+    return this.stats.snapshot(this.config.name, String(this.version));
+  }
+
+  /** 1. validate  2. queue  3. await the batch  4. record the statistics. */
+  async infer(request: InferRequest, signal?: AbortSignal): Promise<InferResponse> {
+    const startNs = process.hrtime.bigint();
+    const elapsedNs = () => Number(process.hrtime.bigint() - startNs);
+    try {
+      const batchSize = validateRequest(request, this.config);
+      const result = await this.scheduler.enqueue({ ...request, model_version: String(this.version) }, batchSize, signal);
+      this.stats.recordSuccess(batchSize, elapsedNs(), result.queueNs, result.computeNs);
+      return result.response;
+    } catch (err) {
+      this.stats.recordFailure(elapsedNs());
+      throw err;
+    }
   }
 
   private modelFile(): string {

@@ -1,2 +1,2 @@
 export { RequestScheduler } from './request-scheduler.js';
-export type { BatchExecutor, SchedulerPolicy } from './request-scheduler.js';
+export type { BatchExecutor, ExecutionObserver, ScheduledResponse, SchedulerPolicy } from './request-scheduler.js';

@@ -20,13 +20,25 @@ export interface SchedulerPolicy {
   maxQueueSize: number;
 }
 
+/** A response with the time its request spent queued and in the backend. */
+export interface ScheduledResponse {
+  response: InferResponse;
+  queueNs: number;
+  computeNs: number;
+}
+
+/** Told of every execution, for statistics. */
+export type ExecutionObserver = (batchSize: number, computeNs: number) => void;
+
 interface QueuedRequest {
   request: InferRequest;
   batchSize: number;
   enqueuedAt: number;
+  enqueuedNs: bigint;
+  queueNs: number;
   signal?: AbortSignal;
   onAbort?: () => void;
-  resolve(response: InferResponse): void;
+  resolve(result: ScheduledResponse): void;
   reject(error: SdserveError): void;
 }
 
@@ -46,6 +58,7 @@ export class RequestScheduler {
   constructor(
     private readonly modelLabel: string,
     private readonly policy: SchedulerPolicy,
+    private readonly observeExecution: ExecutionObserver = () => {},
   ) {}
 
   addExecutor(executor: BatchExecutor): void {
@@ -62,14 +75,16 @@ export class RequestScheduler {
     return this.queue.length;
   }
 
-  enqueue(request: InferRequest, batchSize: number, signal?: AbortSignal): Promise<InferResponse> {
+  enqueue(request: InferRequest, batchSize: number, signal?: AbortSignal): Promise<ScheduledResponse> {
     if (this.policy.maxQueueSize > 0 && this.queue.length >= this.policy.maxQueueSize) {
       return Promise.reject(new SdserveError('SDS_ERR_QUEUE_FULL',
         `Exceeds maximum queue size of ${this.policy.maxQueueSize} for model '${this.modelLabel}'`));
     }
     if (signal?.aborted) return Promise.reject(cancelled());
-    return new Promise<InferResponse>((resolve, reject) => {
-      const entry: QueuedRequest = { request, batchSize, enqueuedAt: Date.now(), signal, resolve, reject };
+    return new Promise<ScheduledResponse>((resolve, reject) => {
+      const entry: QueuedRequest = {
+        request, batchSize, enqueuedAt: Date.now(), enqueuedNs: process.hrtime.bigint(), queueNs: 0, signal, resolve, reject,
+      };
       if (signal) {
         entry.onAbort = () => this.dropQueued(entry);
         signal.addEventListener('abort', entry.onAbort, { once: true });
@@ -143,12 +158,16 @@ export class RequestScheduler {
   private async run(executor: BatchExecutor, batch: QueuedRequest[]): Promise<void> {
     this.busy.add(executor);
     this.inFlight += 1;
+    const startNs = process.hrtime.bigint();
     for (const entry of batch) {
       if (entry.onAbort) entry.signal?.removeEventListener('abort', entry.onAbort);
+      entry.queueNs = Number(startNs - entry.enqueuedNs);
     }
     try {
       const results = await executor.execute(batch.map((entry) => entry.request));
-      batch.forEach((entry, i) => this.settle(entry, results[i]));
+      const computeNs = Number(process.hrtime.bigint() - startNs);
+      this.observeExecution(batch.reduce((n, entry) => n + entry.batchSize, 0), computeNs);
+      batch.forEach((entry, i) => this.settle(entry, results[i], computeNs));
     } catch (err) {
       const error = err instanceof SdserveError ? err : new SdserveError('SDS_ERR_BACKEND', String(err));
       for (const entry of batch) this.settle(entry, error);
@@ -160,10 +179,10 @@ export class RequestScheduler {
     }
   }
 
-  private settle(entry: QueuedRequest, result: InferResponse | SdserveError | undefined): void {
+  private settle(entry: QueuedRequest, result: InferResponse | SdserveError | undefined, computeNs = 0): void {
     if (result instanceof SdserveError) entry.reject(result);
     else if (result === undefined) entry.reject(new SdserveError('SDS_ERR_BACKEND', 'backend returned no response for this request'));
-    else entry.resolve(result);
+    else entry.resolve({ response: result, queueNs: entry.queueNs, computeNs });
   }
 
   private resolveIdleWaiters(): void {

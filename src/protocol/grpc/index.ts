@@ -3,8 +3,5 @@ export {
   type GrpcServerHandle, type GrpcServerOptions,
 } from './server.js';
 export { contentsToRaw, decodeInferRequest, decodeParameters, encodeInferResponse, encodeParameters } from './infer-codec.js';
-export type {
-  InferBatchStatistics, InferStatistics, ModelStatistics, StatisticDuration, StatisticsSource,
-} from './statistics.js';
 export { toGrpcError } from './status.js';
 export type * from './wire-types.js';

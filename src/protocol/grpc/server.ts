@@ -10,7 +10,6 @@ import { load } from '@grpc/proto-loader';
 import type { InferenceCore } from '../../core/inference-core.js';
 import { PROJECT_ROOT } from '../../paths.js';
 import { createServicer } from './servicer.js';
-import type { StatisticsSource } from './statistics.js';
 
 /** The .proto files, found from the project root (this file runs from dist/src/protocol/grpc/). */
 export const PROTO_DIR = path.join(PROJECT_ROOT, 'proto');
@@ -52,7 +51,7 @@ function bindAddress(host: string, port: number): string {
 
 /** Serves the KServe v2 / Triton gRPC protocol over `core` on `options.host:options.port`. */
 export async function startGrpcServer(
-  core: InferenceCore & StatisticsSource, options: GrpcServerOptions,
+  core: InferenceCore, options: GrpcServerOptions,
 ): Promise<GrpcServerHandle> {
   const constructor = await loadInferenceService();
   // Images exceed grpc's 4 MiB default; Triton does not cap message sizes either.

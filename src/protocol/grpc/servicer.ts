@@ -7,7 +7,6 @@ import type { InferenceCore } from '../../core/inference-core.js';
 import { SdserveError } from '../../errors.js';
 import { decodeInferRequest, encodeInferResponse } from './infer-codec.js';
 import { checkUnloadParameters, decodeLoadParameters } from './repository-codec.js';
-import { modelStatistics, type StatisticsSource } from './statistics.js';
 import { answer, unimplemented } from './status.js';
 import { serveInferStream } from './stream.js';
 import type {
@@ -39,7 +38,7 @@ function modelInfer(core: InferenceCore): handleUnaryCall<WireModelInferRequest,
 }
 
 /** Handlers for every RPC of inference.GRPCInferenceService, over `core`. */
-export function createServicer(core: InferenceCore & StatisticsSource): UntypedServiceImplementation {
+export function createServicer(core: InferenceCore): UntypedServiceImplementation {
   return {
     ServerLive: unary(() => ({ live: core.isLive() })),
     ServerReady: unary(() => ({ ready: core.isReady() })),
@@ -51,7 +50,7 @@ export function createServicer(core: InferenceCore & StatisticsSource): UntypedS
       serveInferStream(core, call)),
     // The typed config already uses model_config.proto's field and enum names.
     ModelConfig: unary<WireNameVersion>((r) => ({ config: core.modelConfig(r.name, optional(r.version)) })),
-    ModelStatistics: unary<WireNameVersion>((r) => ({ model_stats: modelStatistics(core, r.name, r.version) })),
+    ModelStatistics: unary<WireNameVersion>((r) => ({ model_stats: core.statistics(r.name || undefined, r.version || undefined) })),
     // sdserve serves one repository, so `repository_name` selects nothing.
     RepositoryIndex: unary<WireRepositoryIndexRequest>((r) => ({ models: core.repositoryIndex(r.ready) })),
     RepositoryModelLoad: unary<WireRepositoryModelRequest>(async (r) => {

@@ -4,6 +4,7 @@
  * `hang` waits for its AbortSignal, `boom` fails with a plain Error. Calls are recorded.
  */
 import type { InferenceCore } from '../../../src/core/inference-core.js';
+import { zeroStatistics, type ModelStatistics } from '../../../src/core/statistics.js';
 import type {
   InferRequest, InferResponse, ModelMetadata, ModelStatus, ServerMetadata,
 } from '../../../src/core/types.js';
@@ -91,6 +92,14 @@ export class FakeCore implements InferenceCore {
         return { ...base, outputs: outputs.map(({ parameters: _p, ...t }) => t), parameters: { echoed: true } };
       }
     }
+  }
+
+  statistics(name?: string, version?: string): ModelStatistics[] {
+    if (name) {
+      this.check(name);
+      return [zeroStatistics(name, version ?? '1')];
+    }
+    return this.repositoryIndex(true).map((row) => zeroStatistics(row.name, row.version));
   }
 
   repositoryIndex(readyOnly: boolean): ModelStatus[] {

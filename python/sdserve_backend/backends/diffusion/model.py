@@ -42,7 +42,8 @@ class TritonPythonModel:
         config_dir = None
         if weights_config:
             config_dir = Path(weights_config) if Path(weights_config).is_absolute() else version_dir / weights_config
-        placement = choose_placement(args.get("model_instance_kind", "GPU"), int(args.get("model_instance_device_id", "0") or 0))
+        device_id = int(args.get("model_instance_device_id", "0") or 0)
+        placement = choose_placement(args.get("model_instance_kind", "GPU"), device_id)
         if placement.warning is not None:
             pb_utils.Logger.log_warn(f"{args.get('model_name', '')}: {placement.warning}")
 
@@ -105,7 +106,8 @@ class TritonPythonModel:
             settings, seed = model_settings.read_request_overrides(request.parameters(), self.defaults)
         except ValueError as error:
             return error
-        return Job(GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None), settings)
+        generation = GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None)
+        return Job(generation, settings)
 
 
 def _texts(name: str, array: np.ndarray) -> list[str]:
