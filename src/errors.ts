@@ -24,6 +24,7 @@ export const ERROR_CATALOG = {
   SDS_ERR_MODEL_NOT_FOUND: { http: 400, grpc: 'UNAVAILABLE' },
   SDS_ERR_MODEL_NOT_READY: { http: 400, grpc: 'UNAVAILABLE' },
   SDS_ERR_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },
+  SDS_ERR_MODEL_CONTROL_DISABLED: { http: 503, grpc: 'UNAVAILABLE' },
   SDS_ERR_UNSUPPORTED: { http: 400, grpc: 'UNIMPLEMENTED' },
   SDS_ERR_QUEUE_FULL: { http: 503, grpc: 'UNAVAILABLE' },
   SDS_ERR_TIMEOUT: { http: 504, grpc: 'DEADLINE_EXCEEDED' },

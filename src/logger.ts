@@ -1,4 +1,5 @@
 import { pino } from 'pino';
+import { PinoPretty } from 'pino-pretty';
 
 export interface Logger {
   info(message: string): void;
@@ -7,9 +8,17 @@ export interface Logger {
   debug(message: string): void;
 }
 
-/** Logs go to stderr as JSON lines; `--log-verbose N` (N >= 1) adds debug lines. */
-export function createLogger(verbosity = 0): Logger {
-  const log = pino({ level: verbosity > 0 ? 'debug' : 'info', base: { pid: process.pid } }, pino.destination(2));
+export type LogFormat = 'default' | 'json';
+
+/**
+ * Logs go to stderr: readable lines by default, JSON lines with `--log-format json` (for log
+ * collectors); `--log-verbose N` (N >= 1) adds debug lines.
+ */
+export function createLogger(verbosity = 0, format: LogFormat = 'default'): Logger {
+  const destination = format === 'json'
+    ? pino.destination(2)
+    : PinoPretty({ destination: 2, sync: true, colorize: false, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' });
+  const log = pino({ level: verbosity > 0 ? 'debug' : 'info' }, destination);
   return {
     info: (m) => log.info(m),
     warn: (m) => log.warn(m),
@@ -17,5 +26,3 @@ export function createLogger(verbosity = 0): Logger {
     debug: (m) => log.debug(m),
   };
 }
-
-export const silentLogger: Logger = { info() {}, warn() {}, error() {}, debug() {} };

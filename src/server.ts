@@ -10,6 +10,7 @@ export interface ServerOptions {
   modelRepositories: string[];
   modelControlMode: ModelControlMode;
   loadModels: string[];
+  repositoryPollSecs: number;
   host: string;
   httpPort: number;
   grpcPort: number;
@@ -43,6 +44,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     logger: options.logger,
   });
   await models.start(options.modelControlMode, options.loadModels);
+  if (options.modelControlMode === 'poll') models.startPolling(options.repositoryPollSecs * 1000);
   const rows = models.attemptedStatuses();
   options.print(formatModelTable(rows));
   const core = new DataPlane(models);

@@ -73,10 +73,12 @@ export class DataPlane implements InferenceCore {
   }
 
   loadModel(name: string, configOverride?: string): Promise<void> {
+    this.models.assertModelControl();
     return this.models.loadModel(name, configOverride);
   }
 
   unloadModel(name: string): Promise<void> {
+    this.models.assertModelControl();
     return this.models.unloadModel(name);
   }
 

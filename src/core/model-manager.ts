@@ -8,6 +8,8 @@ export type ModelControlMode = 'none' | 'explicit' | 'poll';
 
 interface ModelRecord {
   entry: ModelEntry;
+  /** What the model looked like on disk when last loaded, to notice changes when polling. */
+  fingerprint?: string;
   versions: Map<number, ServedModel>;
   /** Why the model as a whole cannot load (bad config, no versions), else ''. */
   reason: string;
@@ -20,6 +22,9 @@ interface ModelRecord {
  */
 export class ModelManager {
   private readonly records = new Map<string, ModelRecord>();
+  private mode: ModelControlMode = 'none';
+  private pollTimer: NodeJS.Timeout | undefined;
+  private polling: Promise<void> | undefined;
 
   constructor(
     private readonly repositoryPaths: string[],
@@ -28,6 +33,7 @@ export class ModelManager {
 
   /** Scans the repository and loads the startup models: all of them in 'none' mode, else those named ('*': all). */
   async start(mode: ModelControlMode, startupModels: string[]): Promise<void> {
+    this.mode = mode;
     const entries = await this.scan();
     for (const entry of entries) this.records.set(entry.name, { entry, versions: new Map(), reason: '' });
     const loadAll = mode !== 'explicit' || startupModels.includes('*');
@@ -37,7 +43,49 @@ export class ModelManager {
     })));
   }
 
+  /** The repository API may load and unload models in explicit mode only, as in Triton. */
+  assertModelControl(): void {
+    if (this.mode !== 'explicit') {
+      throw new SdserveError('SDS_ERR_MODEL_CONTROL_DISABLED',
+        `explicit model load / unload is not allowed in model control mode '${this.mode}'; start with --model-control-mode explicit`);
+    }
+  }
+
+  /**
+   * Poll mode: rescans the repository every `intervalMs`, loading new models, reloading changed
+   * ones and unloading removed ones.
+   */
+  startPolling(intervalMs: number): void {
+    this.pollTimer = setInterval(() => {
+      this.polling ??= this.pollOnce().finally(() => { this.polling = undefined; });
+    }, intervalMs);
+    this.pollTimer.unref();
+  }
+
+  async pollOnce(): Promise<void> {
+    const entries = await this.scan();
+    const onDisk = new Set(entries.map((e) => e.name));
+    const changes: Array<Promise<void>> = [];
+    for (const entry of entries) {
+      const record = this.records.get(entry.name);
+      if (record && record.fingerprint === fingerprint(entry)) continue;
+      this.runtime.logger.info(`repository poll: ${record ? 'reloading' : 'loading'} '${entry.name}'`);
+      changes.push(this.loadModel(entry.name).then(() => this.runtime.logger.info(`repository poll: '${entry.name}' is ready`)));
+    }
+    for (const name of this.records.keys()) {
+      if (onDisk.has(name)) continue;
+      this.runtime.logger.info(`repository poll: unloading removed model '${name}'`);
+      changes.push(this.unloadModel(name).then(() => { this.records.delete(name); }));
+    }
+    const results = await Promise.allSettled(changes);
+    for (const result of results) {
+      if (result.status === 'rejected') this.runtime.logger.error((result.reason as Error).message);
+    }
+  }
+
   async stop(): Promise<void> {
+    clearInterval(this.pollTimer);
+    await this.polling;
     await Promise.all([...this.records.keys()].map((name) => this.unloadModel(name).catch(() => undefined)));
   }
 
@@ -134,6 +182,7 @@ export class ModelManager {
     const record: ModelRecord = this.records.get(name) ?? { entry, versions: new Map(), reason: '' };
     this.records.set(name, record);
     record.entry = entry;
+    record.fingerprint = fingerprint(entry);
     await this.unloadModel(name);
     try {
       const config = configOverride === undefined ? entry.config : modelConfigFromJson(JSON.parse(configOverride), name);
@@ -158,4 +207,8 @@ export class ModelManager {
     const all = await Promise.all(this.repositoryPaths.map((p) => scanRepository(p)));
     return all.flat();
   }
+}
+
+function fingerprint(entry: ModelEntry): string {
+  return JSON.stringify([entry.config, entry.error, entry.versions]);
 }

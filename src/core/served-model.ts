@@ -8,6 +8,18 @@ import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
 import type { InferRequest, InferResponse, ModelState } from './types.js';
 import { validateRequest } from './validate-request.js';
 
+/**
+ * Backends never reach a model hub, and the libraries' progress bars and advice would only
+ * clutter the server log.
+ */
+const BACKEND_ENV = {
+  HF_HUB_OFFLINE: '1',
+  HF_HUB_DISABLE_PROGRESS_BARS: '1',
+  TRANSFORMERS_VERBOSITY: 'error',
+  DIFFUSERS_VERBOSITY: 'error',
+  TRANSFORMERS_NO_ADVISORY_WARNINGS: '1',
+};
+
 /** How backend processes are started on this host. */
 export interface BackendRuntime {
   pythonExecutable: string;
@@ -148,6 +160,7 @@ export class ServedModel {
       args,
       startTimeoutMs: this.runtime.startTimeoutMs,
       loadTimeoutMs: this.runtime.loadTimeoutMs,
+      env: BACKEND_ENV,
       logger: this.runtime.logger,
     };
   }
