@@ -21,8 +21,11 @@ interface CatalogEntry {
 
 export const ERROR_CATALOG = {
   SDS_ERR_INVALID_ARG: { http: 400, grpc: 'INVALID_ARGUMENT' },
-  SDS_ERR_MODEL_NOT_FOUND: { http: 400, grpc: 'UNAVAILABLE' },
-  SDS_ERR_MODEL_NOT_READY: { http: 400, grpc: 'UNAVAILABLE' },
+  // Triton's core codes and their transport statuses (tritonserver's HTTP and gRPC front ends):
+  // an unknown model name is INVALID_ARG, a known model without the version asked for NOT_FOUND,
+  // a version that is not ready UNAVAILABLE.
+  SDS_ERR_MODEL_NOT_FOUND: { http: 400, grpc: 'INVALID_ARGUMENT' },
+  SDS_ERR_MODEL_NOT_READY: { http: 503, grpc: 'UNAVAILABLE' },
   SDS_ERR_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },
   SDS_ERR_MODEL_CONTROL_DISABLED: { http: 503, grpc: 'UNAVAILABLE' },
   SDS_ERR_UNSUPPORTED: { http: 400, grpc: 'UNIMPLEMENTED' },

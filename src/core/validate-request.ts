@@ -16,17 +16,22 @@ export function validateRequest(request: InferRequest, config: ModelConfig): num
   const seen = new Set<string>();
   for (const tensor of request.inputs) {
     if (!byName.has(tensor.name)) {
-      throw invalid(`unexpected inference input '${tensor.name}' for model '${config.name}'`);
+      // Triton reports this one without the request id
+      throw new SdserveError('SDS_ERR_INVALID_ARG', `unexpected inference input '${tensor.name}' for model '${config.name}'`);
     }
     if (seen.has(tensor.name)) throw invalid(`input '${tensor.name}' is given more than once`);
     seen.add(tensor.name);
   }
   // 2. required inputs are present
-  const missing = config.input.filter((input) => !input.optional && !seen.has(input.name)).map((i) => `'${i.name}'`);
+  const missing = config.input.filter((input) => !input.optional && !seen.has(input.name));
   if (missing.length > 0) {
-    throw invalid(`expected ${config.input.filter((i) => !i.optional).length} inputs but got ${request.inputs.length} `
-      + `inputs for model '${config.name}'. Got input(s) [${[...seen].map((n) => `'${n}'`).join(', ')}], `
-      + `but missing required input(s) [${missing.join(', ')}]. Please provide all required input(s).`);
+    const required = config.input.filter((i) => !i.optional).length;
+    const expected = required === config.input.length
+      ? `expected ${required} inputs` : `expected number of inputs between ${required} and ${config.input.length}`;
+    const list = (names: string[]) => `[${names.map((n) => `'${n}'`).join(',')}]`;
+    throw invalid(`${expected} but got ${request.inputs.length} inputs for model '${config.name}'. `
+      + `Got input(s) ${list([...seen])}, but missing required input(s) ${list(missing.map((i) => i.name))}. `
+      + 'Please provide all required input(s).');
   }
   // 3. datatype, shape, batch size and data length of each input
   let batchSize: number | undefined;

@@ -8,38 +8,68 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+FIXTURE_REPOSITORY = PROJECT_ROOT / "tests" / "fixtures" / "model_repository"
+
+# The start-up lines, in the order the server prints them; the last one means it is serving.
+SERVICE_LINES = {
+    "grpc": re.compile(r"Started GRPCInferenceService at (\S+)"),
+    "http": re.compile(r"Started HTTPService at (\S+)"),
+    "metrics": re.compile(r"Started Metrics Service at (\S+)"),
+}
+
+
+@dataclass(frozen=True)
+class ServerAddresses:
+    """`host:port` of each front end."""
+
+    http: str
+    grpc: str
+    metrics: str
+
+
+def make_repository(root: Path, models: dict[str, Path]) -> Path:
+    """A model repository at `root` whose models are symlinks: {name: model folder}."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, folder in models.items():
+        (root / name).symlink_to(folder)
+    return root
 
 
 @contextmanager
-def running_server(repository: Path, *extra_args: str, timeout_s: float = 240.0) -> Iterator[str]:
-    """Yields the server's `host:port` once it prints its HTTP address; stops it afterwards."""
+def serving(repository: Path, *extra_args: str, timeout_s: float = 240.0) -> Iterator[ServerAddresses]:
+    """Yields the addresses of a server once it prints all of them; stops it afterwards."""
     command = ["node", str(PROJECT_ROOT / "bin" / "sdserve"), "serve", "--model-repository", str(repository),
-               "--http-port", "0", "--grpc-port", "0", "--http-address", "127.0.0.1", *extra_args]
+               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--http-address", "127.0.0.1",
+               *extra_args]
     env = {**os.environ, "SDSERVE_PYTHON": sys.executable}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    address: list[str] = []
+    addresses: dict[str, str] = {}
     lines: list[str] = []
-    found = threading.Event()
+    started = threading.Event()
 
     def read_output() -> None:
+        # Keeps draining the pipe for the server's whole life so it never blocks on a full pipe.
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
-            match = re.search(r"Started HTTPService at (\S+)", line)
-            if match and not address:
-                address.append(match.group(1))
-                found.set()
-        found.set()
+            for service, pattern in SERVICE_LINES.items():
+                match = pattern.search(line)
+                if match and service not in addresses:
+                    addresses[service] = match.group(1)
+            if len(addresses) == len(SERVICE_LINES):
+                started.set()
+        started.set()
 
     reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
     try:
-        if not found.wait(timeout_s) or not address:
+        if not started.wait(timeout_s) or len(addresses) != len(SERVICE_LINES):
             raise RuntimeError("server did not start:\n" + "".join(lines))
-        yield address[0]
+        yield ServerAddresses(**addresses)
     finally:
         process.terminate()
         try:
@@ -47,3 +77,10 @@ def running_server(repository: Path, *extra_args: str, timeout_s: float = 240.0)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def running_server(repository: Path, *extra_args: str, timeout_s: float = 240.0) -> Iterator[str]:
+    """Yields the server's HTTP `host:port`; `serving` gives every address."""
+    with serving(repository, *extra_args, timeout_s=timeout_s) as addresses:
+        yield addresses.http

@@ -80,7 +80,7 @@ def test_infer_bytes_and_parameters_round_trip(client: grpcclient.InferenceServe
 def test_errors_carry_the_grpc_status_and_message(client: grpcclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException, match="unknown model 'missing'") as missing:
         client.infer("missing", [fp32_input("A", np.zeros((1, 3), dtype=np.float32))])
-    assert missing.value.status() == "StatusCode.UNAVAILABLE"
+    assert missing.value.status() == "StatusCode.INVALID_ARGUMENT"
     with pytest.raises(InferenceServerException, match="backend exploded") as boom:
         client.infer("boom", [fp32_input("A", np.zeros((1, 3), dtype=np.float32))])
     assert boom.value.status() == "StatusCode.INTERNAL"

@@ -64,10 +64,10 @@ describe('gRPC health and metadata', () => {
     });
   });
 
-  it('maps an unknown model to UNAVAILABLE with the core message', async (t) => {
+  it('maps an unknown model to INVALID_ARGUMENT with the core message', async (t) => {
     const { call } = await setup(t);
-    await assert.rejects(call('ModelMetadata', { name: 'nope' }), grpcError(status.UNAVAILABLE, /^unknown model 'nope'$/));
-    await assert.rejects(call('ModelConfig', { name: 'echo', version: '9' }), grpcError(status.UNAVAILABLE, /has no version 9/));
+    await assert.rejects(call('ModelMetadata', { name: 'nope' }), grpcError(status.INVALID_ARGUMENT, /^unknown model 'nope'$/));
+    await assert.rejects(call('ModelConfig', { name: 'echo', version: '9' }), grpcError(status.INVALID_ARGUMENT, /has no version 9/));
   });
 });
 
@@ -240,7 +240,7 @@ describe('gRPC ModelStatistics', () => {
       [['add', '1', 0, { count: 0, ns: 0 }]]);
     const all = (await call('ModelStatistics', {})).model_stats;
     assert.deepEqual(all.map((s: any) => s.name), ['echo']);
-    await assert.rejects(call('ModelStatistics', { name: 'nope' }), grpcError(status.UNAVAILABLE, /unknown model 'nope'/));
+    await assert.rejects(call('ModelStatistics', { name: 'nope' }), grpcError(status.INVALID_ARGUMENT, /unknown model 'nope'/));
   });
 
   it("passes the core's statistics through", async (t) => {
@@ -289,7 +289,7 @@ describe('gRPC model repository', () => {
     await assert.rejects(call('RepositoryModelLoad', { model_name: 'echo', parameters: { colour: { string_param: 'red' } } }),
       grpcError(status.INVALID_ARGUMENT, /unknown parameter 'colour'/));
     await assert.rejects(call('RepositoryModelLoad', { model_name: 'broken' }), grpcError(status.INVALID_ARGUMENT, /bad config/));
-    await assert.rejects(call('RepositoryModelUnload', { model_name: 'nope' }), grpcError(status.UNAVAILABLE, /unknown model/));
+    await assert.rejects(call('RepositoryModelUnload', { model_name: 'nope' }), grpcError(status.INVALID_ARGUMENT, /unknown model/));
     assert.deepEqual(core.loads, []);
   });
 });
