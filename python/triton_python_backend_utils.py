@@ -1,12 +1,14 @@
 """sdserve's implementation of the module Triton Python-backend models import as `pb_utils`.
 
-It offers the documented model-facing API (tensors, requests, responses, errors, config helpers,
-type conversions, logging) plus one sdserve extension, `InferenceRequest.report_progress`."""
+It offers the documented model-facing API (tensors, requests, responses, decoupled response
+senders, errors, config helpers, type conversions, logging) plus sdserve extensions:
+`InferenceRequest.report_progress` and `InferenceResponseSender.is_connected`."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,10 +23,10 @@ from sdserve_backend.tensor_codec import (
 )
 
 __all__ = [
-    "Tensor", "InferenceRequest", "InferenceResponse", "TritonError", "TritonModelException", "Logger",
-    "get_input_tensor_by_name", "get_output_tensor_by_name", "get_input_config_by_name",
-    "get_output_config_by_name", "triton_string_to_numpy", "numpy_to_triton_type", "triton_to_numpy_type",
-    "serialize_byte_tensor", "deserialize_bytes_tensor",
+    "Tensor", "InferenceRequest", "InferenceResponse", "InferenceResponseSender", "TritonError",
+    "TritonModelException", "Logger", "get_input_tensor_by_name", "get_output_tensor_by_name",
+    "get_input_config_by_name", "get_output_config_by_name", "using_decoupled_model_transaction_policy",
+    "triton_string_to_numpy", "numpy_to_triton_type", "triton_to_numpy_type", "serialize_byte_tensor", "deserialize_bytes_tensor",
 ]
 
 # TRITONSERVER_DataType values, as Triton numbers them.
@@ -142,6 +144,8 @@ class Tensor:
 
 
 ProgressSink = Callable[["InferenceRequest", Any, Any], None]
+# Delivers one decoupled response (None with the final flag: "no more responses") to the core.
+ResponseSink = Callable[["InferenceRequest", "InferenceResponse | None", int], None]
 
 
 class InferenceRequest:
@@ -149,7 +153,8 @@ class InferenceRequest:
 
     def __init__(self, inputs: Iterable[Tensor], request_id: str = "",
                  requested_output_names: Iterable[str] = (), parameters: dict[str, Any] | str | None = None,
-                 flags: int = 0, *, batch_index: int = 0, progress_sink: ProgressSink | None = None) -> None:
+                 flags: int = 0, *, batch_index: int = 0, progress_sink: ProgressSink | None = None,
+                 response_sink: ResponseSink | None = None) -> None:
         self._inputs = list(inputs)
         self._request_id = request_id
         self._requested_output_names = list(requested_output_names)
@@ -160,6 +165,7 @@ class InferenceRequest:
         self._cancelled = False
         self.batch_index = batch_index
         self._progress_sink = progress_sink
+        self._sender = InferenceResponseSender(self, response_sink)
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -183,6 +189,11 @@ class InferenceRequest:
     def mark_cancelled(self) -> None:
         self._cancelled = True
 
+    def get_response_sender(self) -> "InferenceResponseSender":
+        """The sender a decoupled model (one whose `execute` returns None) answers this request
+        through, from any thread; the same sender on every call."""
+        return self._sender
+
     def report_progress(self, step: Any, steps: Any) -> None:
         """sdserve extension: tells the client how far this request has come.
 
@@ -193,6 +204,63 @@ class InferenceRequest:
 
     def __repr__(self) -> str:
         return f"InferenceRequest(id={self._request_id!r}, inputs={self._inputs!r})"
+
+
+class InferenceResponseSender:
+    """Sends a decoupled model's responses for one request: any number of responses, then the
+    final flag (on the last response, or alone with `response=None`). Thread-safe."""
+
+    def __init__(self, request: InferenceRequest, sink: ResponseSink | None) -> None:
+        self._request = request
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._final_sent = False
+        self._kept: list[InferenceResponse] = []
+
+    def send(self, response: "InferenceResponse | None" = None, flags: int = 0) -> None:
+        """Send `response`; `flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL` marks the last one.
+
+        Raises TritonModelException after the final flag was sent, for flags other than 0 and
+        the final flag, for a None response without the final flag, and for a non-response."""
+        if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):
+            raise TritonModelException(
+                f"send() flags must be 0 or TRITONSERVER_RESPONSE_COMPLETE_FINAL ({TRITONSERVER_RESPONSE_COMPLETE_FINAL}), got {flags!r}"
+            )
+        final = flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if response is None and not final:
+            raise TritonModelException("send() needs a response unless flags is TRITONSERVER_RESPONSE_COMPLETE_FINAL")
+        if response is not None and not isinstance(response, InferenceResponse):
+            raise TritonModelException(f"send() response must be an InferenceResponse, got {type(response).__name__}")
+        with self._lock:
+            if self._final_sent:
+                raise TritonModelException(
+                    f"request {self._request.request_id()!r} already sent its final response; nothing more can be sent"
+                )
+            self._final_sent = final
+            if self._sink is None:
+                if response is not None:
+                    self._kept.append(response)
+                return
+            # Under the lock, so two threads' responses reach the core in the order they were sent.
+            self._sink(self._request, response, flags)
+
+    def is_cancelled(self) -> bool:
+        return self._request.is_cancelled()
+
+    def is_final_sent(self) -> bool:
+        """Whether the final flag was sent (sdserve extension)."""
+        return self._final_sent
+
+    def is_connected(self) -> bool:
+        """sdserve extension: True when sent responses go to the core (requests the backend stub
+        made); False for requests made in-process (tests, direct calls), whose sender keeps what
+        it is sent for `sent_responses()`."""
+        return self._sink is not None
+
+    def sent_responses(self) -> list["InferenceResponse"]:
+        """The responses sent so far through a sender that is not connected (sdserve extension)."""
+        with self._lock:
+            return list(self._kept)
 
 
 class InferenceResponse:
@@ -234,6 +302,13 @@ def get_input_config_by_name(model_config: dict[str, Any] | str, name: str) -> d
 
 def get_output_config_by_name(model_config: dict[str, Any] | str, name: str) -> dict[str, Any] | None:
     return _config_entry(model_config, "output", name)
+
+
+def using_decoupled_model_transaction_policy(model_config: dict[str, Any] | str) -> bool:
+    """Whether the config sets `model_transaction_policy { decoupled: true }`."""
+    config = json.loads(model_config) if isinstance(model_config, str) else model_config
+    policy = config.get("model_transaction_policy") or {}
+    return policy.get("decoupled") in (True, "true")
 
 
 def _config_type_to_kserve(type_string: str) -> str | None:

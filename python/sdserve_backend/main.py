@@ -2,7 +2,9 @@
 
 Threads: the reader thread owns the socket's read side and is the one switch on message type.
 Health and cancel are answered there at once, so they work while a long `execute` runs; load,
-execute and finalize are queued to the main thread, which runs model code one call at a time."""
+execute and finalize are queued to the main thread, which runs model code one call at a time.
+A decoupled model's `execute` returns None at once and answers later through each request's
+response sender, from any thread; its requests stay cancellable until their final response."""
 
 from __future__ import annotations
 
@@ -111,6 +113,7 @@ class BackendServer:
                 parameters=meta.get("parameters", {}),
                 batch_index=index,
                 progress_sink=self._progress_sink(frame.correlation_id),
+                response_sink=self._response_sink(frame.correlation_id),
             )
             for index, meta in enumerate(metas)
         ]
@@ -151,6 +154,28 @@ class BackendServer:
 
         return send_progress
 
+    def _response_sink(self, correlation_id: int) -> pb_utils.ResponseSink:
+        def send_response(request: pb_utils.InferenceRequest, response: pb_utils.InferenceResponse | None,
+                          flags: int) -> None:
+            final = flags == pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            metadata: dict[str, Any] = {"request_index": request.batch_index, "final": final}
+            payload: list[Buffer] = []
+            if response is not None:
+                # Encoded now, on the sender's thread: what was sent is what the core gets.
+                metadata["response"], payload, _ = encode_response(request, response, 0)
+            self._writer.send(MessageType.RESPONSE_NOTIFY, correlation_id, metadata, payload)
+            if final:
+                self._forget_if_answered(correlation_id)
+
+        return send_response
+
+    def _forget_if_answered(self, correlation_id: int) -> None:
+        """Drop a decoupled ExecuteRequest from the in-flight set once each request sent its final flag."""
+        with self._in_flight_lock:
+            requests = self._in_flight.get(correlation_id, [])
+            if all(request.get_response_sender().is_final_sent() for request in requests):
+                self._in_flight.pop(correlation_id, None)
+
     # -- main thread: model calls ---------------------------------------------------------------
 
     def _guarded(self, frame: Frame, handler: Callable[[Frame], bool]) -> bool:
@@ -175,19 +200,27 @@ class BackendServer:
         return True
 
     def _execute(self, frame: Frame, requests: list[pb_utils.InferenceRequest]) -> bool:
+        decoupled = False
         try:
             if self._model is None:
                 raise RuntimeError("no model is loaded in this backend")
             responses = self._model.execute(requests)
+            if responses is None:
+                # Decoupled: the senders answer, now or later; no ExecuteResponse follows.
+                decoupled = True
+                self._forget_if_answered(frame.correlation_id)
+                return True
             if not isinstance(responses, (list, tuple)) or len(responses) != len(requests):
                 count = len(responses) if isinstance(responses, (list, tuple)) else type(responses).__name__
                 raise pb_utils.TritonModelException(
-                    f"execute() must return a list of {len(requests)} InferenceResponse, got {count}"
+                    f"execute() must return None (decoupled) or a list of {len(requests)} InferenceResponse, "
+                    f"got {count}"
                 )
             metadata, payload = encode_responses(requests, responses)
         finally:
-            with self._in_flight_lock:
-                self._in_flight.pop(frame.correlation_id, None)
+            if not decoupled:
+                with self._in_flight_lock:
+                    self._in_flight.pop(frame.correlation_id, None)
         self._writer.send(MessageType.EXECUTE_RESPONSE, frame.correlation_id, metadata, payload)
         return True
 
@@ -210,33 +243,40 @@ def encode_responses(requests: list[pb_utils.InferenceRequest],
             metas.append({"error": f"execute() response {index} is a {type(response).__name__}, "
                                    "not an InferenceResponse"})
             continue
-        error = response.error()
-        if error is not None:
-            metas.append({"error": error.message(), "code": error.code_name()})
-            continue
-        outputs = response.output_tensors()
-        wanted = request.requested_output_names()
-        if wanted:
-            by_name = {tensor.name(): tensor for tensor in outputs}
-            missing = [name for name in wanted if name not in by_name]
-            if missing:
-                metas.append({"error": f"the model produced no output named {', '.join(missing)}",
-                              "code": "INVALID_ARG"})
-                continue
-            outputs = [by_name[name] for name in wanted]
-        output_metas: list[TensorMeta] = []
-        for tensor in outputs:
-            datatype = tensor.kserve_datatype()
-            data = array_to_wire(tensor.as_numpy(), datatype)
-            output_metas.append({"name": tensor.name(), "datatype": datatype, "shape": tensor.shape(),
-                                 "offset": offset, "length": data.nbytes})
-            payload.append(data)
-            pad = padding_after(data.nbytes)
-            if pad:
-                payload.append(bytes(pad))
-            offset += data.nbytes + pad
-        metas.append({"outputs": output_metas})
+        meta, buffers, offset = encode_response(request, response, offset)
+        metas.append(meta)
+        payload += buffers
     return {"responses": metas}, payload
+
+
+def encode_response(request: pb_utils.InferenceRequest, response: pb_utils.InferenceResponse,
+                    offset: int) -> tuple[dict[str, Any], list[Buffer], int]:
+    """One ResponseMeta, its tensors' buffers placed from payload `offset`, and the offset after them."""
+    error = response.error()
+    if error is not None:
+        return {"error": error.message(), "code": error.code_name()}, [], offset
+    outputs = response.output_tensors()
+    wanted = request.requested_output_names()
+    if wanted:
+        by_name = {tensor.name(): tensor for tensor in outputs}
+        missing = [name for name in wanted if name not in by_name]
+        if missing:
+            return {"error": f"the model produced no output named {', '.join(missing)}",
+                    "code": "INVALID_ARG"}, [], offset
+        outputs = [by_name[name] for name in wanted]
+    payload: list[Buffer] = []
+    output_metas: list[TensorMeta] = []
+    for tensor in outputs:
+        datatype = tensor.kserve_datatype()
+        data = array_to_wire(tensor.as_numpy(), datatype)
+        output_metas.append({"name": tensor.name(), "datatype": datatype, "shape": tensor.shape(),
+                             "offset": offset, "length": data.nbytes})
+        payload.append(data)
+        pad = padding_after(data.nbytes)
+        if pad:
+            payload.append(bytes(pad))
+        offset += data.nbytes + pad
+    return {"outputs": output_metas}, payload, offset
 
 
 def hello_metadata() -> HelloMeta:

@@ -20,6 +20,7 @@ class MessageType(IntEnum):
     ERROR_NOTIFY = 10
     PROGRESS_NOTIFY = 11
     CANCEL_REQUEST = 12
+    RESPONSE_NOTIFY = 13
 
 
 class TensorMeta(TypedDict):
@@ -48,6 +49,13 @@ class HelloMeta(TypedDict):
 class LoadRequestMeta(TypedDict):
     model_file: str
     args: dict[str, str]
+
+
+class ResponseNotifyMeta(TypedDict, total=False):
+    request_index: int
+    # Absent when the model sent only the final flag (`send(None, FINAL)`).
+    response: dict[str, Any]
+    final: bool
 
 
 class ProgressMeta(TypedDict):

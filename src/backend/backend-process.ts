@@ -19,7 +19,7 @@ import { encodeFrame, FrameDecoder, type Frame, type MalformedFrameError } from 
 import {
   isErrorMeta, MessageType, messageTypeName,
   type CancelRequestMeta, type ExecuteRequestMeta, type ExecuteResponseMeta, type HelloMeta,
-  type LoadRequestMeta, type ProgressMeta, type ResponseMeta, type TritonErrorCode,
+  type LoadRequestMeta, type ProgressMeta, type ResponseMeta, type ResponseNotifyMeta, type TritonErrorCode,
 } from './messages.js';
 import { PayloadBuilder, tensorFromPayload } from './tensor-payload.js';
 
@@ -58,6 +58,8 @@ interface PendingReply {
   resolve(frame: Frame): void;
   reject(error: SdserveError): void;
   onProgress?: ProgressListener;
+  /** A decoupled model's ResponseNotify for this ExecuteRequest. */
+  onResponse?(frame: Frame): void;
 }
 
 interface Deferred<T> {
@@ -79,6 +81,12 @@ const TRITON_CODE_TO_ERROR: Partial<Record<TritonErrorCode, ErrorCode>> = {
   UNSUPPORTED: 'SDS_ERR_UNSUPPORTED',
   CANCELLED: 'SDS_ERR_CANCELLED',
 };
+
+/**
+ * Errors that failed a whole ExecuteRequest rather than one request of it (the backend died,
+ * answered with ErrorNotify or a malformed frame): `execute` throws these instead of returning them.
+ */
+const WHOLE_CALL_FAILURES = new WeakSet<object>();
 
 const LOG_LEVEL = /^(DEBUG|INFO|WARNING|ERROR|CRITICAL) /;
 const STDERR_TAIL_LINES = 20;
@@ -183,10 +191,36 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
   /**
    * Runs `requests` as one batch. Resolves to one entry per request, in order: its response,
    * or the SdserveError the model gave it (a failure of the whole batch is given to each).
-   * Rejects with SDS_ERR_BACKEND_DIED if the backend dies first.
+   * Rejects with SDS_ERR_BACKEND_DIED if the backend dies first, and with the error when the
+   * backend fails the call as a whole (ErrorNotify, a malformed reply).
    */
   async execute(requests: InferRequest[], onProgress?: ProgressListener): Promise<Array<InferResponse | SdserveError>> {
+    const results = await Promise.allSettled(this.executeEach(requests, onProgress));
+    const wholeCall = results.find((result) => result.status === 'rejected' && WHOLE_CALL_FAILURES.has(result.reason as object));
+    if (wholeCall !== undefined) throw (wholeCall as PromiseRejectedResult).reason;
+    return results.map((result) => (result.status === 'fulfilled' ? result.value : asSdserveError(result.reason)));
+  }
+
+  /**
+   * Runs `requests` as one ExecuteRequest and returns one promise per request, in order, each
+   * settled as soon as that request's final response arrives: all at once for a model that
+   * answers with ExecuteResponse, one by one for a decoupled model (ResponseNotify). A promise
+   * rejects with the SdserveError the model gave its request (a failure of the whole batch is
+   * given to each request still open), and all open ones with SDS_ERR_BACKEND_DIED if the
+   * backend dies. A decoupled request's non-final responses are kept: a final flag sent alone
+   * settles the request with the last response it was sent.
+   */
+  executeEach(requests: InferRequest[], onProgress?: ProgressListener): Array<Promise<InferResponse>> {
     if (requests.length === 0) return [];
+    const each = requests.map(() => deferred<InferResponse>());
+    const promises = each.map((entry) => entry.promise);
+    const unavailable = this.unavailableReason(MessageType.ExecuteRequest);
+    if (unavailable !== undefined) {
+      WHOLE_CALL_FAILURES.add(unavailable);
+      for (const entry of each) entry.reject(unavailable);
+      return promises;
+    }
+    // 1. encode the batch
     const payload = new PayloadBuilder();
     const metadata: ExecuteRequestMeta = {
       requests: requests.map((request) => ({
@@ -196,15 +230,59 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
         parameters: request.parameters,
       })),
     };
-    const reply = await this.request(MessageType.ExecuteRequest, MessageType.ExecuteResponse, metadata,
-      payload.parts, { onProgress });
-    const answer = reply.metadata as ExecuteResponseMeta;
-    if (isErrorMeta(answer)) return requests.map(() => new SdserveError('SDS_ERR_BACKEND', answer.error));
-    if (!Array.isArray(answer.responses) || answer.responses.length !== requests.length) {
-      throw new SdserveError('SDS_ERR_BACKEND',
-        `backend ${this.label} answered ${requests.length} requests with ${answer.responses?.length} responses`);
-    }
-    return answer.responses.map((response, index) => toInferResponse(requests[index], response, reply.payload));
+    // 2. settle each request once, and forget the call when none is left open
+    const correlationId = this.nextCorrelationId++;
+    const open = new Set(requests.keys());
+    const latest = new Map<number, { response: ResponseMeta; payload: Buffer }>();
+    const settle = (index: number, outcome: InferResponse | SdserveError): void => {
+      if (!open.delete(index)) return;
+      if (outcome instanceof SdserveError) each[index].reject(outcome);
+      else each[index].resolve(outcome);
+      if (open.size === 0) this.pending.delete(correlationId);
+    };
+    const failOpen = (error: SdserveError): void => {
+      for (const index of [...open]) settle(index, error);
+    };
+    // 3. a normal model answers every request in one ExecuteResponse
+    const onExecuteResponse = (frame: Frame): void => {
+      const answer = frame.metadata as ExecuteResponseMeta;
+      if (isErrorMeta(answer)) {
+        for (const index of [...open]) settle(index, new SdserveError('SDS_ERR_BACKEND', answer.error));
+      } else if (!Array.isArray(answer.responses) || answer.responses.length !== requests.length) {
+        const error = new SdserveError('SDS_ERR_BACKEND',
+          `backend ${this.label} answered ${requests.length} requests with ${answer.responses?.length} responses`);
+        WHOLE_CALL_FAILURES.add(error);
+        failOpen(error);
+      } else {
+        answer.responses.forEach((response, index) => settle(index, toInferResponse(requests[index], response, frame.payload)));
+      }
+    };
+    // 4. a decoupled model answers each request on its own, final flag last
+    const onResponse = (frame: Frame): void => {
+      const { request_index: index, response, final } = frame.metadata as unknown as ResponseNotifyMeta;
+      if (!open.has(index)) {
+        this.logger.warn(`[${this.label}] ignored a response for request ${String(index)} of ${correlationId}: it is not open`);
+        return;
+      }
+      if (response !== undefined) latest.set(index, { response, payload: frame.payload });
+      if (final !== true) return;
+      const last = latest.get(index);
+      settle(index, last !== undefined
+        ? toInferResponse(requests[index], last.response, last.payload)
+        : new SdserveError('SDS_ERR_BACKEND', `backend ${this.label} ended request ${index} without sending a response`));
+    };
+    this.pending.set(correlationId, {
+      expected: MessageType.ExecuteResponse,
+      resolve: onExecuteResponse,
+      reject: (error) => {
+        WHOLE_CALL_FAILURES.add(error);
+        failOpen(error);
+      },
+      onProgress,
+      onResponse,
+    });
+    this.write(encodeFrame(MessageType.ExecuteRequest, correlationId, metadata, payload.parts));
+    return promises;
   }
 
   /**
@@ -253,12 +331,8 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
 
   private request(type: MessageType, expected: MessageType, metadata: object, payload: Buffer[],
     opts: { timeoutMs?: number; timeoutMessage?: string; onProgress?: ProgressListener } = {}): Promise<Frame> {
-    if (!this.alive || this.socket === undefined) {
-      return Promise.reject(new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is not running`));
-    }
-    if (this.stopping && type !== MessageType.FinalizeRequest) {
-      return Promise.reject(new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is stopping`));
-    }
+    const unavailable = this.unavailableReason(type);
+    if (unavailable !== undefined) return Promise.reject(unavailable);
     const correlationId = this.nextCorrelationId++;
     const frames = encodeFrame(type, correlationId, metadata, payload);
     const reply = new Promise<Frame>((resolve, reject) => {
@@ -272,6 +346,16 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
       this.pending.delete(correlationId);
       return message;
     });
+  }
+
+  private unavailableReason(type: MessageType): SdserveError | undefined {
+    if (!this.alive || this.socket === undefined) {
+      return new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is not running`);
+    }
+    if (this.stopping && type !== MessageType.FinalizeRequest) {
+      return new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is stopping`);
+    }
+    return undefined;
   }
 
   private write(buffers: Buffer[]): void {
@@ -316,6 +400,9 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
       case MessageType.ErrorNotify:
         this.onErrorNotify(frame);
         return;
+      case MessageType.ResponseNotify:
+        this.onResponseNotify(frame);
+        return;
       case MessageType.LoadResponse:
       case MessageType.ExecuteResponse:
       case MessageType.HealthResponse:
@@ -346,6 +433,15 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
     } catch (err) {
       this.logger.warn(`[${this.label}] progress listener failed: ${(err as Error).message}`);
     }
+  }
+
+  private onResponseNotify(frame: Frame): void {
+    const pending = this.pending.get(frame.correlationId);
+    if (pending?.onResponse === undefined) {
+      this.logger.warn(`[${this.label}] ignored ResponseNotify ${frame.correlationId}: nothing awaits it`);
+      return;
+    }
+    pending.onResponse(frame);
   }
 
   private onErrorNotify(frame: Frame): void {
@@ -419,6 +515,10 @@ function toInferResponse(request: InferRequest, response: ResponseMeta, payload:
   } catch (err) {
     return err instanceof SdserveError ? err : new SdserveError('SDS_ERR_BACKEND', String(err));
   }
+}
+
+function asSdserveError(reason: unknown): SdserveError {
+  return reason instanceof SdserveError ? reason : new SdserveError('SDS_ERR_BACKEND', String(reason));
 }
 
 async function withTimeout<T>(promise: Promise<T>, timeoutMs: number, onTimeout: () => string): Promise<T> {

@@ -18,6 +18,7 @@ export const MessageType = {
   ErrorNotify: 10,
   ProgressNotify: 11,
   CancelRequest: 12,
+  ResponseNotify: 13,
 } as const;
 export type MessageType = (typeof MessageType)[keyof typeof MessageType];
 
@@ -89,6 +90,18 @@ export interface ProgressMeta {
   request_index: number;
   step: number;
   steps: number;
+}
+
+/**
+ * One response of a decoupled model for one request of an ExecuteRequest (same correlation id);
+ * `response` is absent when the model sent only the final flag.
+ */
+export interface ResponseNotifyMeta {
+  /** Position of the request in its ExecuteRequest. */
+  request_index: number;
+  response?: ResponseMeta;
+  /** The request's last response: nothing more comes for it. */
+  final: boolean;
 }
 
 export interface CancelRequestMeta {
