@@ -9,6 +9,7 @@ from sdserve_backend.pipelines.text_to_image import (
     TextToImagePipeline,
     split_per_request,
 )
+from sdserve_backend.pipelines.step_batcher import RequestCancelled, StepBatcher, StepRecord
 
 __all__ = [
     "SCHEDULER_SHORT_NAMES",
@@ -16,6 +17,9 @@ __all__ = [
     "GenerationRequest",
     "GenerationSettings",
     "Placement",
+    "RequestCancelled",
+    "StepBatcher",
+    "StepRecord",
     "TextToImagePipeline",
     "choose_placement",
     "detect_version",

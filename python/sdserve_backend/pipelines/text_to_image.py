@@ -7,7 +7,9 @@ call with that request alone. So an image does not depend on what it was batched
 
 The stages (`encode_prompts`, `prepare_latents`, `start_denoising`, `denoise_step`, `decode`)
 are public so that a scheduler of work can interleave batches step by step; `__call__` strings
-them together in order.
+them together in order. `denoise_batch` steps several independent runs (each with its own
+scheduler, step count and guidance) with one UNet call; the step batcher
+(`pipelines/step_batcher.py`) drives it.
 """
 
 from __future__ import annotations
@@ -277,6 +279,54 @@ class TextToImagePipeline:
             noise_pred, timestep_on_host, state.latents, **state.step_kwargs, return_dict=False
         )[0]
         state.step_index += 1
+
+    @torch.inference_mode()
+    def denoise_batch(self, states: Sequence[DenoisingState]) -> None:
+        """Advance each of `states` by one step of its own scheduler, with one UNet call for all.
+
+        Each state brings its rows (its latents, twice under guidance with the unconditional
+        rows first, as `denoise_step` lays them out), its own timestep for each row (the UNet
+        takes one timestep per sample) and its own conditioning. Guidance and the scheduler step
+        then run per state on its share of the prediction, so each state advances exactly as it
+        would alone. Stays on the device (no host syncs).
+        """
+        # 1. Each state's model input, scaled by its own scheduler, with its timestep per row
+        inputs: list[torch.Tensor] = []
+        timesteps: list[torch.Tensor] = []
+        for state in states:
+            guided = state.guidance_scale > 1.0
+            model_input = torch.cat([state.latents] * 2) if guided else state.latents
+            inputs.append(state.scheduler.scale_model_input(model_input, state.timesteps_on_host[state.step_index]))
+            # float32 for all: schedulers disagree on the timestep dtype (int64, float32), and the
+            # UNet's sinusoidal embedding converts it to float32 anyway.
+            timesteps.append(state.timesteps[state.step_index].to(torch.float32).expand(model_input.shape[0]))
+
+        # 2. One UNet call over every row of every state
+        added_cond_kwargs = None
+        if all(state.added_cond_kwargs is not None for state in states):
+            added_cond_kwargs = {
+                key: torch.cat([state.added_cond_kwargs[key] for state in states if state.added_cond_kwargs])
+                for key in ("text_embeds", "time_ids")
+            }
+        noise_pred = self.components.unet(
+            torch.cat(inputs),
+            torch.cat(timesteps),
+            encoder_hidden_states=torch.cat([state.encoder_hidden_states for state in states]),
+            added_cond_kwargs=added_cond_kwargs,
+            return_dict=False,
+        )[0]
+
+        # 3. Per state: its rows, its guidance, its scheduler's step
+        for state, prediction in zip(states, noise_pred.split([rows.shape[0] for rows in inputs]), strict=True):
+            if state.guidance_scale > 1.0:
+                # Classifier-free guidance (Ho & Salimans 2022), as in `denoise_step`.
+                negative, positive = prediction.chunk(2)
+                prediction = negative + state.guidance_scale * (positive - negative)
+            state.latents = state.scheduler.step(
+                prediction, state.timesteps_on_host[state.step_index], state.latents, **state.step_kwargs,
+                return_dict=False,
+            )[0]
+            state.step_index += 1
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, resolve_scheduler_class
+from sdserve_backend.pipelines import (
+    GenerationRequest,
+    GenerationSettings,
+    RequestCancelled,
+    TextToImagePipeline,
+    resolve_scheduler_class,
+)
 
 log = logging.getLogger("sdserve.diffusion")
 
@@ -25,10 +31,6 @@ class Job:
 
     request: GenerationRequest
     settings: GenerationSettings
-
-
-class RequestCancelled(Exception):
-    """Every request of a pipeline batch was cancelled, so the batch stopped early."""
 
 
 # Per job: its images (uint8 [B, H, W, 3]) or the error to answer it with.
@@ -44,7 +46,7 @@ def run_jobs(
     """Run `jobs` (an Exception stands for a request that already failed parsing).
 
     `on_step(job_index, step, steps)` reports progress; `is_cancelled(job_index)` is polled
-    between steps, and a pipeline batch whose jobs are all cancelled stops.
+    between steps, and a pipeline batch whose jobs are all cancelled stops (RequestCancelled).
     """
     outcomes: list[Outcome | None] = [job if isinstance(job, Exception) else None for job in jobs]
 

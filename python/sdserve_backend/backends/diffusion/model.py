@@ -3,11 +3,17 @@
 Inputs: `prompt` BYTES [B, 1] and optional `negative_prompt` BYTES [B, 1] (or [1, 1] for all).
 Output: `generated_image` UINT8 [B, H, W, 3]. Config parameters set the defaults; a request's
 parameters `steps`, `guidance_scale`, `seed`, `scheduler`, `height`, `width` override them.
+
+With config parameter `step_batching` "true" (the default) the model is decoupled: `execute`
+prepares each request and hands it to the step batcher, which answers it through the request's
+response sender once its own steps are done. "false" runs whole requests as pipeline batches
+inside `execute`, as Triton's request-level batching does.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +21,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from sdserve_backend.backends.diffusion import settings as model_settings
-from sdserve_backend.backends.diffusion.batching import Job, RequestCancelled, run_jobs
+from sdserve_backend.backends.diffusion.batching import Job, run_jobs
+from sdserve_backend.engine.backend import prepare_for_model
 from sdserve_backend.pipelines import (
     GenerationRequest,
+    RequestCancelled,
+    StepBatcher,
     TextToImagePipeline,
     choose_placement,
     detect_version,
@@ -49,6 +58,7 @@ class TritonPythonModel:
 
         # 3. Load the models
         components = load_components(weights, placement.device, placement.dtype, config_dir)
+        components = prepare_for_model(components, placement, version_dir, model_config, parameters, weights, pb_utils.Logger.log_info)
         self.pipeline = TextToImagePipeline(components)
         mismatch = model_settings.version_mismatch(version, detect_version(components), components.is_sdxl)
         if mismatch is not None:
@@ -60,12 +70,57 @@ class TritonPythonModel:
             resolve_scheduler_class(self.defaults.settings.scheduler, components.scheduler_class)
         except ValueError as error:
             raise ValueError(f"config parameter {error}") from None
+
+        # 5. Start the step batcher: up to max_batch_size images share a UNet call
+        self.step_batcher: StepBatcher | None = None
+        if self.defaults.step_batching:
+            self.step_batcher = StepBatcher(self.pipeline, max_images=int(model_config.get("max_batch_size", 0) or 0))
         pb_utils.Logger.log_info(
             f"{args.get('model_name', '')}: loaded {weights} on {placement.device} ({placement.dtype}), "
-            f"{'SDXL' if components.is_sdxl else 'SD'}, defaults {self.defaults.settings}"
+            f"{'SDXL' if components.is_sdxl else 'SD'}, "
+            f"{'step' if self.step_batching else 'request'}-level batching, defaults {self.defaults.settings}"
         )
 
-    def execute(self, requests: list[Any]) -> list[Any]:
+    @property
+    def step_batching(self) -> bool:
+        return self.step_batcher is not None
+
+    def execute(self, requests: list[Any]) -> list[Any] | None:
+        if self.step_batcher is None:
+            return self._execute_whole(requests)
+        # Decoupled: each request is answered through its sender when its steps are done.
+        senders = [request.get_response_sender() for request in requests]
+        answers = [self._submit(self.step_batcher, request, sender) for request, sender in zip(requests, senders)]
+        if all(sender.is_connected() for sender in senders):
+            return None
+        # Called in-process (tests, direct calls): nothing reads the senders, so answer as a
+        # non-decoupled model does, once every request is done.
+        return [answer.result() for answer in answers]
+
+    def _submit(self, batcher: StepBatcher, request: Any, sender: Any) -> "Future[Any]":
+        """Check and prepare one request and queue it; a bad one is answered at once."""
+        answer: Future[Any] = Future()
+
+        def on_done(outcome: np.ndarray | Exception) -> None:
+            response = _response(outcome)
+            answer.set_result(response)
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        job = self._parse(request)
+        if isinstance(job, Exception):
+            on_done(job)
+            return answer
+        try:
+            batcher.submit(job.request, job.settings, on_done,
+                           on_step=request.report_progress, is_cancelled=request.is_cancelled)
+        except Exception as error:  # noqa: BLE001 - answer this request; the others still run
+            if not isinstance(error, ValueError):
+                pb_utils.Logger.log_error(f"preparing request {request.request_id()!r} failed: {error!r}")
+            on_done(error)
+        return answer
+
+    def _execute_whole(self, requests: list[Any]) -> list[Any]:
+        """Request-level batching: requests that share their settings run as one pipeline batch."""
         jobs = [self._parse(request) for request in requests]
 
         def report_progress(index: int, step: int, steps: int) -> None:
@@ -82,6 +137,10 @@ class TritonPythonModel:
         return [_response(outcome) for outcome in outcomes]
 
     def finalize(self) -> None:
+        if self.step_batcher is not None:
+            # Requests already handed over still get their images.
+            self.step_batcher.close()
+            self.step_batcher = None
         self.pipeline = None
 
     def _parse(self, request: Any) -> Job | Exception:

@@ -36,6 +36,8 @@ class ModelDefaults:
     version: str
     weights: str
     weights_config: str
+    # Step-level batching (requests join and leave the UNet batch per step); False: whole requests.
+    step_batching: bool = True
 
 
 def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
@@ -64,6 +66,7 @@ def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) 
         version=str(parameters.get("version", "")).strip(),
         weights=str(parameters.get("weights", "")).strip(),
         weights_config=str(parameters.get("weights_config", "")).strip(),
+        step_batching=parse_bool("step_batching", parameters.get("step_batching", ""), True, source),
     )
 
 
@@ -161,6 +164,15 @@ def parse_guidance_scale(value: Any, default: float, source: str) -> float:
     if not math.isfinite(scale) or scale < 0:
         raise ValueError(f"{source} 'guidance_scale' must be a finite number >= 0, got {value!r}")
     return scale
+
+
+def parse_bool(name: str, value: Any, default: bool, source: str) -> bool:
+    text = str(value).strip().lower()
+    if text == "":
+        return default
+    if text in ("true", "false"):
+        return text == "true"
+    raise ValueError(f"{source} '{name}' must be \"true\" or \"false\", got {value!r}")
 
 
 def parse_seed(value: Any, source: str) -> int:

@@ -1,0 +1,89 @@
+"""`python -m sdserve_backend.engine.build`: build (or check) the GPU engine of one model version.
+
+    python -m sdserve_backend.engine.build --model-dir model_repository/stable_diffusion_1_5 \
+        --version 1 --model-config '<config.pbtxt as JSON>' [--force]
+
+Loads the weights as the backend does, runs `engine.prepare` and prints each stage's time. On a
+machine with no CUDA GPU there is nothing to build: it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sdserve_backend.engine.prepare import prepare_with_report
+from sdserve_backend.pipelines.device import choose_placement
+
+ENGINE_SUBDIR = "engine"
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+def is_forced(parameters: dict[str, str]) -> bool:
+    """The `force_engine_build` config parameter as a boolean (empty means no)."""
+    return parameters.get("force_engine_build", "").strip().lower() in TRUE_WORDS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the GPU engine of one model version.")
+    parser.add_argument("--model-dir", type=Path, required=True, help="the model's folder in the repository")
+    parser.add_argument("--version", default="1", help="version folder (default 1)")
+    parser.add_argument("--model-config", default="", help="the model config as JSON (default: {})")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the engine is current")
+    args = parser.parse_args(argv)
+
+    def stage(message: str) -> None:
+        print(message, flush=True)
+
+    if not torch.cuda.is_available():
+        stage("no CUDA GPU on this machine: nothing to build (the CPU runs the models eagerly)")
+        return 0
+
+    # Imported after the GPU check: the backend settings pull in diffusers and transformers.
+    from sdserve_backend.backends.diffusion import settings as model_settings
+    from sdserve_backend.pipelines import load_components
+
+    # 1. Read the config as the backend does
+    model_config = json.loads(args.model_config or "{}")
+    parameters = model_settings.config_parameters(model_config)
+    version_dir = args.model_dir / str(args.version)
+    version = parameters.get("version", "").strip()
+    weights = model_settings.resolve_weights(version_dir, parameters.get("weights", "").strip(), version)
+    weights_config = parameters.get("weights_config", "").strip()
+    config_dir = None
+    if weights_config:
+        config_dir = Path(weights_config) if Path(weights_config).is_absolute() else version_dir / weights_config
+    max_batch_size = max(1, int(model_config.get("max_batch_size", 1) or 1))
+
+    # 2. Load the weights
+    started = time.perf_counter()
+    placement = choose_placement("GPU", 0)
+    components = load_components(weights, placement.device, placement.dtype, config_dir)
+    stage(f"loaded {weights} on {torch.cuda.get_device_name(placement.device)} in {time.perf_counter() - started:.1f} s")
+    defaults = model_settings.read_model_defaults(parameters, components.default_image_size)
+
+    # 3. Build the engine
+    _, report = prepare_with_report(
+        components,
+        placement,
+        engine_dir=version_dir / ENGINE_SUBDIR,
+        max_rows=2 * max_batch_size,
+        height=defaults.settings.height,
+        width=defaults.settings.width,
+        force_rebuild=args.force or is_forced(parameters),
+        weights=weights,
+        log=stage,
+    )
+    for name, seconds in report.seconds.items():
+        stage(f"  {name}: {seconds:.2f} s")
+    stage(f"engine {report.status} ({report.reason}); choices {report.choices}; metadata {report.metadata_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`engine/engine.json`: what an engine was built for, so a restart or `sdserve build` can tell
+whether it is current, plus the choices its build measured (reused on a warm start)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENGINE_FILE = "engine.json"
+# Bumped whenever the engine's build changes what it records or captures.
+FORMAT_VERSION = 1
+# The fields that must all match for an engine to be current; the rest (choices, timings) is payload.
+KEY_FIELDS = (
+    "format",
+    "torch",
+    "cuda",
+    "cudnn",
+    "gpu",
+    "capability",
+    "config_hash",
+    "weights_hash",
+    "buckets",
+    "vae_buckets",
+    "height",
+    "width",
+)
+
+
+def stable_hash(value: Any) -> str:
+    """sha256 of `value` as canonical JSON (sorted keys; anything not JSON as its repr)."""
+    text = json.dumps(value, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weights_fingerprint(weights: Path | None, ignore: Path | None = None) -> str:
+    """A hash over path, size and mtime of every file of the weights (a folder or one file),
+    leaving out the folder `ignore` (the engine's own, which may sit inside the weights folder).
+
+    File contents are not read: a 7 GB checkpoint would take longer to hash than to capture."""
+    if weights is None:
+        return "unknown"
+    weights = Path(weights)
+    skipped = Path(ignore).resolve() if ignore is not None else None
+    files = sorted(p for p in weights.rglob("*") if p.is_file()) if weights.is_dir() else [weights]
+    if skipped is not None:
+        files = [p for p in files if not p.resolve().is_relative_to(skipped)]
+    entries = []
+    for path in files:
+        stat = path.stat()
+        entries.append([str(path.relative_to(weights)) if weights.is_dir() else path.name, stat.st_size, stat.st_mtime_ns])
+    return stable_hash([str(weights.resolve()), entries])
+
+
+def read_metadata(engine_dir: Path) -> dict[str, Any] | None:
+    """The recorded metadata, or None when there is none or it is unreadable."""
+    path = Path(engine_dir) / ENGINE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stale_fields(recorded: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> list[str]:
+    """The key fields whose recorded value differs from `expected`; all of them when nothing is recorded."""
+    if recorded is None:
+        return [field for field in KEY_FIELDS if field in expected]
+    return [field for field in KEY_FIELDS if field in expected and _normal(recorded.get(field)) != _normal(expected[field])]
+
+
+def is_current(recorded: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> bool:
+    return not stale_fields(recorded, expected)
+
+
+def write_metadata(engine_dir: Path, data: Mapping[str, Any]) -> Path:
+    """Write atomically (temporary file, then rename), so a crash never leaves half a file."""
+    engine_dir = Path(engine_dir)
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    path = engine_dir / ENGINE_FILE
+    temporary = path.with_suffix(f".tmp{os.getpid()}")
+    temporary.write_text(json.dumps(dict(data), indent=2, sort_keys=True, default=repr) + "\n")
+    temporary.replace(path)
+    return path
+
+
+def _normal(value: Any) -> Any:
+    # JSON turns tuples into lists; compare in that form.
+    return json.loads(json.dumps(value, default=repr))

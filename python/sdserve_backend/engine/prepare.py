@@ -1,0 +1,328 @@
+"""`prepare`: turn loaded components into engine-backed ones on CUDA (unchanged on the CPU).
+
+The build on CUDA, in order:
+1. fuse the attention projections (one QKV matmul instead of three; same arithmetic);
+2. choose the attention backend and the memory format of UNet and VAE by timing the candidates
+   through a captured graph (or reuse the choices of a current `engine/engine.json`);
+3. capture one CUDA graph per row-count bucket for the UNet and the VAE decoder;
+4. record what the engine was built for in `engine/engine.json`.
+Everything here keeps float16 arithmetic of the same model, so images stay within tolerance of the
+eager pipeline's: these optimizations are on by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdserve_backend.engine import metadata
+from sdserve_backend.engine.attention import ATTENTION_BACKENDS
+from sdserve_backend.engine.buckets import bucket_sizes
+from sdserve_backend.engine.runners import UNetRunner, VaeRunner
+from sdserve_backend.engine.static_call import BucketedCall
+from sdserve_backend.pipelines.components import DiffusionComponents
+from sdserve_backend.pipelines.device import Placement
+
+# Setting SDSERVE_ENGINE=0 turns the engine off (components stay eager), e.g. to compare.
+DISABLE_VARIABLE = "SDSERVE_ENGINE"
+TEXT_SEQUENCE_LENGTH = 77
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    cuda_graphs: bool = True
+    fuse_qkv: bool = True
+    # "auto" measures flash against cuDNN attention; or one of ATTENTION_BACKENDS.
+    attention: str = "auto"
+    # "auto" measures both memory formats; "on" / "off" force one.
+    channels_last: str = "auto"
+    vae_graphs: bool = True
+    # Decoding batches above this run in chunks: each VAE bucket's graph holds its activations,
+    # so the largest bucket is also held to vae_max_pixels (an SDXL decode in float32 at 1024x1024
+    # takes about 6 GiB per image).
+    vae_max_rows: int = 4
+    vae_max_pixels: int = 2 * 1024 * 1024
+    tune_repeats: int = 10
+
+
+@dataclass
+class EngineReport:
+    """What `prepare` did; `sdserve build` and the benchmark print it."""
+
+    status: str  # "cpu" | "disabled" | "built" | "reused"
+    reason: str = ""
+    choices: dict[str, Any] = field(default_factory=dict)
+    tuning_ms: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    buckets: tuple[int, ...] = ()
+    vae_buckets: tuple[int, ...] = ()
+    metadata_path: str | None = None
+
+
+def prepare(components: DiffusionComponents, placement: Placement, **kwargs: Any) -> DiffusionComponents:
+    """`prepare_with_report` without the report."""
+    return prepare_with_report(components, placement, **kwargs)[0]
+
+
+def prepare_with_report(
+    components: DiffusionComponents,
+    placement: Placement,
+    engine_dir: Path | None = None,
+    max_rows: int = 2,
+    height: int | None = None,
+    width: int | None = None,
+    force_rebuild: bool = False,
+    weights: Path | None = None,
+    options: EngineOptions | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[DiffusionComponents, EngineReport]:
+    """Components whose `unet` and `vae` run through the engine, and what was done.
+
+    `max_rows` is the most UNet rows one call takes (2 x max_batch_size with guidance); graphs are
+    captured for images of `height` x `width` (the model's default size when None); other sizes run
+    eagerly. `force_rebuild` re-measures the choices even when `engine_dir` holds a current engine.
+    """
+    options = options or EngineOptions()
+    say = log or (lambda message: None)
+    if placement.device.type != "cuda" or not torch.cuda.is_available():
+        return components, EngineReport(status="cpu", reason="no CUDA device: the components stay as they are")
+    if os.environ.get(DISABLE_VARIABLE, "1").strip().lower() in ("0", "off", "false", "no"):
+        return components, EngineReport(status="disabled", reason=f"{DISABLE_VARIABLE} is off")
+    _check_options(options, max_rows)
+    height = height or components.default_image_size
+    width = width or components.default_image_size
+    factor = components.vae_scale_factor
+    latent_size = (height // factor, width // factor)
+    buckets = bucket_sizes(max_rows)
+    vae_rows = min(options.vae_max_rows, max_rows, options.vae_max_pixels // (height * width))
+    vae_buckets = bucket_sizes(max(1, vae_rows))
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    # 1. Fuse the attention projections
+    unet, vae = _model(components.unet), _model(components.vae)
+    if options.fuse_qkv:
+        _fuse_qkv(unet)
+        _fuse_qkv(vae)
+    seconds["fuse"] = time.perf_counter() - started
+
+    # 2. Reuse or measure the choices
+    expected = _expected_metadata(components, placement, height, width, buckets, vae_buckets, weights, engine_dir, options)
+    recorded = metadata.read_metadata(engine_dir) if engine_dir is not None else None
+    stale = metadata.stale_fields(recorded, expected)
+    reuse = not force_rebuild and not stale and recorded is not None and "choices" in recorded
+    report = EngineReport(status="reused" if reuse else "built", buckets=buckets, vae_buckets=vae_buckets)
+    report.reason = "current engine.json" if reuse else ("forced" if force_rebuild else f"stale or missing: {', '.join(stale)}")
+    say(f"engine: {report.reason}")
+    stage = time.perf_counter()
+    pool = torch.cuda.graph_pool_handle() if options.cuda_graphs else None
+    if reuse:
+        assert recorded is not None
+        choices = dict(recorded["choices"])
+    else:
+        choices, report.tuning_ms = _tune(components, unet, vae, latent_size, buckets, options, say)
+    report.choices = choices
+    seconds["tune"] = time.perf_counter() - stage
+
+    # 3. Capture the graphs, largest bucket first
+    stage = time.perf_counter()
+    unet_runner = _unet_runner(components, unet, latent_size, buckets, choices, options.cuda_graphs, pool)
+    seconds["capture_unet"] = time.perf_counter() - stage
+    say(f"engine: captured the UNet for rows {buckets} in {seconds['capture_unet']:.1f} s")
+    stage = time.perf_counter()
+    vae_runner = _vae_runner(vae, latent_size, vae_buckets, choices, options.cuda_graphs and options.vae_graphs, pool)
+    seconds["capture_vae"] = time.perf_counter() - stage
+    say(f"engine: captured the VAE decoder for images {vae_buckets} in {seconds['capture_vae']:.1f} s")
+    seconds["total"] = time.perf_counter() - started
+    report.seconds = seconds
+
+    # 4. Record the engine
+    if engine_dir is not None and not reuse:
+        data = {**expected, "choices": choices, "tuning_ms": report.tuning_ms, "seconds": seconds,
+                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        report.metadata_path = str(metadata.write_metadata(engine_dir, data))
+    elif engine_dir is not None:
+        report.metadata_path = str(Path(engine_dir) / metadata.ENGINE_FILE)
+    return dataclasses.replace(components, unet=unet_runner, vae=vae_runner), report
+
+
+def _check_options(options: EngineOptions, max_rows: int) -> None:
+    if options.attention != "auto" and options.attention not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be 'auto' or one of {ATTENTION_BACKENDS}, got {options.attention!r}")
+    if options.channels_last not in ("auto", "on", "off"):
+        raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {options.channels_last!r}")
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+
+
+def _model(part: Any) -> Any:
+    # Preparing twice wraps the model, not the previous runner.
+    return part.model if isinstance(part, (UNetRunner, VaeRunner)) else part
+
+
+def _fuse_qkv(model: Any) -> None:
+    fuse = getattr(model, "fuse_qkv_projections", None)
+    if fuse is None or getattr(model, "original_attn_processors", None) is not None:
+        return  # no such method in this diffusers, or already fused
+    try:
+        fuse()
+    except ValueError:
+        pass  # models with added KV projections cannot be fused; they run unfused
+
+
+def _expected_metadata(
+    components: DiffusionComponents,
+    placement: Placement,
+    height: int,
+    width: int,
+    buckets: tuple[int, ...],
+    vae_buckets: tuple[int, ...],
+    weights: Path | None,
+    engine_dir: Path | None,
+    options: EngineOptions,
+) -> dict[str, Any]:
+    device = placement.device
+    properties = torch.cuda.get_device_properties(device)
+    unet, vae = _model(components.unet), _model(components.vae)
+    return {
+        "format": metadata.FORMAT_VERSION,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "gpu": properties.name,
+        "capability": f"{properties.major}.{properties.minor}",
+        "config_hash": metadata.stable_hash(
+            {"unet": dict(unet.config), "vae": dict(vae.config), "dtype": str(placement.dtype),
+             "vae_dtype": str(vae.dtype), "options": dataclasses.asdict(options)}
+        ),
+        "weights_hash": metadata.weights_fingerprint(weights, ignore=engine_dir),
+        "buckets": list(buckets),
+        "vae_buckets": list(vae_buckets),
+        "height": height,
+        "width": width,
+    }
+
+
+def _unet_example(components: DiffusionComponents, unet: Any, latent_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    device, dtype = components.device, unet.dtype
+    example = {
+        "sample": torch.randn((1, int(unet.config.in_channels), *latent_size), device=device, dtype=dtype),
+        "timestep": torch.full((1,), 500.0, device=device),
+        "encoder_hidden_states": torch.randn(
+            (1, TEXT_SEQUENCE_LENGTH, int(unet.config.cross_attention_dim)), device=device, dtype=dtype
+        ),
+    }
+    if components.is_sdxl:
+        time_width = 6 * int(unet.config.addition_time_embed_dim)
+        text_width = unet.add_embedding.linear_1.in_features - time_width
+        example["text_embeds"] = torch.randn((1, text_width), device=device, dtype=dtype)
+        example["time_ids"] = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]], device=device, dtype=components.dtype)
+    return example
+
+
+def _unet_runner(components: DiffusionComponents, unet: Any, latent_size: tuple[int, int], buckets: tuple[int, ...],
+                 choices: dict[str, Any], graphs: bool, pool: Any) -> UNetRunner:
+    _set_memory_format(unet, choices["channels_last"])
+    runner = UNetRunner(unet, choices["attention"])
+    with torch.inference_mode():
+        call = BucketedCall(runner.run_eager, _unet_example(components, unet, latent_size), buckets, graphs,
+                            channels_last=("sample",) if choices["channels_last"] else (), pool=pool)
+        _fill(call, _unet_example(components, unet, latent_size))
+        call.capture()
+    runner.calls[latent_size] = call
+    return runner
+
+
+def _vae_runner(vae: Any, latent_size: tuple[int, int], buckets: tuple[int, ...], choices: dict[str, Any],
+                graphs: bool, pool: Any) -> VaeRunner:
+    _set_memory_format(vae, choices["vae_channels_last"])
+    runner = VaeRunner(vae, "default")
+    with torch.inference_mode():
+        example = {"latents": torch.randn((1, int(vae.config.latent_channels), *latent_size), device=vae.device, dtype=vae.dtype)}
+        call = BucketedCall(runner.run_eager, example, buckets, graphs,
+                            channels_last=("latents",) if choices["vae_channels_last"] else (), pool=pool)
+        _fill(call, example)
+        call.capture()
+    runner.calls[latent_size] = call
+    return runner
+
+
+def _fill(call: BucketedCall, example: dict[str, torch.Tensor]) -> None:
+    # Realistic values in every row of the buffers, so that warm-up and padding rows stay finite.
+    for name, buffer in call.buffers.items():
+        buffer.copy_(example[name].expand_as(buffer))
+
+
+def _set_memory_format(model: Any, channels_last: bool) -> None:
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _tune(components: DiffusionComponents, unet: Any, vae: Any, latent_size: tuple[int, int], buckets: tuple[int, ...],
+          options: EngineOptions, say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Time each candidate on one classifier-free-guidance batch (2 rows) and keep the fastest."""
+    attention = ["flash", "cudnn"] if options.attention == "auto" else [options.attention]
+    layouts = {"auto": [False, True], "on": [True], "off": [False]}[options.channels_last]
+    rows = (min(2, buckets[-1]),)
+    timings: dict[str, float] = {}
+    best: tuple[float, str, bool] | None = None
+    for backend in attention:
+        for channels_last in layouts:
+            if len(attention) * len(layouts) == 1:
+                best = (0.0, backend, channels_last)
+                continue
+            runner = _unet_runner(components, unet, latent_size, rows,
+                                  {"attention": backend, "channels_last": channels_last}, options.cuda_graphs, None)
+            call = runner.calls[latent_size]
+            inputs = {name: buffer for name, buffer in call.buffers.items()}
+            milliseconds = _median_ms(lambda: call(inputs), options.tune_repeats)
+            name = f"unet rows={rows[0]} attention={backend} channels_last={channels_last}"
+            timings[name] = milliseconds
+            say(f"engine: {name}: {milliseconds:.2f} ms")
+            if best is None or milliseconds < best[0]:
+                best = (milliseconds, backend, channels_last)
+            del runner, call, inputs
+            torch.cuda.empty_cache()
+    assert best is not None
+    vae_channels_last = options.channels_last == "on"
+    if options.channels_last == "auto":
+        vae_best: tuple[float, bool] | None = None
+        for channels_last in (False, True):
+            runner = _vae_runner(vae, latent_size, (1,), {"vae_channels_last": channels_last},
+                                 options.cuda_graphs and options.vae_graphs, None)
+            call = runner.calls[latent_size]
+            inputs = {name: buffer for name, buffer in call.buffers.items()}
+            milliseconds = _median_ms(lambda: call(inputs), max(3, options.tune_repeats // 3))
+            name = f"vae decode images=1 channels_last={channels_last}"
+            timings[name] = milliseconds
+            say(f"engine: {name}: {milliseconds:.2f} ms")
+            if vae_best is None or milliseconds < vae_best[0]:
+                vae_best = (milliseconds, channels_last)
+            del runner, call, inputs
+            torch.cuda.empty_cache()
+        assert vae_best is not None
+        vae_channels_last = vae_best[1]
+    return {"attention": best[1], "channels_last": best[2], "vae_channels_last": vae_channels_last,
+            "fused_qkv": options.fuse_qkv, "cuda_graphs": options.cuda_graphs}, timings
+
+
+def _median_ms(function: Callable[[], Any], repeats: int) -> float:
+    with torch.inference_mode():
+        function()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            function()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)

@@ -1,0 +1,240 @@
+"""Step-level (in-flight) batching: a request joins the running UNet batch at the next denoising
+step and leaves when its own steps are done, so a new request never waits for a whole batch.
+
+Every request keeps what makes its image its own: its scheduler instance, step count, guidance
+scale, and seeded CPU generator. Only the UNet call is shared (`TextToImagePipeline.denoise_batch`),
+so a request's image does not depend on what else was in the batch.
+
+Threads: `submit` runs on the caller's thread (checks, prompt encoding, initial latents); one
+engine thread runs the denoising loop; one decoder thread turns finished latents into images, so
+the engine never waits on the host for a decode (`decode` ends with the copy to the host).
+Host syncs: none per step in the loop itself (cancellation and progress are host flags and
+counters); the schedulers that draw noise each step (euler_a, ddpm) copy their seeded CPU noise
+to the device, as they do outside the batcher. A request's one sync, copying its timesteps to
+the host (`start_denoising`), happens in `submit`, outside the loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sdserve_backend.pipelines.text_to_image import (
+    DenoisingState,
+    GenerationRequest,
+    GenerationSettings,
+    TextToImagePipeline,
+    split_per_request,
+)
+
+log = logging.getLogger("sdserve.step_batcher")
+
+# How many UNet calls `trace()` remembers.
+TRACE_LENGTH = 256
+
+# A finished request's images (uint8 [len(prompts), H, W, 3]) or the error to answer it with.
+Outcome = np.ndarray | Exception
+
+
+class RequestCancelled(Exception):
+    """The request was cancelled, so it stopped early."""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One UNet call: the image size, and per request (in batch order) its key and the step it took."""
+
+    size: tuple[int, int]
+    members: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class InFlight:
+    """One request inside the batcher."""
+
+    key: int
+    request: GenerationRequest
+    settings: GenerationSettings
+    state: DenoisingState
+    on_done: Callable[[Outcome], None]
+    on_step: Callable[[int, int], None] | None
+    is_cancelled: Callable[[], bool]
+    # The last step told to `on_step`.
+    reported: int = 0
+
+    @property
+    def images(self) -> int:
+        return len(self.request.prompts)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.settings.height, self.settings.width)
+
+
+class StepBatcher:
+    """Runs submitted requests through one shared denoising loop, step by step."""
+
+    def __init__(self, pipeline: TextToImagePipeline, max_images: int) -> None:
+        """`max_images`: the most images whose rows share one UNet call (a single request with
+        more runs alone)."""
+        self.pipeline = pipeline
+        self.max_images = max(1, max_images)
+        self._keys = itertools.count(1)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._waiting: deque[InFlight] = deque()
+        self._closing = False
+        self._running: list[InFlight] = []  # engine thread only
+        self._trace: deque[StepRecord] = deque(maxlen=TRACE_LENGTH)
+        self._decodes: queue.SimpleQueue[list[InFlight] | None] = queue.SimpleQueue()
+        self._engine = threading.Thread(target=self._run_engine, name="sdserve-step-engine", daemon=True)
+        self._decoder = threading.Thread(target=self._run_decoder, name="sdserve-step-decoder", daemon=True)
+        self._engine.start()
+        self._decoder.start()
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        settings: GenerationSettings,
+        on_done: Callable[[Outcome], None],
+        on_step: Callable[[int, int], None] | None = None,
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Prepare `request` on this thread and queue it for the engine; returns its key.
+
+        Raises ValueError (naming the argument) for a request this model cannot run; otherwise
+        `on_done` is called exactly once, from a batcher thread, with the images or the error.
+        `on_step(step, steps)` reports progress in the request's own steps (1-based).
+        """
+        # 1. Check inputs
+        self.pipeline.check_inputs([request], settings)
+        # 2. Encode the prompts
+        guided = settings.uses_classifier_free_guidance
+        embeddings = self.pipeline.encode_prompts(request.prompts, request.negatives(), guided)
+        # 3. The request's own scheduler, and its latents from its own seed
+        scheduler = self.pipeline.make_scheduler(settings)
+        noise = self.pipeline.prepare_latents([request], settings, scheduler)
+        state = self.pipeline.start_denoising(embeddings, noise, settings, scheduler)
+        # 4. Queue it for the engine
+        item = InFlight(next(self._keys), request, settings, state, on_done, on_step, is_cancelled)
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the step batcher is closed")
+            self._waiting.append(item)
+            self._wake.notify()
+        return item.key
+
+    def trace(self) -> list[StepRecord]:
+        """The latest UNet calls, oldest first (at most TRACE_LENGTH)."""
+        with self._lock:
+            return list(self._trace)
+
+    def close(self) -> None:
+        """Finish every request already submitted, then stop both threads."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._engine.join()
+        self._decodes.put(None)
+        self._decoder.join()
+
+    # -----------------------------------------------------------------------------------------
+    # Engine thread
+
+    def _run_engine(self) -> None:
+        while True:
+            # 1. Admit waiting requests that fit the running batch (sleep while there is no work)
+            with self._wake:
+                while not self._waiting and not self._running and not self._closing:
+                    self._wake.wait()
+                if self._closing and not self._waiting and not self._running:
+                    return
+                leaving = self._admit()
+            # 2. Cancelled requests leave before the step
+            for item in self._running:
+                if item.is_cancelled():
+                    leaving.append(item)
+            self._leave(leaving, RequestCancelled("request was cancelled"))
+            if not self._running:
+                continue
+            # 3. One UNet call for the whole batch
+            record = StepRecord(self._running[0].size, tuple((i.key, i.state.step_index) for i in self._running))
+            try:
+                self.pipeline.denoise_batch([item.state for item in self._running])
+            except Exception as error:  # noqa: BLE001 - a failed step fails its batch, not the engine
+                log.exception("a denoising step of %d request(s) failed", len(self._running))
+                self._leave(list(self._running), error)
+                continue
+            with self._lock:
+                self._trace.append(record)
+            # 4. Progress, in each request's own steps (Heun takes two UNet calls per step)
+            for item in self._running:
+                step = item.state.step_index * item.settings.steps // len(item.state.timesteps)
+                if item.on_step is not None and step > item.reported:
+                    item.reported = step
+                    _call_safely(item.on_step, step, item.settings.steps)
+            # 5. Requests done with their steps leave, to be decoded while the others go on
+            finished = [item for item in self._running if item.state.done]
+            if finished:
+                self._running = [item for item in self._running if not item.state.done]
+                self._decodes.put(finished)
+
+    def _admit(self) -> list[InFlight]:
+        """Move waiting requests into the batch, oldest first; returns the cancelled waiting ones.
+
+        The batch keeps one image size: when it is empty it takes the oldest waiting request's.
+        Admission stops at the first request that does not fit (other size, or too many images),
+        so a request never waits behind ones that came after it.
+        """
+        cancelled = [item for item in self._waiting if item.is_cancelled()]
+        for item in cancelled:
+            self._waiting.remove(item)
+        images = sum(item.images for item in self._running)
+        while self._waiting:
+            candidate = self._waiting[0]
+            size = self._running[0].size if self._running else candidate.size
+            if candidate.size != size or (self._running and images + candidate.images > self.max_images):
+                break
+            self._running.append(self._waiting.popleft())
+            images += candidate.images
+        return cancelled
+
+    def _leave(self, items: Sequence[InFlight], error: Exception) -> None:
+        if not items:
+            return
+        gone = {id(item) for item in items}
+        self._running = [item for item in self._running if id(item) not in gone]
+        for item in items:
+            _call_safely(item.on_done, error)
+
+    # -----------------------------------------------------------------------------------------
+    # Decoder thread
+
+    def _run_decoder(self) -> None:
+        while (finished := self._decodes.get()) is not None:
+            try:
+                # Requests that finished at the same step share one VAE call.
+                images = self.pipeline.decode(torch.cat([item.state.latents for item in finished]))
+                outcomes: Sequence[Outcome] = split_per_request(images, [item.request for item in finished])
+            except Exception as error:  # noqa: BLE001 - answer the requests, keep decoding others
+                log.exception("decoding %d request(s) failed", len(finished))
+                outcomes = [error] * len(finished)
+            for item, outcome in zip(finished, outcomes, strict=True):
+                # Drop the latents and conditioning now: the answer may be sent long after.
+                item.state.latents = torch.empty(0)
+                _call_safely(item.on_done, outcome)
+
+
+def _call_safely(callback: Callable[..., None], *args: object) -> None:
+    try:
+        callback(*args)
+    except Exception:  # noqa: BLE001 - a caller's callback must not stop the batcher
+        log.exception("a step batcher callback failed")

@@ -1,0 +1,272 @@
+"""The GPU engine's CPU-visible behaviour: its runners compute what the eager models compute.
+
+The CUDA graphs themselves need a GPU (bench/gpu/run.py checks them there); everything around
+them (bucket choice, padding into static buffers, slicing back, chunked decoding, fallbacks, the
+engine.json staleness rules) runs here with graphs off, through the same code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdserve_backend.engine import ENGINE_FILE, bucket_sizes, pick_bucket, prepare, prepare_with_report
+from sdserve_backend.engine import build as engine_build
+from sdserve_backend.engine import metadata
+from sdserve_backend.engine.backend import prepare_for_model
+from sdserve_backend.engine.buckets import chunks
+from sdserve_backend.engine.runners import UNetRunner, VaeRunner
+from sdserve_backend.engine.static_call import BucketedCall
+from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
+from sdserve_backend.pipelines.components import DiffusionComponents
+from sdserve_backend.pipelines.device import Placement
+
+CPU = Placement(torch.device("cpu"), torch.float32)
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+# Convolutions over another batch size may sum in another order.
+VAE_TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def components(tiny_model_dirs: dict[str, Path]) -> dict[str, DiffusionComponents]:
+    return {variant: load_components(tiny_model_dirs[variant], torch.device("cpu"), torch.float32) for variant in ("sd", "sdxl")}
+
+
+def unet_inputs(parts: DiffusionComponents, rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    unet = parts.unet
+    size = parts.default_image_size // parts.vae_scale_factor
+    inputs = {
+        "sample": torch.randn((rows, unet.config.in_channels, size, size), generator=generator),
+        "timestep": torch.linspace(10.0, 900.0, rows),
+        "encoder_hidden_states": torch.randn((rows, 77, unet.config.cross_attention_dim), generator=generator),
+    }
+    if parts.is_sdxl:
+        width = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+        inputs["text_embeds"] = torch.randn((rows, width), generator=generator)
+        inputs["time_ids"] = torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]]).repeat(rows, 1)
+    return inputs
+
+
+def eager_unet(parts: DiffusionComponents, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]} if parts.is_sdxl else None
+    with torch.inference_mode():
+        return parts.unet(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"],
+                          added_cond_kwargs=added, return_dict=False)[0]
+
+
+def bucketed_unet(parts: DiffusionComponents, buckets: tuple[int, ...]) -> UNetRunner:
+    runner = UNetRunner(parts.unet, "default")
+    example = unet_inputs(parts, 1, seed=99)
+    with torch.inference_mode():
+        call = BucketedCall(runner.run_eager, example, buckets, use_graphs=False, channels_last=("sample",))
+    runner.calls[tuple(example["sample"].shape[-2:])] = call
+    return runner
+
+
+def run_runner(runner: UNetRunner, parts: DiffusionComponents, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]} if parts.is_sdxl else None
+    with torch.inference_mode():
+        return runner(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"],
+                      added_cond_kwargs=added, return_dict=False)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Buckets
+
+
+def test_buckets_are_powers_of_two_up_to_max_rows() -> None:
+    assert bucket_sizes(1) == (1,)
+    assert bucket_sizes(8) == (1, 2, 4, 8)
+    assert bucket_sizes(6) == (1, 2, 4, 6)
+    with pytest.raises(ValueError, match="max_rows"):
+        bucket_sizes(0)
+
+
+def test_pick_bucket_takes_the_smallest_that_holds_the_rows() -> None:
+    assert [pick_bucket(rows, (1, 2, 4, 8)) for rows in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, None]
+
+
+def test_chunks_cover_every_row_once() -> None:
+    assert chunks(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert chunks(4, 4) == [(0, 4)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners (graphs off): padded to a bucket, sliced back, same numbers as the eager model
+
+
+@pytest.mark.parametrize("variant", ["sd", "sdxl"])
+def test_padded_unet_rows_equal_the_unpadded_call(components: dict[str, DiffusionComponents], variant: str) -> None:
+    parts = components[variant]
+    runner = bucketed_unet(parts, (1, 2, 4))
+    # 4 rows first, so that the 3- and 1-row calls run over stale padding rows.
+    for rows in (4, 3, 1, 2):
+        inputs = unet_inputs(parts, rows, seed=rows)
+        torch.testing.assert_close(run_runner(runner, parts, inputs), eager_unet(parts, inputs), **TOLERANCE)
+
+
+def test_unet_runner_takes_a_scalar_timestep_and_returns_a_dict_when_asked(components: dict[str, DiffusionComponents]) -> None:
+    parts = components["sd"]
+    runner = bucketed_unet(parts, (1, 2))
+    inputs = unet_inputs(parts, 2)
+    with torch.inference_mode():
+        output = runner(inputs["sample"], torch.tensor(500), encoder_hidden_states=inputs["encoder_hidden_states"])
+    expected = eager_unet(parts, {**inputs, "timestep": torch.tensor([500.0, 500.0])})
+    torch.testing.assert_close(output.sample, expected, **TOLERANCE)
+
+
+def test_unet_runner_runs_eagerly_past_the_largest_bucket_and_for_other_sizes(
+    components: dict[str, DiffusionComponents],
+) -> None:
+    parts = components["sd"]
+    runner = bucketed_unet(parts, (1, 2))
+    inputs = unet_inputs(parts, 3)
+    torch.testing.assert_close(run_runner(runner, parts, inputs), eager_unet(parts, inputs), **TOLERANCE)
+    smaller = {**inputs, "sample": inputs["sample"][:, :, :8, :8]}
+    torch.testing.assert_close(run_runner(runner, parts, smaller), eager_unet(parts, smaller), **TOLERANCE)
+
+
+def test_unet_runner_hands_attributes_to_the_model(components: dict[str, DiffusionComponents]) -> None:
+    parts = components["sdxl"]
+    runner = UNetRunner(parts.unet, "default")
+    assert runner.config is parts.unet.config
+    assert runner.dtype == parts.unet.dtype
+    assert runner.add_embedding is parts.unet.add_embedding
+    assert runner.model is parts.unet
+
+
+def test_vae_runner_decodes_in_bucket_chunks_like_the_vae(components: dict[str, DiffusionComponents]) -> None:
+    parts = components["sd"]
+    runner = VaeRunner(parts.vae, "default")
+    size = parts.default_image_size // parts.vae_scale_factor
+    latents = torch.randn((5, 4, size, size), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        runner.calls[(size, size)] = BucketedCall(runner.run_eager, {"latents": latents[:1]}, (1, 2), use_graphs=False)
+        decoded = runner.decode(latents, return_dict=False)[0]
+        expected = parts.vae.decode(latents, return_dict=False)[0]
+        as_dict = runner.decode(latents[:1]).sample
+    torch.testing.assert_close(decoded, expected, **VAE_TOLERANCE)
+    torch.testing.assert_close(as_dict, expected[:1], **VAE_TOLERANCE)
+
+
+@pytest.mark.parametrize("variant", ["sd", "sdxl"])
+def test_pipeline_on_runners_makes_the_eager_images(components: dict[str, DiffusionComponents], variant: str) -> None:
+    parts = components[variant]
+    size = parts.default_image_size // parts.vae_scale_factor
+    vae = VaeRunner(parts.vae, "default")
+    with torch.inference_mode():
+        vae.calls[(size, size)] = BucketedCall(
+            vae.run_eager, {"latents": torch.zeros((1, 4, size, size))}, (1, 2), use_graphs=False
+        )
+    wrapped = dataclasses.replace(parts, unet=bucketed_unet(parts, (1, 2, 4)), vae=vae)
+    requests = [GenerationRequest(prompts=["a photo of the cat"], seed=5), GenerationRequest(prompts=["a dog"], seed=6)]
+    settings = GenerationSettings(height=parts.default_image_size, width=parts.default_image_size, steps=3,
+                                  guidance_scale=7.5)
+    expected = TextToImagePipeline(parts)(requests, settings)
+    got = TextToImagePipeline(wrapped)(requests, settings)
+    for mine, reference in zip(got, expected, strict=True):
+        assert np.abs(mine.astype(int) - reference.astype(int)).max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare on the CPU, the backend's call, the build command
+
+
+def test_prepare_on_cpu_returns_the_components_unchanged(
+    components: dict[str, DiffusionComponents], tmp_path: Path
+) -> None:
+    parts = components["sd"]
+    prepared, report = prepare_with_report(parts, CPU, engine_dir=tmp_path / "engine", max_rows=4)
+    assert prepared is parts
+    assert report.status == "cpu"
+    assert not (tmp_path / "engine").exists()
+    assert prepare(parts, CPU) is parts
+
+
+def test_prepare_for_model_on_cpu_returns_the_components_unchanged(
+    components: dict[str, DiffusionComponents], tmp_path: Path
+) -> None:
+    parts = components["sdxl"]
+    config = {"max_batch_size": 4}
+    parameters = {"image_height": "128", "image_width": "oops", "force_engine_build": "true"}
+    assert prepare_for_model(parts, CPU, tmp_path, config, parameters) is parts
+
+
+@pytest.mark.parametrize(("value", "forced"), [("", False), ("false", False), ("true", True), ("1", True), ("YES", True)])
+def test_force_engine_build_parameter(value: str, forced: bool) -> None:
+    assert engine_build.is_forced({"force_engine_build": value}) is forced
+
+
+def test_build_command_without_gpu_has_nothing_to_build(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engine_build.main(["--model-dir", str(tmp_path), "--version", "1"]) == 0
+    assert "nothing to build" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# engine.json: when an engine is current
+
+
+def expected_metadata(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "format": metadata.FORMAT_VERSION, "torch": "2.11.0", "cuda": "13.0", "cudnn": 91000, "gpu": "NVIDIA H100",
+        "capability": "9.0", "config_hash": "c0ffee", "weights_hash": "beef", "buckets": [1, 2, 4],
+        "vae_buckets": [1, 2], "height": 512, "width": 512,
+    }
+    return {**base, **changes}
+
+
+def test_a_recorded_engine_is_current_until_a_key_field_changes(tmp_path: Path) -> None:
+    metadata.write_metadata(tmp_path, {**expected_metadata(), "choices": {"attention": "flash"}, "seconds": {"total": 3}})
+    recorded = metadata.read_metadata(tmp_path)
+    assert metadata.is_current(recorded, expected_metadata())
+    assert metadata.stale_fields(recorded, expected_metadata(torch="2.12.0", gpu="NVIDIA H200")) == ["torch", "gpu"]
+    assert metadata.stale_fields(recorded, expected_metadata(buckets=(1, 2, 4, 8))) == ["buckets"]
+    assert metadata.stale_fields(recorded, expected_metadata(weights_hash="other")) == ["weights_hash"]
+
+
+def test_a_missing_or_unreadable_engine_is_stale(tmp_path: Path) -> None:
+    assert metadata.read_metadata(tmp_path) is None
+    assert metadata.stale_fields(None, expected_metadata()) == list(metadata.KEY_FIELDS)
+    (tmp_path / ENGINE_FILE).write_text("{not json")
+    assert metadata.read_metadata(tmp_path) is None
+
+
+def test_weights_fingerprint_follows_size_and_mtime(tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    (weights / "unet").mkdir(parents=True)
+    model = weights / "unet" / "model.safetensors"
+    model.write_bytes(b"1234")
+    first = metadata.weights_fingerprint(weights)
+    assert metadata.weights_fingerprint(weights) == first
+    os.utime(model, ns=(1, 1))
+    second = metadata.weights_fingerprint(weights)
+    assert second != first
+    model.write_bytes(b"12345")
+    os.utime(model, ns=(1, 1))
+    assert metadata.weights_fingerprint(weights) not in (first, second)
+    assert metadata.weights_fingerprint(None) == "unknown"
+
+
+def test_weights_fingerprint_leaves_out_the_engine_folder_inside_the_weights(tmp_path: Path) -> None:
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "model.safetensors").write_bytes(b"1234")
+    before = metadata.weights_fingerprint(tmp_path, ignore=tmp_path / "engine")
+    metadata.write_metadata(tmp_path / "engine", expected_metadata())
+    assert metadata.weights_fingerprint(tmp_path, ignore=tmp_path / "engine") == before
+    assert metadata.weights_fingerprint(tmp_path) != before
+
+
+def test_metadata_is_written_as_json(tmp_path: Path) -> None:
+    path = metadata.write_metadata(tmp_path / "engine", {**expected_metadata(), "buckets": (1, 2)})
+    assert json.loads(path.read_text())["buckets"] == [1, 2]
+    assert [p.name for p in (tmp_path / "engine").iterdir()] == [ENGINE_FILE]
