@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
 import { DataPlane, detectGpuCount, formatModelTable, ModelManager, type ModelControlMode } from './core/index.js';
 import type { Logger } from './logger.js';
+import { startMetricsServer } from './metrics/index.js';
 import { PROJECT_ROOT } from './paths.js';
 import { startGrpcServer } from './protocol/grpc/index.js';
 import { buildHttpServer } from './protocol/http/index.js';
@@ -14,6 +15,7 @@ export interface ServerOptions {
   host: string;
   httpPort: number;
   grpcPort: number;
+  metricsPort: number;
   pythonExecutable: string;
   exitOnError: boolean;
   backendStartTimeoutMs: number;
@@ -60,13 +62,15 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const grpc = await startGrpcServer(core, { host: options.host, port: options.grpcPort });
   options.print(`Started GRPCInferenceService at ${options.host}:${grpc.port}`);
   options.print(`Started HTTPService at ${options.host}:${httpPort}`);
+  const metrics = await startMetricsServer(core, { host: options.host, port: options.metricsPort });
+  options.print(`Started Metrics Service at ${options.host}:${metrics.port}`);
 
   return {
     core,
     httpPort,
     grpcPort: grpc.port,
     async close() {
-      await Promise.all([http.close(), grpc.close()]);
+      await Promise.all([http.close(), grpc.close(), metrics.close()]);
       await core.shutdown();
     },
   };

@@ -134,6 +134,8 @@ export async function inferOverHttp(
     headers: {
       'Content-Type': 'application/octet-stream',
       [HEADER_LENGTH_HEADER]: String(headerLength),
+      // Images barely compress; compressing them would only cost the server time.
+      'Accept-Encoding': 'identity',
     },
     // Buffer.concat never returns SharedArrayBuffer memory, which is all fetch's typing rules out.
     body: new Uint8Array(body.buffer as ArrayBuffer, body.byteOffset, body.length),

@@ -71,6 +71,7 @@ export function registerServeCommand(program: Command): void {
         host: options.httpAddress,
         httpPort: options.httpPort,
         grpcPort: options.grpcPort,
+        metricsPort: options.metricsPort,
         pythonExecutable: options.backendPython,
         exitOnError: options.exitOnError,
         backendStartTimeoutMs: 60_000,

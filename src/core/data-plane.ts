@@ -3,7 +3,9 @@ import { toKServeDatatype } from './datatypes.js';
 import type { InferenceCore } from './inference-core.js';
 import type { ModelManager } from './model-manager.js';
 import type { ModelStatistics } from './statistics.js';
-import type { InferRequest, InferResponse, ModelMetadata, ModelStatus, ServerMetadata } from './types.js';
+import type {
+  InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, ServerMetadata,
+} from './types.js';
 
 export const SERVER_NAME = 'sdserve';
 export const SERVER_VERSION = '0.1.0';
@@ -50,10 +52,10 @@ export class DataPlane implements InferenceCore {
   }
 
   /** 1. resolve the model  2. validate against its config  3. queue  4. await the batch's result. */
-  infer(request: InferRequest, signal?: AbortSignal): Promise<InferResponse> {
+  infer(request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback): Promise<InferResponse> {
     try {
       const served = this.models.resolve(request.model_name, request.model_version);
-      return served.infer(request, signal).then((response) => ({ ...response, id: request.id }));
+      return served.infer(request, signal, onProgress).then((response) => ({ ...response, id: request.id }));
     } catch (err) {
       return Promise.reject(err);
     }

@@ -1,7 +1,7 @@
 import type { ModelStatistics } from './statistics.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import type {
-  InferRequest, InferResponse, ModelMetadata, ModelStatus, ServerMetadata,
+  InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, ServerMetadata,
 } from './types.js';
 
 /**
@@ -16,8 +16,11 @@ export interface InferenceCore {
   isModelReady(name: string, version?: string): boolean;
   modelMetadata(name: string, version?: string): ModelMetadata;
   modelConfig(name: string, version?: string): ModelConfig;
-  /** Resolves when the response is complete; `signal` aborts a request the client gave up on. */
-  infer(request: InferRequest, signal?: AbortSignal): Promise<InferResponse>;
+  /**
+   * Resolves when the response is complete; `signal` aborts a request the client gave up on;
+   * `onProgress` hears of each denoising step of backends that report them.
+   */
+  infer(request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback): Promise<InferResponse>;
   /** Triton's statistics extension: `name` absent for every model, `version` absent for every loaded version. */
   statistics(name?: string, version?: string): ModelStatistics[];
   repositoryIndex(readyOnly: boolean): ModelStatus[];

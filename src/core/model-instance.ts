@@ -1,7 +1,7 @@
 import { BackendProcess } from '../backend/index.js';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { BatchExecutor } from '../scheduler/index.js';
+import type { BatchExecutor, StepListener } from '../scheduler/index.js';
 import type { InferRequest, InferResponse } from './types.js';
 
 export type BackendStartOptions = Parameters<typeof BackendProcess.start>[0];
@@ -41,12 +41,25 @@ export class ModelInstance implements BatchExecutor {
     this.watch(this.process);
   }
 
-  execute(requests: InferRequest[]): Promise<Array<InferResponse | SdserveError>> {
+  execute(requests: InferRequest[], onProgress?: StepListener): Promise<Array<InferResponse | SdserveError>> {
     if (!this.process?.isAlive) {
       return Promise.reject(new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is not running`));
     }
     this.logger.debug(`backend ${this.label} (pid ${this.process.pid}): executing ${requests.length} request(s)`);
-    return this.process.execute(requests);
+    return this.process.execute(requests, onProgress);
+  }
+
+  executeEach(requests: InferRequest[], onProgress?: StepListener): Array<Promise<InferResponse>> {
+    if (!this.process?.isAlive) {
+      const dead = new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is not running`);
+      return requests.map(() => Promise.reject(dead));
+    }
+    this.logger.debug(`backend ${this.label} (pid ${this.process.pid}): executing ${requests.length} request(s)`);
+    return this.process.executeEach(requests, onProgress);
+  }
+
+  cancel(requestIds: string[]): void {
+    this.process?.cancel(requestIds);
   }
 
   async stop(graceMs: number): Promise<void> {

@@ -115,10 +115,13 @@ export class ModelManager {
   /** The version a request goes to: the given one if READY, else the newest READY one. */
   resolve(name: string, version?: string): ServedModel {
     const record = this.records.get(name);
-    if (!record) throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `Request for unknown model: '${name}' is not found`);
+    // an unloaded model is as unknown as one never seen, as in Triton
+    if (!record || record.versions.size === 0) {
+      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `Request for unknown model: '${name}' is not found`);
+    }
     if (version) {
-      const served = record.versions.get(Number(version));
-      if (!served || served.state !== 'READY' || !/^\d+$/.test(version)) throw notReady(name, version);
+      const served = /^\d+$/.test(version) ? record.versions.get(Number(version)) : undefined;
+      if (!served || served.state !== 'READY') throw notReady(name, version, served !== undefined);
       return served;
     }
     const ready = [...record.versions.values()].filter((s) => s.state === 'READY').sort((a, b) => b.version - a.version);

@@ -1,11 +1,11 @@
 import path from 'node:path';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { InstanceGroup, ModelConfig } from '../repository/model-config-types.js';
-import { RequestScheduler, type SchedulerPolicy } from '../scheduler/index.js';
+import type { InstanceGroup, ModelConfig, QueuePolicy } from '../repository/model-config-types.js';
+import { RequestScheduler, type QueuePolicyLimits, type SchedulerPolicy } from '../scheduler/index.js';
 import { ModelInstance, type BackendStartOptions } from './model-instance.js';
 import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
-import type { InferRequest, InferResponse, ModelState } from './types.js';
+import type { InferRequest, InferResponse, ModelState, ProgressCallback } from './types.js';
 import { validateRequest } from './validate-request.js';
 
 /**
@@ -94,12 +94,22 @@ export class ServedModel {
   }
 
   /** 1. validate  2. queue  3. await the batch  4. record the statistics. */
-  async infer(request: InferRequest, signal?: AbortSignal): Promise<InferResponse> {
+  async infer(request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback): Promise<InferResponse> {
     const startNs = process.hrtime.bigint();
     const elapsedNs = () => Number(process.hrtime.bigint() - startNs);
     try {
       const batchSize = validateRequest(request, this.config);
-      const result = await this.scheduler.enqueue({ ...request, model_version: String(this.version) }, batchSize, signal);
+      const { priority, timeout, ...parameters } = request.parameters;
+      const scheduled = {
+        ...request,
+        id: request.id || `sdserve-${nextRequestNumber++}`,
+        model_version: String(this.version),
+        parameters,
+      };
+      const result = await this.scheduler.enqueue(scheduled, batchSize, {
+        priority: queueParameter(priority, 'priority'), timeoutUs: queueParameter(timeout, 'timeout'), signal,
+        onProgress: onProgress && progressReporter(onProgress),
+      });
       this.stats.recordSuccess(batchSize, elapsedNs(), result.queueNs, result.computeNs);
       return result.response;
     } catch (err) {
@@ -166,20 +176,60 @@ export class ServedModel {
   }
 }
 
+let nextRequestNumber = 1;
+
+/** Turns step reports into progress with the elapsed time and an estimate of the time left. */
+function progressReporter(onProgress: ProgressCallback): (step: number, steps: number) => void {
+  let firstReport: number | undefined;
+  return (step, steps) => {
+    const now = Date.now();
+    firstReport ??= now;
+    const elapsed = now - firstReport;
+    const eta = step > 0 ? Math.round((elapsed / step) * (steps - step)) : 0;
+    onProgress({ step, steps, elapsed_ms: elapsed, eta_ms: eta });
+  };
+}
+
+/** Triton's `priority` and `timeout` request parameters: non-negative integers. */
+function queueParameter(value: unknown, name: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+    throw new SdserveError('SDS_ERR_INVALID_ARG', `request parameter '${name}' must be a non-negative integer, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+/** Step-level batching is the diffusion backend's default; its `step_batching: "false"` turns it off. */
+function usesStepBatching(config: ModelConfig): boolean {
+  return config.backend === 'diffusion' && config.parameters.step_batching?.string_value !== 'false';
+}
+
 function schedulerPolicy(config: ModelConfig): SchedulerPolicy {
   const dynamic = config.dynamic_batching;
+  const levels = Math.max(1, dynamic?.priority_levels ?? 0);
+  const toLimits = (policy: QueuePolicy | undefined): QueuePolicyLimits => ({
+    timeoutAction: policy?.timeout_action ?? 'REJECT',
+    defaultTimeoutUs: policy?.default_timeout_microseconds ?? 0,
+    allowTimeoutOverride: policy?.allow_timeout_override ?? false,
+    maxQueueSize: policy?.max_queue_size ?? 0,
+  });
   return {
     maxBatchSize: config.max_batch_size,
     dynamicBatching: dynamic && {
       maxQueueDelayUs: dynamic.max_queue_delay_microseconds,
       preferredBatchSizes: dynamic.preferred_batch_size,
     },
-    maxQueueSize: dynamic?.default_queue_policy?.max_queue_size ?? 0,
+    stepBatching: usesStepBatching(config),
+    priorityLevels: levels,
+    defaultPriorityLevel: dynamic?.priority_levels ? dynamic.default_priority_level : 1,
+    queuePolicy: (level) => toLimits(dynamic?.priority_queue_policy[String(level)] ?? dynamic?.default_queue_policy),
   };
 }
 
-export function notReady(name: string, version?: string): SdserveError {
-  return new SdserveError('SDS_ERR_MODEL_NOT_READY', version
-    ? `Request for unknown model: '${name}' version ${version} is not at ready state`
-    : `Request for unknown model: '${name}' has no available versions`);
+/** Triton's answers for a known model: no ready version, the version asked for absent, or not ready. */
+export function notReady(name: string, version?: string, exists = true): SdserveError {
+  if (!version) return new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: '${name}' has no available versions`);
+  return exists
+    ? new SdserveError('SDS_ERR_MODEL_NOT_READY', `Request for unknown model: '${name}' version ${version} is not at ready state`)
+    : new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: '${name}' version ${version} is not found`);
 }

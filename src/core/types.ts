@@ -81,3 +81,13 @@ export interface ModelStatus {
   state: ModelState;
   reason: string;
 }
+
+/** How far a running request is: denoising step `step` of `steps`, and the time left at this pace. */
+export interface InferProgress {
+  step: number;
+  steps: number;
+  elapsed_ms: number;
+  eta_ms: number;
+}
+
+export type ProgressCallback = (progress: InferProgress) => void;

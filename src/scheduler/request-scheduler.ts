@@ -1,23 +1,57 @@
 import { SdserveError } from '../errors.js';
 import type { InferRequest, InferResponse } from '../core/types.js';
+import { PriorityQueues } from './priority-queues.js';
 
-/** Anything that runs a batch of requests: a backend instance. */
+/** Anything that runs requests: a backend instance. */
 export interface BatchExecutor {
   readonly label: string;
   readonly isAvailable: boolean;
-  execute(requests: InferRequest[]): Promise<Array<InferResponse | SdserveError>>;
+  /** One execution over the whole batch; settles when every request is answered. */
+  execute(requests: InferRequest[], onProgress?: StepListener): Promise<Array<InferResponse | SdserveError>>;
+  /** One promise per request, each settled as soon as that request is answered. */
+  executeEach(requests: InferRequest[], onProgress?: StepListener): Array<Promise<InferResponse>>;
+  /** Asks the backend to drop these requests at its next step. */
+  cancel(requestIds: string[]): void;
+}
+
+/** A backend's report that request `requestIndex` of an execution reached `step` of `steps`. */
+export type StepListener = (requestIndex: number, step: number, steps: number) => void;
+
+export interface QueuePolicyLimits {
+  timeoutAction: 'REJECT' | 'DELAY';
+  /** 0: no timeout. */
+  defaultTimeoutUs: number;
+  allowTimeoutOverride: boolean;
+  /** 0: unbounded. */
+  maxQueueSize: number;
 }
 
 export interface SchedulerPolicy {
-  /** 0: the model does not batch; each execute gets one request. */
+  /** 0: the model does not batch; each execution gets one request. */
   maxBatchSize: number;
-  /** Absent: no dynamic batching, one request per execute (Triton's default scheduler). */
+  /** Absent: no dynamic batching, one request per execution (Triton's default scheduler). */
   dynamicBatching?: {
     maxQueueDelayUs: number;
     preferredBatchSizes: number[];
   };
-  /** 0: unbounded. */
-  maxQueueSize: number;
+  /**
+   * Step-level batching: the backend merges requests into its running batch itself, so each
+   * request goes to an instance as soon as that instance has room for its images.
+   */
+  stepBatching: boolean;
+  /** 1 when the model has no priority levels. */
+  priorityLevels: number;
+  defaultPriorityLevel: number;
+  queuePolicy(level: number): QueuePolicyLimits;
+}
+
+export interface EnqueueOptions {
+  /** 1..priorityLevels, 1 first; 0 or absent: the default level. */
+  priority?: number;
+  /** Queue timeout in microseconds, honoured where the policy allows overrides. */
+  timeoutUs?: number;
+  signal?: AbortSignal;
+  onProgress?: (step: number, steps: number) => void;
 }
 
 /** A response with the time its request spent queued and in the backend. */
@@ -30,27 +64,32 @@ export interface ScheduledResponse {
 /** Told of every execution, for statistics. */
 export type ExecutionObserver = (batchSize: number, computeNs: number) => void;
 
-interface QueuedRequest {
+interface Entry {
   request: InferRequest;
   batchSize: number;
   enqueuedAt: number;
   enqueuedNs: bigint;
   queueNs: number;
+  state: 'queued' | 'running' | 'done';
+  executor?: BatchExecutor;
   signal?: AbortSignal;
   onAbort?: () => void;
+  onProgress?: (step: number, steps: number) => void;
+  timeoutTimer?: NodeJS.Timeout;
   resolve(result: ScheduledResponse): void;
   reject(error: SdserveError): void;
 }
 
 /**
- * Queues requests of one model version and hands batches to whichever instance is free.
- * Dynamic batching follows Triton: gather queued requests up to max_batch_size (or a preferred
- * size), waiting at most max_queue_delay_microseconds for the batch to fill.
+ * Queues the requests of one model version (Triton's queue policy: priority levels, queue
+ * timeouts, queue size limits) and hands them to whichever instance is free: whole batches for
+ * request-level dynamic batching, single requests for step-level batching.
  */
 export class RequestScheduler {
-  private readonly queue: QueuedRequest[] = [];
-  private readonly busy = new Set<BatchExecutor>();
+  private readonly queues: PriorityQueues<Entry>;
   private readonly executors: BatchExecutor[] = [];
+  /** Images in flight per executor. */
+  private readonly load = new Map<BatchExecutor, number>();
   private delayTimer: NodeJS.Timeout | undefined;
   private inFlight = 0;
   private idleWaiters: Array<() => void> = [];
@@ -59,10 +98,13 @@ export class RequestScheduler {
     private readonly modelLabel: string,
     private readonly policy: SchedulerPolicy,
     private readonly observeExecution: ExecutionObserver = () => {},
-  ) {}
+  ) {
+    this.queues = new PriorityQueues(policy.priorityLevels);
+  }
 
   addExecutor(executor: BatchExecutor): void {
     this.executors.push(executor);
+    this.load.set(executor, 0);
     this.pump();
   }
 
@@ -72,79 +114,129 @@ export class RequestScheduler {
   }
 
   get queueLength(): number {
-    return this.queue.length;
+    return this.queues.size;
   }
 
-  enqueue(request: InferRequest, batchSize: number, signal?: AbortSignal): Promise<ScheduledResponse> {
-    if (this.policy.maxQueueSize > 0 && this.queue.length >= this.policy.maxQueueSize) {
-      return Promise.reject(new SdserveError('SDS_ERR_QUEUE_FULL',
-        `Exceeds maximum queue size of ${this.policy.maxQueueSize} for model '${this.modelLabel}'`));
+  /** 1. check the level and its queue  2. arm the timeout and abort  3. queue and dispatch. */
+  enqueue(request: InferRequest, batchSize: number, options: EnqueueOptions = {}): Promise<ScheduledResponse> {
+    const level = options.priority || this.policy.defaultPriorityLevel;
+    if (!Number.isInteger(level) || level < 1 || level > this.policy.priorityLevels) {
+      return Promise.reject(new SdserveError('SDS_ERR_INVALID_ARG',
+        `priority ${options.priority} is out of range for model '${this.modelLabel}': it has ${this.policy.priorityLevels} priority level(s)`));
     }
-    if (signal?.aborted) return Promise.reject(cancelled());
+    const limits = this.policy.queuePolicy(level);
+    if (limits.maxQueueSize > 0 && this.queues.levelSize(level) >= limits.maxQueueSize) {
+      return Promise.reject(new SdserveError('SDS_ERR_QUEUE_FULL',
+        `Exceeds maximum queue size of ${limits.maxQueueSize} for model '${this.modelLabel}'`));
+    }
+    if (options.signal?.aborted) return Promise.reject(cancelled());
+
     return new Promise<ScheduledResponse>((resolve, reject) => {
-      const entry: QueuedRequest = {
-        request, batchSize, enqueuedAt: Date.now(), enqueuedNs: process.hrtime.bigint(), queueNs: 0, signal, resolve, reject,
+      const entry: Entry = {
+        request, batchSize, enqueuedAt: Date.now(), enqueuedNs: process.hrtime.bigint(), queueNs: 0,
+        state: 'queued', signal: options.signal, onProgress: options.onProgress, resolve, reject,
       };
-      if (signal) {
-        entry.onAbort = () => this.dropQueued(entry);
-        signal.addEventListener('abort', entry.onAbort, { once: true });
+      const timeoutUs = limits.allowTimeoutOverride && options.timeoutUs ? options.timeoutUs : limits.defaultTimeoutUs;
+      if (timeoutUs > 0) {
+        entry.timeoutTimer = setTimeout(() => this.expire(entry, limits.timeoutAction), timeoutUs / 1000);
       }
-      this.queue.push(entry);
+      if (options.signal) {
+        entry.onAbort = () => this.abort(entry);
+        options.signal.addEventListener('abort', entry.onAbort, { once: true });
+      }
+      this.queues.push(entry, level);
       this.pump();
     });
   }
 
-  /** Rejects everything still queued; in-flight batches finish. */
+  /** Rejects everything still queued; running requests finish. */
   rejectQueued(error: SdserveError): void {
-    for (const entry of this.queue.splice(0)) this.settle(entry, error);
+    for (const entry of this.queues.drain()) this.settle(entry, error);
     this.resolveIdleWaiters();
   }
 
   /** Resolves once nothing is queued or running. */
   whenIdle(): Promise<void> {
-    if (this.queue.length === 0 && this.inFlight === 0) return Promise.resolve();
+    if (this.queues.size === 0 && this.inFlight === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  private dropQueued(entry: QueuedRequest): void {
-    const index = this.queue.indexOf(entry);
-    if (index < 0) return;
-    this.queue.splice(index, 1);
-    this.settle(entry, cancelled());
+  private expire(entry: Entry, action: QueuePolicyLimits['timeoutAction']): void {
+    if (entry.state !== 'queued') return;
+    if (action === 'DELAY') {
+      this.queues.delay(entry);
+      return;
+    }
+    this.queues.remove(entry);
+    this.settle(entry, new SdserveError('SDS_ERR_TIMEOUT', 'Request timeout expired'));
     this.resolveIdleWaiters();
   }
 
-  private pump(): void {
-    while (this.queue.length > 0) {
-      const executor = this.executors.find((e) => e.isAvailable && !this.busy.has(e));
-      if (!executor) return;
-      const batch = this.takeBatch();
-      if (!batch) return;
-      void this.run(executor, batch);
+  private abort(entry: Entry): void {
+    if (entry.state === 'queued') {
+      this.queues.remove(entry);
+      this.settle(entry, cancelled());
+      this.resolveIdleWaiters();
+    } else if (entry.state === 'running' && entry.request.id) {
+      entry.executor?.cancel([entry.request.id]);
     }
   }
 
-  /** 1. fill up to the limit  2. wait for more if allowed  3. hand out the batch. */
-  private takeBatch(): QueuedRequest[] | undefined {
-    const dynamic = this.policy.dynamicBatching;
-    if (!dynamic || this.policy.maxBatchSize === 0) return this.queue.splice(0, 1);
+  private pump(): void {
+    while (this.queues.size > 0) {
+      const dispatched = this.policy.stepBatching ? this.dispatchOne() : this.dispatchBatch();
+      if (!dispatched) return;
+    }
+  }
 
-    let count = 0;
-    let total = 0;
-    while (count < this.queue.length && total + this.queue[count].batchSize <= this.policy.maxBatchSize) {
-      total += this.queue[count].batchSize;
-      count += 1;
+  /** Request-level: a whole batch to an idle executor. */
+  private dispatchBatch(): boolean {
+    const executor = this.executors.find((e) => e.isAvailable && this.load.get(e) === 0);
+    if (!executor) return false;
+    const batch = this.takeBatch();
+    if (!batch) return false;
+    void this.runBatch(executor, batch);
+    return true;
+  }
+
+  /** Step-level: the next request to the least loaded executor with room for its images. */
+  private dispatchOne(): boolean {
+    const next = this.queues.ordered().next().value as Entry;
+    const capacity = Math.max(1, this.policy.maxBatchSize);
+    const executor = this.executors
+      .filter((e) => e.isAvailable)
+      .sort((a, b) => (this.load.get(a) ?? 0) - (this.load.get(b) ?? 0))
+      .find((e) => (this.load.get(e) ?? 0) === 0 || (this.load.get(e) ?? 0) + next.batchSize <= capacity);
+    if (!executor) return false;
+    this.queues.remove(next);
+    void this.runOne(executor, next);
+    return true;
+  }
+
+  /** 1. fill up to the limit  2. wait for more if allowed  3. hand out the batch. */
+  private takeBatch(): Entry[] | undefined {
+    const dynamic = this.policy.dynamicBatching;
+    const ordered = [...this.queues.ordered()];
+    let batch = ordered.slice(0, 1);
+    if (dynamic && this.policy.maxBatchSize > 0) {
+      let total = 0;
+      batch = [];
+      for (const entry of ordered) {
+        if (total + entry.batchSize > this.policy.maxBatchSize) break;
+        total += entry.batchSize;
+        batch.push(entry);
+      }
+      if (batch.length === 0) batch = ordered.slice(0, 1);
+      const full = total >= this.policy.maxBatchSize || dynamic.preferredBatchSizes.includes(total);
+      const waitedMs = Date.now() - ordered[0].enqueuedAt;
+      const delayMs = dynamic.maxQueueDelayUs / 1000;
+      if (!full && batch.length === ordered.length && waitedMs < delayMs) {
+        this.armDelayTimer(delayMs - waitedMs);
+        return undefined;
+      }
     }
-    count = Math.max(count, 1);
-    const full = total >= this.policy.maxBatchSize || dynamic.preferredBatchSizes.includes(total);
-    const waitedMs = Date.now() - this.queue[0].enqueuedAt;
-    const delayMs = dynamic.maxQueueDelayUs / 1000;
-    const moreCouldFit = count === this.queue.length;
-    if (!full && moreCouldFit && waitedMs < delayMs) {
-      this.armDelayTimer(delayMs - waitedMs);
-      return undefined;
-    }
-    return this.queue.splice(0, count);
+    for (const entry of batch) this.queues.remove(entry);
+    return batch;
   }
 
   private armDelayTimer(ms: number): void {
@@ -155,38 +247,73 @@ export class RequestScheduler {
     }, Math.max(0, Math.ceil(ms)));
   }
 
-  private async run(executor: BatchExecutor, batch: QueuedRequest[]): Promise<void> {
-    this.busy.add(executor);
-    this.inFlight += 1;
+  private start(executor: BatchExecutor, entries: Entry[]): bigint {
     const startNs = process.hrtime.bigint();
-    for (const entry of batch) {
-      if (entry.onAbort) entry.signal?.removeEventListener('abort', entry.onAbort);
+    this.inFlight += 1;
+    this.load.set(executor, (this.load.get(executor) ?? 0) + entries.reduce((n, e) => n + e.batchSize, 0));
+    for (const entry of entries) {
+      clearTimeout(entry.timeoutTimer);
+      entry.state = 'running';
+      entry.executor = executor;
       entry.queueNs = Number(startNs - entry.enqueuedNs);
     }
-    try {
-      const results = await executor.execute(batch.map((entry) => entry.request));
-      const computeNs = Number(process.hrtime.bigint() - startNs);
-      this.observeExecution(batch.reduce((n, entry) => n + entry.batchSize, 0), computeNs);
-      batch.forEach((entry, i) => this.settle(entry, results[i], computeNs));
-    } catch (err) {
-      const error = err instanceof SdserveError ? err : new SdserveError('SDS_ERR_BACKEND', String(err));
-      for (const entry of batch) this.settle(entry, error);
-    } finally {
-      this.busy.delete(executor);
-      this.inFlight -= 1;
-      this.pump();
-      this.resolveIdleWaiters();
-    }
+    return startNs;
   }
 
-  private settle(entry: QueuedRequest, result: InferResponse | SdserveError | undefined, computeNs = 0): void {
+  private finish(executor: BatchExecutor, entries: Entry[], startNs: bigint): number {
+    const computeNs = Number(process.hrtime.bigint() - startNs);
+    this.inFlight -= 1;
+    this.load.set(executor, (this.load.get(executor) ?? 0) - entries.reduce((n, e) => n + e.batchSize, 0));
+    return computeNs;
+  }
+
+  private async runBatch(executor: BatchExecutor, batch: Entry[]): Promise<void> {
+    const startNs = this.start(executor, batch);
+    let results: Array<InferResponse | SdserveError>;
+    try {
+      results = await executor.execute(batch.map((entry) => entry.request),
+        (index, step, steps) => batch[index]?.onProgress?.(step, steps));
+    } catch (err) {
+      const error = err instanceof SdserveError ? err : new SdserveError('SDS_ERR_BACKEND', String(err));
+      results = batch.map(() => error);
+    }
+    const computeNs = this.finish(executor, batch, startNs);
+    this.observeExecution(batch.reduce((n, entry) => n + entry.batchSize, 0), computeNs);
+    batch.forEach((entry, i) => this.settle(entry, results[i], computeNs));
+    this.afterRun();
+  }
+
+  private async runOne(executor: BatchExecutor, entry: Entry): Promise<void> {
+    const startNs = this.start(executor, [entry]);
+    let result: InferResponse | SdserveError;
+    try {
+      [result] = await Promise.all(executor.executeEach([entry.request], (_, step, steps) => entry.onProgress?.(step, steps)));
+    } catch (err) {
+      result = err instanceof SdserveError ? err : new SdserveError('SDS_ERR_BACKEND', String(err));
+    }
+    const computeNs = this.finish(executor, [entry], startNs);
+    this.observeExecution(entry.batchSize, computeNs);
+    this.settle(entry, result, computeNs);
+    this.afterRun();
+  }
+
+  private afterRun(): void {
+    this.pump();
+    this.resolveIdleWaiters();
+  }
+
+  private settle(entry: Entry, result: InferResponse | SdserveError | undefined, computeNs = 0): void {
+    if (entry.state === 'done') return;
+    entry.state = 'done';
+    clearTimeout(entry.timeoutTimer);
+    if (entry.onAbort) entry.signal?.removeEventListener('abort', entry.onAbort);
     if (result instanceof SdserveError) entry.reject(result);
     else if (result === undefined) entry.reject(new SdserveError('SDS_ERR_BACKEND', 'backend returned no response for this request'));
     else entry.resolve({ response: result, queueNs: entry.queueNs, computeNs });
   }
 
   private resolveIdleWaiters(): void {
-    if (this.queue.length > 0 || this.inFlight > 0) return;
+    if (this.queues.size > 0 || this.inFlight > 0) return;
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
     for (const resolve of waiters) resolve();

@@ -131,7 +131,8 @@ describe('sdserve serve on the built-in tiny model', () => {
     const notReady = await postJson(`${server.url}/v2/models/no_weights/infer`, {
       inputs: [{ name: 'prompt', datatype: 'BYTES', shape: [1, 1], data: ['x'] }],
     });
-    assert.equal(notReady.status, 400);
+    assert.equal(notReady.status, 404);
+    assert.match(notReady.json.error, /has no available versions/);
     assert.equal((await fetch(`${server.url}/v2/models/tiny_sd/ready`)).status, 200);
   });
 

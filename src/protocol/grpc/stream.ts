@@ -9,14 +9,34 @@
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import type { InferenceCore } from '../../core/inference-core.js';
 import { SdserveError, toSdserveError } from '../../errors.js';
-import { decodeInferRequest, encodeInferResponse } from './infer-codec.js';
+import type { ProgressCallback } from '../../core/types.js';
+import { decodeInferRequest, encodeInferResponse, encodeParameters } from './infer-codec.js';
 import type { WireModelInferRequest, WireModelStreamInferResponse } from './wire-types.js';
+
+/**
+ * With the request parameter `stream_progress: true`, a request also gets a response per
+ * denoising step before its final one: no outputs, parameters `sdserve_progress: true`, `step`,
+ * `steps`, `elapsed_ms` and `eta_ms`.
+ */
+function progressWriter(wire: WireModelInferRequest, write: (message: WireModelStreamInferResponse) => void): ProgressCallback {
+  return (progress) => write({
+    error_message: '',
+    infer_response: {
+      model_name: wire.model_name, model_version: wire.model_version, id: wire.id, outputs: [], raw_output_contents: [],
+      parameters: encodeParameters({ sdserve_progress: true, ...progress }),
+    },
+  });
+}
 
 async function answerOne(
   core: InferenceCore, wire: WireModelInferRequest, signal: AbortSignal,
+  write: (message: WireModelStreamInferResponse) => void,
 ): Promise<WireModelStreamInferResponse> {
   try {
-    const response = await core.infer(decodeInferRequest(wire), signal);
+    const decoded = decodeInferRequest(wire);
+    const { stream_progress: streamProgress, ...parameters } = decoded.parameters;
+    const request = { ...decoded, parameters };
+    const response = await core.infer(request, signal, streamProgress === true ? progressWriter(wire, write) : undefined);
     return { error_message: '', infer_response: encodeInferResponse(response) };
   } catch (err) {
     return { error_message: toSdserveError(err).message, infer_response: wire.id !== '' ? { id: wire.id } : null };
@@ -34,7 +54,8 @@ export function serveInferStream(
   };
   call.on('data', (wire: WireModelInferRequest) => {
     running += 1;
-    void answerOne(core, wire, controller.signal).then((message) => {
+    const write = (message: WireModelStreamInferResponse) => { if (!call.cancelled) call.write(message); };
+    void answerOne(core, wire, controller.signal, write).then((message) => {
       running -= 1;
       if (!call.cancelled) call.write(message);
       finishIfDone();

@@ -3,27 +3,14 @@
  * data extension). Bodies are taken as bytes whatever their Content-Type; this route's context
  * has its own parser for that (see body-parsers.ts).
  */
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
-import { SdserveError } from '../../errors.js';
+import { disconnectSignal } from './disconnect-signal.js';
 import { parseInferBody, requireInferBody, type InferBody } from './body-parsers.js';
 import { decodeInferRequest, encodeInferResponse } from './infer-codec.js';
 import { MODEL_PATHS, type ModelParams } from './model-routes.js';
 import { sendInferResponse } from './response-encoding.js';
 import { inferBodySchema } from './schemas.js';
-
-/** Aborts when the connection closes before the response has been written in full. */
-function disconnectSignal(reply: FastifyReply): AbortSignal {
-  const controller = new AbortController();
-  let finished = false;
-  reply.raw.once('finish', () => { finished = true; });
-  reply.raw.once('close', () => {
-    if (!finished) {
-      controller.abort(new SdserveError('SDS_ERR_CANCELLED', 'client disconnected before the response was sent'));
-    }
-  });
-  return controller.signal;
-}
 
 /** Fastify plugin (own context, own body parser) registering the infer route in both URL forms. */
 export async function inferRoutes(

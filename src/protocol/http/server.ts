@@ -6,6 +6,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest, type FastifyServerO
 import type { InferenceCore } from '../../core/inference-core.js';
 import { parseOptionalJsonBody } from './body-parsers.js';
 import { formatSchemaError, sendError, sendNotFound } from './error-reply.js';
+import { registerGenerateRoutes } from './generate-route.js';
 import { registerHealthRoutes } from './health-routes.js';
 import { inferRoutes } from './infer-route.js';
 import { registerModelRoutes } from './model-routes.js';
@@ -40,6 +41,7 @@ export function buildHttpServer(core: InferenceCore, options: HttpServerOptions 
   registerHealthRoutes(app, core);
   registerModelRoutes(app, core);
   registerRepositoryRoutes(app, core);
+  registerGenerateRoutes(app, core);
   app.register(inferRoutes, { core, bodyLimitBytes });
   return app;
 }

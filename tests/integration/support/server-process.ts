@@ -20,7 +20,7 @@ export interface ServerProcess {
 
 /** Starts `bin/sdserve serve` on a free port and resolves once it prints its HTTP address. */
 export async function startServerProcess(args: string[], timeoutMs = 240_000): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [SDSERVE_BIN, 'serve', '--http-port', '0', '--grpc-port', '0', '--http-address', '127.0.0.1', ...args], {
+  const child = spawn(process.execPath, [SDSERVE_BIN, 'serve', '--http-port', '0', '--grpc-port', '0', '--metrics-port', '0', '--http-address', '127.0.0.1', ...args], {
     cwd: PROJECT_ROOT, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

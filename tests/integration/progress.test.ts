@@ -1,0 +1,82 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { credentials, type Client, type ClientDuplexStream } from '@grpc/grpc-js';
+import { PNG } from 'pngjs';
+import { loadInferenceService } from '../../src/protocol/grpc/index.js';
+import { makeRepository, startServerProcess, type ServerProcess } from './support/server-process.js';
+
+describe('progress of a running text-to-image request', () => {
+  let server: ServerProcess;
+  let repository: ReturnType<typeof makeRepository>;
+
+  before(async () => {
+    repository = makeRepository();
+    server = await startServerProcess(['--model-repository', repository.dir]);
+  });
+  after(async () => {
+    await server?.stop();
+    repository?.remove();
+  });
+
+  test('generate_stream sends one progress event per step, then PNG images', async () => {
+    const response = await fetch(`${server.url}/v2/models/tiny_sd/generate_stream`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: ['a lighthouse', 'a harbour'], steps: 3, seed: 5 }),
+    });
+    assert.equal(response.status, 200);
+    assert.match(response.headers.get('content-type') ?? '', /text\/event-stream/);
+    const events = (await response.text()).split('\n\n').filter((e) => e.startsWith('data: '))
+      .map((e) => JSON.parse(e.slice('data: '.length)));
+    const steps = events.filter((e) => e.progress).map((e) => [e.progress.step, e.progress.steps]);
+    assert.deepEqual(steps, [[1, 3], [2, 3], [3, 3]]);
+    const result = events.at(-1);
+    assert.equal(result.model_name, 'tiny_sd');
+    assert.equal(result.generated_image.length, 2);
+    const png = PNG.sync.read(Buffer.from(result.generated_image[0], 'base64'));
+    assert.deepEqual([png.width, png.height], [128, 128]);
+  });
+
+  test('generate answers bad input with an error naming it', async () => {
+    const response = await fetch(`${server.url}/v2/models/tiny_sd/generate`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', steps: -2 }),
+    });
+    assert.equal(response.status, 400);
+    assert.match((await response.json() as any).error, /steps/);
+  });
+
+  test('gRPC ModelStreamInfer sends progress responses before the image when asked', async (t) => {
+    const grpcLine = /Started GRPCInferenceService at (\S+)/.exec(server.stdout());
+    assert.ok(grpcLine);
+    const Service = await loadInferenceService();
+    const client = new Service(grpcLine[1], credentials.createInsecure()) as unknown as Client & Record<string, () => ClientDuplexStream<object, any>>;
+    t.after(() => client.close());
+    const stream = client.ModelStreamInfer();
+    const prompt = Buffer.alloc(4 + 5);
+    prompt.writeUInt32LE(5);
+    prompt.write('a fox', 4);
+    const messages: any[] = [];
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('data', (message: any) => messages.push(message));
+      stream.on('end', resolve);
+      stream.on('error', reject);
+    });
+    stream.write({
+      model_name: 'tiny_sd', id: 'fox',
+      inputs: [{ name: 'prompt', datatype: 'BYTES', shape: [1, 1] }], raw_input_contents: [prompt],
+      parameters: { steps: { int64_param: 2 }, stream_progress: { bool_param: true } },
+    });
+    stream.end();
+    await done;
+    assert.equal(messages.length, 3, JSON.stringify(messages.map((m) => m.error_message)));
+    for (const [i, message] of messages.slice(0, 2).entries()) {
+      assert.equal(message.infer_response.parameters.sdserve_progress.bool_param, true);
+      assert.equal(message.infer_response.parameters.step.int64_param, i + 1);
+      assert.equal(message.infer_response.parameters.steps.int64_param, 2);
+    }
+    const final = messages[2].infer_response;
+    assert.equal(final.id, 'fox');
+    assert.deepEqual(final.outputs[0].shape, [1, 128, 128, 3]);
+    assert.equal(final.raw_output_contents[0].length, 128 * 128 * 3);
+  });
+});
