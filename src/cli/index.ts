@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { SERVER_VERSION } from '../core/index.js';
+import { registerBuildCommand } from './build.js';
 import { registerClientCommand } from './client.js';
 import { registerMakeTinyModelCommand } from './make-tiny-model.js';
 import { registerServeCommand } from './serve.js';
@@ -10,6 +11,7 @@ const program = new Command('sdserve')
 registerServeCommand(program);
 registerClientCommand(program);
 registerMakeTinyModelCommand(program);
+registerBuildCommand(program);
 
 program.parseAsync(process.argv).catch((err: Error) => {
   process.stderr.write(`error: ${err.message}\n`);
