@@ -8,8 +8,9 @@ so a request's image does not depend on what else was in the batch.
 Threads: `submit` runs on the caller's thread (checks, prompt encoding, initial latents); one
 engine thread runs the denoising loop; one decoder thread turns finished latents into images, so
 the engine never waits on the host for a decode (`decode` ends with the copy to the host).
-Host syncs: none per step in the loop itself (cancellation and progress are host flags and
-counters); the schedulers that draw noise each step (euler_a, ddpm) copy their seeded CPU noise
+Host syncs: the loop never waits on the step it just queued; it waits on the step STEPS_AHEAD
+before it, which bounds how far the host runs ahead of the GPU (see `_bound_lookahead`) while the
+GPU always has work queued. Cancellation and progress are host flags and counters; the schedulers that draw noise each step (euler_a, ddpm) copy their seeded CPU noise
 to the device, as they do outside the batcher. A request's one sync, copying its timesteps to
 the host (`start_denoising`), happens in `submit`, outside the loop.
 """
@@ -39,6 +40,8 @@ log = logging.getLogger("sdserve.step_batcher")
 
 # How many UNet calls `trace()` remembers.
 TRACE_LENGTH = 256
+# Denoising steps the engine thread may queue on the GPU before waiting for the oldest to finish.
+STEPS_AHEAD = 2
 
 # A finished request's images (uint8 [len(prompts), H, W, 3]) or the error to answer it with.
 Outcome = np.ndarray | Exception
@@ -95,6 +98,7 @@ class StepBatcher:
         self._running: list[InFlight] = []  # engine thread only
         self._trace: deque[StepRecord] = deque(maxlen=TRACE_LENGTH)
         self._decodes: queue.SimpleQueue[list[InFlight] | None] = queue.SimpleQueue()
+        self._steps_on_device: deque[torch.cuda.Event] = deque()  # engine thread only
         self._engine = threading.Thread(target=self._run_engine, name="sdserve-step-engine", daemon=True)
         self._decoder = threading.Thread(target=self._run_decoder, name="sdserve-step-decoder", daemon=True)
         self._engine.start()
@@ -175,6 +179,7 @@ class StepBatcher:
                 continue
             with self._lock:
                 self._trace.append(record)
+            self._bound_lookahead()
             # 4. Progress, in each request's own steps (Heun takes two UNet calls per step)
             for item in self._running:
                 step = item.state.step_index * item.settings.steps // len(item.state.timesteps)
@@ -186,6 +191,22 @@ class StepBatcher:
             if finished:
                 self._running = [item for item in self._running if not item.state.done]
                 self._decodes.put(finished)
+
+    def _bound_lookahead(self) -> None:
+        """Keeps the engine at most STEPS_AHEAD steps ahead of the GPU.
+
+        Without a bound, CUDA graphs let this thread queue every step of a request within
+        milliseconds: the request then counts as finished long before the GPU has run it, and
+        a request arriving meanwhile finds an empty batch and runs after it instead of beside
+        it. Waiting on the event of an older step leaves the GPU a full step of queued work.
+        """
+        if self.pipeline.components.device.type != "cuda":
+            return
+        event = torch.cuda.Event()
+        event.record()
+        self._steps_on_device.append(event)
+        if len(self._steps_on_device) > STEPS_AHEAD:
+            self._steps_on_device.popleft().synchronize()
 
     def _admit(self) -> list[InFlight]:
         """Move waiting requests into the batch, oldest first; returns the cancelled waiting ones.
