@@ -10,6 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_REPOSITORY = PROJECT_ROOT / "tests" / "fixtures" / "model_repository"
@@ -77,6 +81,17 @@ def serving(repository: Path, *extra_args: str, timeout_s: float = 240.0) -> Ite
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def serve_tiny_sd_and_add_sub(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[ServerAddresses]:
+    """For a module-scoped `server` fixture: a server of the `tiny_sd` and `add_sub` models whose
+    repository lies in a fresh temporary folder named after `name`."""
+    repository = make_repository(tmp_path_factory.mktemp(name) / "repo", {
+        "tiny_sd": PROJECT_ROOT / "model_repository" / "tiny_sd",
+        "add_sub": FIXTURE_REPOSITORY / "add_sub",
+    })
+    with serving(repository) as addresses:
+        yield addresses
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from sdserve_server import FIXTURE_REPOSITORY, PROJECT_ROOT, ServerAddresses, make_repository, serving
+from sdserve_server import ServerAddresses, serve_tiny_sd_and_add_sub
 
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
 # The status each client reports for Triton's error codes (tritonserver's HTTP and gRPC mappings).
@@ -28,12 +28,7 @@ WIRE_FORMATS = [("http", True), ("http", False), ("grpc", True)]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddresses]:
-    repository = make_repository(tmp_path_factory.mktemp("clients") / "repo", {
-        "tiny_sd": PROJECT_ROOT / "model_repository" / "tiny_sd",
-        "add_sub": FIXTURE_REPOSITORY / "add_sub",
-    })
-    with serving(repository) as addresses:
-        yield addresses
+    yield from serve_tiny_sd_and_add_sub(tmp_path_factory, "clients")
 
 
 @pytest.fixture(params=list(PROTOCOLS))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from sdserve_server import FIXTURE_REPOSITORY, PROJECT_ROOT, ServerAddresses, make_repository, serving
+from sdserve_server import ServerAddresses, serve_tiny_sd_and_add_sub
 
 SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$')
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -20,12 +20,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddresses]:
-    repository = make_repository(tmp_path_factory.mktemp("metrics") / "repo", {
-        "tiny_sd": PROJECT_ROOT / "model_repository" / "tiny_sd",
-        "add_sub": FIXTURE_REPOSITORY / "add_sub",
-    })
-    with serving(repository) as addresses:
-        yield addresses
+    yield from serve_tiny_sd_and_add_sub(tmp_path_factory, "metrics")
 
 
 @pytest.fixture(scope="module")

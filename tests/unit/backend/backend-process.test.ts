@@ -1,18 +1,12 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
 import { BackendProcess, type BackendProcessOptions } from '../../../src/backend/index.js';
 import type { InferRequest, InferResponse } from '../../../src/core/types.js';
 import { SdserveError } from '../../../src/errors.js';
-
-// Compiled to dist/tests/unit/backend/, four levels below the project root.
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
-const PYTHON = join(ROOT, '.venv', 'bin', 'python');
-const REPOSITORY = join(ROOT, 'tests', 'fixtures', 'model_repository');
-const TIMEOUT_MS = 60_000;
+import { ROOT, startOptions, TIMEOUT_MS } from './start-options.js';
 
 function outputConfig(names: string[], dataType: string) {
   return names.map((name) => ({ name, data_type: dataType, dims: [4] }));
@@ -27,22 +21,7 @@ function options(model: string, extra: Partial<BackendProcessOptions> = {}, para
     parameters: Object.fromEntries(Object.entries(parameters).map(([k, v]) => [k, { string_value: v }])),
   };
   const opts: BackendProcessOptions = {
-    pythonExecutable: PYTHON,
-    pythonPath: [join(ROOT, 'python')],
-    modelFile: join(REPOSITORY, model, '1', 'model.py'),
-    args: {
-      model_config: JSON.stringify(modelConfig),
-      model_instance_kind: 'CPU',
-      model_instance_name: `${model}_0`,
-      model_instance_device_id: '0',
-      model_repository: join(REPOSITORY, model),
-      model_version: '1',
-      model_name: model,
-    },
-    label: `${model}_0`,
-    startTimeoutMs: TIMEOUT_MS,
-    loadTimeoutMs: TIMEOUT_MS,
-    logger: { info: (m) => logs.push(m), warn: (m) => logs.push(m), error: (m) => logs.push(m) },
+    ...startOptions(model, modelConfig, { info: (m) => logs.push(m), warn: (m) => logs.push(m), error: (m) => logs.push(m) }),
     ...extra,
   };
   return { opts, logs };

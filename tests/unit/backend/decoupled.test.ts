@@ -1,36 +1,14 @@
 import assert from 'node:assert/strict';
-import { dirname, join, resolve } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
 import { BackendProcess } from '../../../src/backend/index.js';
 import type { InferRequest, InferResponse } from '../../../src/core/types.js';
 import { SdserveError } from '../../../src/errors.js';
-
-// Compiled to dist/tests/unit/backend/, four levels below the project root.
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
-const REPOSITORY = join(ROOT, 'tests', 'fixtures', 'model_repository');
-const TIMEOUT_MS = 60_000;
+import { startOptions, TIMEOUT_MS } from './start-options.js';
 
 async function startBackend(t: TestContext, model: string): Promise<BackendProcess> {
-  const backend = await BackendProcess.start({
-    pythonExecutable: join(ROOT, '.venv', 'bin', 'python'),
-    pythonPath: [join(ROOT, 'python')],
-    modelFile: join(REPOSITORY, model, '1', 'model.py'),
-    args: {
-      model_config: JSON.stringify({ name: model, backend: 'python' }),
-      model_instance_kind: 'CPU',
-      model_instance_name: `${model}_0`,
-      model_instance_device_id: '0',
-      model_repository: join(REPOSITORY, model),
-      model_version: '1',
-      model_name: model,
-    },
-    label: `${model}_0`,
-    startTimeoutMs: TIMEOUT_MS,
-    loadTimeoutMs: TIMEOUT_MS,
-    logger: { info: () => undefined, warn: () => undefined, error: () => undefined },
-  });
+  const backend = await BackendProcess.start(startOptions(model, { name: model, backend: 'python' },
+    { info: () => undefined, warn: () => undefined, error: () => undefined }));
   t.after(() => backend.kill());
   return backend;
 }

@@ -2,58 +2,29 @@
  * A small InferenceCore for the HTTP route tests: model `echo` returns every input as an output
  * of the same name (or only the requested ones), `sum` adds INT32 inputs A and B into SUM,
  * `hang` waits for its AbortSignal, `boom` fails with a plain Error. Calls are recorded.
+ * The shared parts (flags, statistics, model control) live in tests/fixtures/fake-core-base.ts.
  */
-import type { InferenceCore } from '../../../src/core/inference-core.js';
-import { zeroStatistics, type ModelStatistics } from '../../../src/core/statistics.js';
-import type {
-  InferRequest, InferResponse, ModelMetadata, ModelStatus, ServerMetadata,
-} from '../../../src/core/types.js';
+import type { InferRequest, InferResponse, ModelMetadata } from '../../../src/core/types.js';
 import type { ModelConfig } from '../../../src/repository/model-config-types.js';
 import { SdserveError } from '../../../src/errors.js';
+import { FakeCoreBase } from '../../fixtures/fake-core-base.js';
 
 const MODELS = ['echo', 'sum', 'hang', 'boom'];
 
-export class FakeCore implements InferenceCore {
-  live = true;
-  ready = true;
-  readonly inferCalls: InferRequest[] = [];
+export class FakeCore extends FakeCoreBase {
   readonly signals: AbortSignal[] = [];
-  readonly loads: Array<{ name: string; config?: string }> = [];
-  readonly unloads: string[] = [];
-  /** Resolves with the signal once `hang` has been entered. */
-  hangEntered: Promise<AbortSignal>;
-  private enterHang!: (signal: AbortSignal) => void;
 
   constructor() {
-    this.hangEntered = new Promise((resolve) => { this.enterHang = resolve; });
+    super(MODELS, ['binary_tensor_data', 'model_repository']);
   }
 
-  private check(name: string): void {
-    if (!MODELS.includes(name)) throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `unknown model '${name}'`);
-  }
-
-  serverMetadata(): ServerMetadata {
-    return { name: 'sdserve', version: '0.1.0', extensions: ['binary_tensor_data', 'model_repository'] };
-  }
-
-  isLive(): boolean { return this.live; }
-
-  isReady(): boolean { return this.ready; }
-
-  isModelReady(name: string, version?: string): boolean {
-    return MODELS.includes(name) && (version === undefined || version === '1');
+  /** `statistics` accepts any version of a known model. */
+  protected override checkStatistics(name: string): void {
+    this.check(name);
   }
 
   modelMetadata(name: string, version?: string): ModelMetadata {
-    this.check(name);
-    if (version !== undefined && version !== '1') {
-      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `model '${name}' has no version ${version}`);
-    }
-    return {
-      name, versions: ['1'], platform: 'python',
-      inputs: [{ name: 'A', datatype: 'INT32', shape: [-1] }],
-      outputs: [{ name: 'SUM', datatype: 'INT32', shape: [-1] }],
-    };
+    return this.tensorMetadata(name, version, 'INT32', [-1]);
   }
 
   modelConfig(name: string): ModelConfig {
@@ -74,11 +45,7 @@ export class FakeCore implements InferenceCore {
       case 'boom':
         throw new Error('backend exploded');
       case 'hang':
-        this.enterHang(signal as AbortSignal);
-        await new Promise((_resolve, reject) => {
-          signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
-        });
-        throw new Error('unreachable');
+        return this.hang(signal);
       case 'sum': {
         const [a, b] = ['A', 'B'].map((n) => request.inputs.find((t) => t.name === n));
         if (!a || !b) throw new SdserveError('SDS_ERR_INVALID_ARG', 'sum needs inputs A and B');
@@ -92,31 +59,5 @@ export class FakeCore implements InferenceCore {
         return { ...base, outputs: outputs.map(({ parameters: _p, ...t }) => t), parameters: { echoed: true } };
       }
     }
-  }
-
-  statistics(name?: string, version?: string): ModelStatistics[] {
-    if (name) {
-      this.check(name);
-      return [zeroStatistics(name, version ?? '1')];
-    }
-    return this.repositoryIndex(true).map((row) => zeroStatistics(row.name, row.version));
-  }
-
-  repositoryIndex(readyOnly: boolean): ModelStatus[] {
-    const all: ModelStatus[] = [
-      { name: 'echo', version: '1', state: 'READY', reason: '' },
-      { name: 'broken', version: '1', state: 'UNAVAILABLE', reason: 'load failed' },
-    ];
-    return readyOnly ? all.filter((m) => m.state === 'READY') : all;
-  }
-
-  async loadModel(name: string, configOverride?: string): Promise<void> {
-    if (name === 'broken') throw new SdserveError('SDS_ERR_CONFIG', `model 'broken': bad config`);
-    this.loads.push({ name, ...(configOverride !== undefined && { config: configOverride }) });
-  }
-
-  async unloadModel(name: string): Promise<void> {
-    this.check(name);
-    this.unloads.push(name);
   }
 }
