@@ -31,10 +31,6 @@ export class ModelInstance implements BatchExecutor {
     return this.process?.isAlive === true;
   }
 
-  get pid(): number | undefined {
-    return this.process?.pid;
-  }
-
   /** First start: a failure here is the model's load failure, reported to the caller. */
   async start(): Promise<void> {
     this.process = await BackendProcess.start(this.startOptions);

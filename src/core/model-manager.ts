@@ -1,5 +1,6 @@
 import { SdserveError } from '../errors.js';
 import { modelConfigFromJson, resolveVersions, scanRepository, type ModelEntry } from '../repository/index.js';
+import type { ModelConfig } from '../repository/model-config-types.js';
 import { notReady, ServedModel, type BackendRuntime } from './served-model.js';
 import type { ModelStatistics } from './statistics.js';
 import type { ModelStatus } from './types.js';
@@ -13,7 +14,6 @@ interface ModelRecord {
   versions: Map<number, ServedModel>;
   /** Why the model as a whole cannot load (bad config, no versions), else ''. */
   reason: string;
-  loading?: Promise<void>;
 }
 
 /**
@@ -22,6 +22,8 @@ interface ModelRecord {
  */
 export class ModelManager {
   private readonly records = new Map<string, ModelRecord>();
+  /** Each model's loads and unloads run one after another, in the order they were asked for. */
+  private readonly lifecycles = new Map<string, Promise<unknown>>();
   private mode: ModelControlMode = 'none';
   private pollTimer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | undefined;
@@ -57,7 +59,9 @@ export class ModelManager {
    */
   startPolling(intervalMs: number): void {
     this.pollTimer = setInterval(() => {
-      this.polling ??= this.pollOnce().finally(() => { this.polling = undefined; });
+      this.polling ??= this.pollOnce()
+        .catch((err: Error) => this.runtime.logger.error(`repository poll failed: ${err.message}`))
+        .finally(() => { this.polling = undefined; });
     }, intervalMs);
     this.pollTimer.unref();
   }
@@ -90,26 +94,20 @@ export class ModelManager {
   }
 
   /** Loads (or reloads) a model; resolves when it is READY, rejects with the reason otherwise. */
-  async loadModel(name: string, configOverride?: string): Promise<void> {
-    const previous = this.records.get(name)?.loading;
-    if (previous) await previous.catch(() => undefined);
-    const loading = this.doLoad(name, configOverride);
-    const record = this.records.get(name);
-    if (record) record.loading = loading;
-    try {
-      await loading;
-    } finally {
-      const current = this.records.get(name);
-      if (current?.loading === loading) current.loading = undefined;
-    }
+  loadModel(name: string, configOverride?: string): Promise<void> {
+    return this.inLifecycle(name, () => this.doLoad(name, configOverride));
   }
 
-  async unloadModel(name: string): Promise<void> {
-    const record = this.records.get(name);
-    if (!record) throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to unload '${name}', no version is available`);
-    const versions = [...record.versions.values()];
-    record.versions.clear();
-    await Promise.all(versions.map((served) => served.unload()));
+  unloadModel(name: string): Promise<void> {
+    return this.inLifecycle(name, () => this.doUnload(name));
+  }
+
+  private inLifecycle(name: string, task: () => Promise<void>): Promise<void> {
+    const run = (this.lifecycles.get(name) ?? Promise.resolve()).catch(() => undefined).then(task);
+    this.lifecycles.set(name, run);
+    const forget = () => { if (this.lifecycles.get(name) === run) this.lifecycles.delete(name); };
+    run.then(forget, forget);
+    return run;
   }
 
   /** The version a request goes to: the given one if READY, else the newest READY one. */
@@ -177,6 +175,15 @@ export class ModelManager {
     return this.statuses().filter((row) => row.version !== '' || this.records.get(row.name)?.reason);
   }
 
+  private async doUnload(name: string): Promise<void> {
+    const record = this.records.get(name);
+    if (!record) throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to unload '${name}', no version is available`);
+    const versions = [...record.versions.values()];
+    record.versions.clear();
+    await Promise.all(versions.map((served) => served.unload()));
+  }
+
+  /** 1. find and check the new config  2. stop the old versions  3. start the new ones. */
   private async doLoad(name: string, configOverride?: string): Promise<void> {
     const entry = (await this.scan()).find((e) => e.name === name);
     if (!entry) {
@@ -186,20 +193,19 @@ export class ModelManager {
     this.records.set(name, record);
     record.entry = entry;
     record.fingerprint = fingerprint(entry);
-    await this.unloadModel(name);
+    let config: ModelConfig;
+    let versions: number[];
     try {
-      const config = configOverride === undefined ? entry.config : modelConfigFromJson(JSON.parse(configOverride), name);
-      if (!config) throw new SdserveError('SDS_ERR_CONFIG', entry.error ?? `model '${name}' has no usable config.pbtxt`);
-      const versions = resolveVersions(config, entry.versions);
-      if (versions.length === 0) {
-        throw new SdserveError('SDS_ERR_CONFIG', `no version folder of model '${name}' matches its version policy`);
-      }
-      record.reason = '';
-      for (const version of versions) record.versions.set(version, new ServedModel(config, entry.dir, version, this.runtime));
+      ({ config, versions } = checkedConfig(entry, configOverride));
     } catch (err) {
-      record.reason = err instanceof SyntaxError ? `invalid config override: ${err.message}` : (err as Error).message;
-      throw new SdserveError('SDS_ERR_CONFIG', `failed to load '${name}': ${record.reason}`);
+      // What is being served keeps serving (as in Triton) until a config that loads comes.
+      const reason = err instanceof SyntaxError ? `invalid config override: ${err.message}` : (err as Error).message;
+      if (record.versions.size === 0) record.reason = reason;
+      throw new SdserveError('SDS_ERR_CONFIG', `failed to load '${name}': ${reason}`);
     }
+    await this.doUnload(name);
+    record.reason = '';
+    for (const version of versions) record.versions.set(version, new ServedModel(config, entry.dir, version, this.runtime));
     const served = [...record.versions.values()];
     await Promise.all(served.map((s) => s.load()));
     const failed = served.find((s) => s.state !== 'READY');
@@ -210,6 +216,16 @@ export class ModelManager {
     const all = await Promise.all(this.repositoryPaths.map((p) => scanRepository(p)));
     return all.flat();
   }
+}
+
+function checkedConfig(entry: ModelEntry, configOverride?: string): { config: ModelConfig; versions: number[] } {
+  const config = configOverride === undefined ? entry.config : modelConfigFromJson(JSON.parse(configOverride), entry.name);
+  if (!config) throw new SdserveError('SDS_ERR_CONFIG', entry.error ?? `model '${entry.name}' has no usable config.pbtxt`);
+  const versions = resolveVersions(config, entry.versions);
+  if (versions.length === 0) {
+    throw new SdserveError('SDS_ERR_CONFIG', `no version folder of model '${entry.name}' matches its version policy`);
+  }
+  return { config, versions };
 }
 
 function fingerprint(entry: ModelEntry): string {

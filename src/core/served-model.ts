@@ -82,6 +82,10 @@ export class ServedModel {
   /** Waits for queued and running requests, then stops the instances. */
   async unload(): Promise<void> {
     this.state = 'UNLOADING';
+    if (!this.instances.some((instance) => instance.isAvailable)) {
+      // No instance will come to take them: waiting would never end.
+      this.scheduler.rejectQueued(new SdserveError('SDS_ERR_MODEL_NOT_READY', `model ${this.label} was unloaded with no instance running`));
+    }
     await this.scheduler.whenIdle();
     await Promise.all(this.instances.map((instance) => instance.stop(this.runtime.stopGraceMs)));
     this.instances = [];
@@ -102,7 +106,9 @@ export class ServedModel {
       const { priority, timeout, ...parameters } = request.parameters;
       const scheduled = {
         ...request,
-        id: request.id || `sdserve-${nextRequestNumber++}`,
+        // Unique, so that cancelling one request never touches another client's of the same id;
+        // the data plane answers with the client's own id.
+        id: `sdserve-${nextRequestNumber++}`,
         model_version: String(this.version),
         parameters,
       };

@@ -1,6 +1,6 @@
 import { SdserveError } from '../errors.js';
 import type { ModelConfig, ModelInput } from '../repository/model-config-types.js';
-import { countBytesElements, elementCount, expectedByteLength, toKServeDatatype } from './datatypes.js';
+import { toKServeDatatype } from './datatypes.js';
 import type { InferRequest, Tensor } from './types.js';
 
 /**
@@ -33,7 +33,7 @@ export function validateRequest(request: InferRequest, config: ModelConfig): num
       + `Got input(s) ${list([...seen])}, but missing required input(s) ${list(missing.map((i) => i.name))}. `
       + 'Please provide all required input(s).');
   }
-  // 3. datatype, shape, batch size and data length of each input
+  // 3. datatype, shape and batch size of each input (the front ends checked the data against its shape)
   let batchSize: number | undefined;
   for (const tensor of request.inputs) {
     const input = byName.get(tensor.name) as ModelInput;
@@ -43,7 +43,6 @@ export function validateRequest(request: InferRequest, config: ModelConfig): num
       throw invalid(`inputs of model '${config.name}' disagree on the batch size (${batchSize} and ${batch})`);
     }
     batchSize = batch;
-    checkDataLength(tensor, invalid);
   }
   // 4. requested outputs exist
   const outputs = new Set(config.output.map((o) => o.name));
@@ -80,18 +79,4 @@ function checkShape(tensor: Tensor, input: ModelInput, config: ModelConfig, inva
     throw invalid(`inference request batch-size must be <= ${config.max_batch_size} for '${config.name}'`);
   }
   return batch;
-}
-
-function checkDataLength(tensor: Tensor, invalid: Invalid): void {
-  const expectedBytes = expectedByteLength(tensor);
-  if (expectedBytes !== undefined) {
-    if (tensor.data.length !== expectedBytes) {
-      throw invalid(`input '${tensor.name}' has ${tensor.data.length} bytes of data, but shape [${tensor.shape.join(',')}] of ${tensor.datatype} needs ${expectedBytes}`);
-    }
-    return;
-  }
-  const count = countBytesElements(tensor.data);
-  if (count !== elementCount(tensor.shape)) {
-    throw invalid(`input '${tensor.name}' has ${count < 0 ? 'malformed' : count} BYTES element(s), but shape [${tensor.shape.join(',')}] needs ${elementCount(tensor.shape)}`);
-  }
 }

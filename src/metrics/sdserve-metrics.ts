@@ -50,25 +50,31 @@ function makesImages(source: MetricsSource, name: string, version: string): bool
   }
 }
 
-/** One nvidia-smi call per scrape feeds both gauges: `used` reads it, `total` reuses that reading. */
+/**
+ * One nvidia-smi call per scrape feeds both gauges: prom-client collects the gauges of a scrape
+ * concurrently, so whichever collects first starts the reading and both await it.
+ */
 function registerGpuMemory(registry: Registry): void {
-  let reading: GpuMemory[] = [];
+  let reading: Promise<GpuMemory[]> | undefined;
+  const shared = () => {
+    reading ??= readGpuMemory().finally(() => { setImmediate(() => { reading = undefined; }); });
+    return reading;
+  };
   const labels = (gpu: GpuMemory) => ({ gpu: gpu.index, gpu_uuid: gpu.uuid });
   new Gauge({
     name: 'sdserve_gpu_memory_used_bytes', help: 'GPU memory in use, per GPU',
     labelNames: ['gpu', 'gpu_uuid'], registers: [registry],
     async collect() {
       this.reset();
-      reading = await readGpuMemory();
-      for (const gpu of reading) this.set(labels(gpu), gpu.usedBytes);
+      for (const gpu of await shared()) this.set(labels(gpu), gpu.usedBytes);
     },
   });
   new Gauge({
     name: 'sdserve_gpu_memory_total_bytes', help: 'GPU memory in total, per GPU',
     labelNames: ['gpu', 'gpu_uuid'], registers: [registry],
-    collect() {
+    async collect() {
       this.reset();
-      for (const gpu of reading) this.set(labels(gpu), gpu.totalBytes);
+      for (const gpu of await shared()) this.set(labels(gpu), gpu.totalBytes);
     },
   });
 }

@@ -113,10 +113,6 @@ export class RequestScheduler {
     this.pump();
   }
 
-  get queueLength(): number {
-    return this.queues.size;
-  }
-
   /** 1. check the level and its queue  2. arm the timeout and abort  3. queue and dispatch. */
   enqueue(request: InferRequest, batchSize: number, options: EnqueueOptions = {}): Promise<ScheduledResponse> {
     const level = options.priority || this.policy.defaultPriorityLevel;

@@ -98,6 +98,16 @@ test('explicit mode loads and unloads through the repository API, with a config 
   });
   assert.equal(badOverride.status, 400);
   assert.match((await badOverride.json() as any).error, /max_batch_size/);
+  assert.equal((await fetch(`${server.url}/v2/models/add_sub/ready`)).status, 200, 'a failed reload keeps the served version');
+
+  const [loadA, loadB, unloadC] = await Promise.all([
+    fetch(`${server.url}/v2/repository/models/add_sub/load`, { method: 'POST' }),
+    fetch(`${server.url}/v2/repository/models/add_sub/load`, { method: 'POST' }),
+    fetch(`${server.url}/v2/repository/models/add_sub/unload`, { method: 'POST' }),
+  ]);
+  assert.deepEqual([loadA.status, loadB.status, unloadC.status], [200, 200, 200]);
+  assert.equal((await fetch(`${server.url}/v2/models/add_sub/ready`)).status, 400, 'the unload, asked last, wins');
+  await fetch(`${server.url}/v2/repository/models/add_sub/load`, { method: 'POST' });
 
   const unload = await fetch(`${server.url}/v2/repository/models/add_sub/unload`, { method: 'POST' });
   assert.equal(unload.status, 200);

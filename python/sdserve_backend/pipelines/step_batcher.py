@@ -18,6 +18,7 @@ the host (`start_denoising`), happens in `submit`, outside the loop.
 from __future__ import annotations
 
 import itertools
+import os
 import logging
 import queue
 import threading
@@ -154,6 +155,20 @@ class StepBatcher:
     # Engine thread
 
     def _run_engine(self) -> None:
+        """The engine thread. An error outside a step's own try (an asynchronous CUDA error
+        surfacing at a synchronisation, say) leaves the device in an unknown state: answer every
+        request with it and end the process, so the server's supervisor starts a fresh one."""
+        try:
+            self._engine_loop()
+        except BaseException as error:  # noqa: BLE001 - the process cannot go on without its engine
+            log.exception("the step engine failed; the backend exits so that it is restarted")
+            with self._wake:
+                stranded = list(self._running) + list(self._waiting)
+                self._waiting.clear()
+            self._leave(stranded, error if isinstance(error, Exception) else RuntimeError(str(error)))
+            os._exit(70)
+
+    def _engine_loop(self) -> None:
         while True:
             # 1. Admit waiting requests that fit the running batch (sleep while there is no work)
             with self._wake:

@@ -6,6 +6,7 @@
  * the client has half-closed and every answer is written; a cancelled stream aborts the
  * requests still running.
  */
+import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import type { InferenceCore } from '../../core/inference-core.js';
 import { SdserveError, toSdserveError } from '../../errors.js';
@@ -47,6 +48,8 @@ export function serveInferStream(
   core: InferenceCore, call: ServerDuplexStream<WireModelInferRequest, WireModelStreamInferResponse>,
 ): void {
   const controller = new AbortController();
+  // Every request of the stream listens to this one signal, however many there are.
+  setMaxListeners(0, controller.signal);
   let running = 0;
   let halfClosed = false;
   const finishIfDone = () => {
