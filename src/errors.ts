@@ -58,11 +58,11 @@ export class SdserveError extends Error {
   }
 }
 
-/** Wraps anything thrown into an SdserveError so front ends have one type to map. */
-export function toSdserveError(err: unknown): SdserveError {
+/** Wraps anything thrown into an SdserveError (of `code` when it is not one yet). */
+export function toSdserveError(err: unknown, code: ErrorCode = 'SDS_ERR_INTERNAL'): SdserveError {
   if (err instanceof SdserveError) return err;
   const message = err instanceof Error ? err.message : String(err);
-  return new SdserveError('SDS_ERR_INTERNAL', message, { cause: err });
+  return new SdserveError(code, message, { cause: err });
 }
 
 export const invalidArg = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG', message);

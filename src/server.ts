@@ -55,23 +55,27 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     throw new Error('failed to load all models');
   }
 
-  // 2. front ends
-  const http: FastifyInstance = buildHttpServer(core, { logger: false });
-  await http.listen({ host: options.host, port: options.httpPort });
-  const httpPort = (http.server.address() as AddressInfo).port;
-  const grpc = await startGrpcServer(core, { host: options.host, port: options.grpcPort });
-  options.print(`Started GRPCInferenceService at ${options.host}:${grpc.port}`);
-  options.print(`Started HTTPService at ${options.host}:${httpPort}`);
-  const metrics = await startMetricsServer(core, { host: options.host, port: options.metricsPort });
-  options.print(`Started Metrics Service at ${options.host}:${metrics.port}`);
-
-  return {
-    core,
-    httpPort,
-    grpcPort: grpc.port,
-    async close() {
-      await Promise.all([http.close(), grpc.close(), metrics.close()]);
-      await core.shutdown();
-    },
+  // 2. front ends (a front end that cannot start stops what already runs)
+  const closers: Array<() => Promise<unknown>> = [];
+  const closeAll = async () => {
+    await Promise.all(closers.map((close) => close()));
+    await core.shutdown();
   };
+  try {
+    const http: FastifyInstance = buildHttpServer(core, { logger: false });
+    closers.push(() => http.close());
+    await http.listen({ host: options.host, port: options.httpPort });
+    const httpPort = (http.server.address() as AddressInfo).port;
+    const grpc = await startGrpcServer(core, { host: options.host, port: options.grpcPort });
+    closers.push(() => grpc.close());
+    options.print(`Started GRPCInferenceService at ${options.host}:${grpc.port}`);
+    options.print(`Started HTTPService at ${options.host}:${httpPort}`);
+    const metrics = await startMetricsServer(core, { host: options.host, port: options.metricsPort });
+    closers.push(() => metrics.close());
+    options.print(`Started Metrics Service at ${options.host}:${metrics.port}`);
+    return { core, httpPort, grpcPort: grpc.port, close: closeAll };
+  } catch (err) {
+    await closeAll().catch(() => undefined);
+    throw err;
+  }
 }

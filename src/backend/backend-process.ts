@@ -14,7 +14,7 @@ import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 
 import type { InferRequest, InferResponse } from '../core/types.js';
-import { SdserveError, type ErrorCode } from '../errors.js';
+import { SdserveError, toSdserveError, type ErrorCode } from '../errors.js';
 import { encodeFrame, FrameDecoder, type Frame, type MalformedFrameError } from './frame.js';
 import {
   isErrorMeta, MessageType, messageTypeName,
@@ -198,7 +198,7 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
     const results = await Promise.allSettled(this.executeEach(requests, onProgress));
     const wholeCall = results.find((result) => result.status === 'rejected' && WHOLE_CALL_FAILURES.has(result.reason as object));
     if (wholeCall !== undefined) throw (wholeCall as PromiseRejectedResult).reason;
-    return results.map((result) => (result.status === 'fulfilled' ? result.value : asSdserveError(result.reason)));
+    return results.map((result) => (result.status === 'fulfilled' ? result.value : toSdserveError(result.reason, 'SDS_ERR_BACKEND')));
   }
 
   /**
@@ -513,12 +513,8 @@ function toInferResponse(request: InferRequest, response: ResponseMeta, payload:
       outputs: response.outputs.map((meta) => tensorFromPayload(payload, meta)),
     };
   } catch (err) {
-    return err instanceof SdserveError ? err : new SdserveError('SDS_ERR_BACKEND', String(err));
+    return toSdserveError(err, 'SDS_ERR_BACKEND');
   }
-}
-
-function asSdserveError(reason: unknown): SdserveError {
-  return reason instanceof SdserveError ? reason : new SdserveError('SDS_ERR_BACKEND', String(reason));
 }
 
 async function withTimeout<T>(promise: Promise<T>, timeoutMs: number, onTimeout: () => string): Promise<T> {

@@ -38,20 +38,18 @@ export class ModelInstance implements BatchExecutor {
   }
 
   execute(requests: InferRequest[], onProgress?: StepListener): Promise<Array<InferResponse | SdserveError>> {
-    if (!this.process?.isAlive) {
-      return Promise.reject(new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is not running`));
-    }
-    this.logger.debug(`backend ${this.label} (pid ${this.process.pid}): executing ${requests.length} request(s)`);
-    return this.process.execute(requests, onProgress);
+    return this.backendFor(requests).execute(requests, onProgress);
   }
 
   executeEach(requests: InferRequest[], onProgress?: StepListener): Array<Promise<InferResponse>> {
-    if (!this.process?.isAlive) {
-      const dead = new SdserveError('SDS_ERR_BACKEND_DIED', `backend ${this.label} is not running`);
-      return requests.map(() => Promise.reject(dead));
-    }
-    this.logger.debug(`backend ${this.label} (pid ${this.process.pid}): executing ${requests.length} request(s)`);
-    return this.process.executeEach(requests, onProgress);
+    return this.backendFor(requests).executeEach(requests, onProgress);
+  }
+
+  /** The current process (a dead one rejects the requests itself). */
+  private backendFor(requests: InferRequest[]): BackendProcess {
+    const process = this.process as BackendProcess; // start() set it before the scheduler saw this instance
+    this.logger.debug(`backend ${this.label} (pid ${process.pid}): executing ${requests.length} request(s)`);
+    return process;
   }
 
   cancel(requestIds: string[]): void {

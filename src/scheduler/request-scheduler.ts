@@ -1,4 +1,4 @@
-import { SdserveError } from '../errors.js';
+import { SdserveError, toSdserveError } from '../errors.js';
 import type { InferRequest, InferResponse } from '../core/types.js';
 import { PriorityQueues } from './priority-queues.js';
 
@@ -270,7 +270,7 @@ export class RequestScheduler {
       results = await executor.execute(batch.map((entry) => entry.request),
         (index, step, steps) => batch[index]?.onProgress?.(step, steps));
     } catch (err) {
-      const error = err instanceof SdserveError ? err : new SdserveError('SDS_ERR_BACKEND', String(err));
+      const error = toSdserveError(err, 'SDS_ERR_BACKEND');
       results = batch.map(() => error);
     }
     const computeNs = this.finish(executor, batch, startNs);
@@ -285,7 +285,7 @@ export class RequestScheduler {
     try {
       [result] = await Promise.all(executor.executeEach([entry.request], (_, step, steps) => entry.onProgress?.(step, steps)));
     } catch (err) {
-      result = err instanceof SdserveError ? err : new SdserveError('SDS_ERR_BACKEND', String(err));
+      result = toSdserveError(err, 'SDS_ERR_BACKEND');
     }
     const computeNs = this.finish(executor, [entry], startNs);
     this.observeExecution(entry.batchSize, computeNs);
