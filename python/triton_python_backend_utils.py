@@ -143,7 +143,7 @@ class Tensor:
         return f"Tensor({self._name!r}, {self._datatype}, shape={list(self._array.shape)})"
 
 
-ProgressSink = Callable[["InferenceRequest", Any, Any], None]
+ProgressSink = Callable[["InferenceRequest", Any, Any, Any], None]
 # Delivers one decoupled response (None with the final flag: "no more responses") to the core.
 ResponseSink = Callable[["InferenceRequest", "InferenceResponse | None", int], None]
 
@@ -194,13 +194,15 @@ class InferenceRequest:
         through, from any thread; the same sender on every call."""
         return self._sender
 
-    def report_progress(self, step: Any, steps: Any) -> None:
+    def report_progress(self, step: Any, steps: Any, preview: Any = None) -> None:
         """sdserve extension: tells the client how far this request has come.
 
         Returns at once; `step`/`steps` may be ints or 0-d device tensors, converted later on the
-        writer thread so a denoising loop never waits on the device for this."""
+        writer thread so a denoising loop never waits on the device for this. `preview`, if
+        given, is a small uint8 [H, W, 3] image (a numpy array, or a callable returning one on
+        the writer thread) sent with the progress."""
         if self._progress_sink is not None:
-            self._progress_sink(self, step, steps)
+            self._progress_sink(self, step, steps, preview)
 
     def __repr__(self) -> str:
         return f"InferenceRequest(id={self._request_id!r}, inputs={self._inputs!r})"

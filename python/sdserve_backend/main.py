@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 
 import triton_python_backend_utils as pb_utils
 from sdserve_backend import PROTOCOL_VERSION
@@ -144,11 +145,15 @@ class BackendServer:
         self._jobs.put(None)
 
     def _progress_sink(self, correlation_id: int) -> pb_utils.ProgressSink:
-        def send_progress(request: pb_utils.InferenceRequest, step: Any, steps: Any) -> None:
+        def send_progress(request: pb_utils.InferenceRequest, step: Any, steps: Any, preview: Any = None) -> None:
             def encode() -> list[Buffer]:
-                metadata = {"request_id": request.request_id(), "request_index": request.batch_index,
-                            "step": int(step), "steps": int(steps)}
-                return encode_frame(MessageType.PROGRESS_NOTIFY, correlation_id, metadata)
+                metadata: dict[str, Any] = {"request_id": request.request_id(), "request_index": request.batch_index,
+                                            "step": int(step), "steps": int(steps)}
+                if preview is None:
+                    return encode_frame(MessageType.PROGRESS_NOTIFY, correlation_id, metadata)
+                image = np.ascontiguousarray(preview() if callable(preview) else preview, dtype=np.uint8)
+                metadata["preview_shape"] = list(image.shape)
+                return encode_frame(MessageType.PROGRESS_NOTIFY, correlation_id, metadata, [memoryview(image).cast("B")])
 
             self._writer.send_later(encode)
 

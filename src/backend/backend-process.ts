@@ -13,7 +13,7 @@ import { delimiter, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 
-import type { InferRequest, InferResponse } from '../core/types.js';
+import type { ImagePreview, InferRequest, InferResponse } from '../core/types.js';
 import { SdserveError, toSdserveError, type ErrorCode } from '../errors.js';
 import { encodeFrame, FrameDecoder, type Frame, type MalformedFrameError } from './frame.js';
 import {
@@ -47,7 +47,7 @@ export interface BackendProcessOptions {
   logger?: BackendLogger;
 }
 
-export type ProgressListener = (requestIndex: number, step: number, steps: number) => void;
+export type ProgressListener = (requestIndex: number, step: number, steps: number, preview?: ImagePreview) => void;
 
 export interface BackendProcessEvents {
   exit: [code: number | null, signal: NodeJS.Signals | null];
@@ -427,9 +427,9 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
   private onProgress(frame: Frame): void {
     const listener = this.pending.get(frame.correlationId)?.onProgress;
     if (listener === undefined) return;
-    const { request_index: index, step, steps } = frame.metadata as unknown as ProgressMeta;
+    const { request_index: index, step, steps, preview_shape: shape } = frame.metadata as unknown as ProgressMeta;
     try {
-      listener(index, step, steps);
+      listener(index, step, steps, shape ? { shape, data: frame.payload } : undefined);
     } catch (err) {
       this.logger.warn(`[${this.label}] progress listener failed: ${(err as Error).message}`);
     }

@@ -90,6 +90,8 @@ export interface ProgressMeta {
   request_index: number;
   step: number;
   steps: number;
+  /** [H, W, 3]: the payload is a uint8 preview image of the request. */
+  preview_shape?: number[];
 }
 
 /**

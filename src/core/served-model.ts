@@ -2,7 +2,9 @@ import path from 'node:path';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { InstanceGroup, ModelConfig, QueuePolicy } from '../repository/model-config-types.js';
-import { RequestScheduler, type QueuePolicyLimits, type SchedulerPolicy } from '../scheduler/index.js';
+import {
+  RequestScheduler, type QueuePolicyLimits, type RequestProgress, type SchedulerPolicy,
+} from '../scheduler/index.js';
 import { ModelInstance, type BackendStartOptions } from './model-instance.js';
 import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
 import type { InferRequest, InferResponse, ModelState, ProgressCallback } from './types.js';
@@ -185,14 +187,14 @@ export class ServedModel {
 let nextRequestNumber = 1;
 
 /** Turns step reports into progress with the elapsed time and an estimate of the time left. */
-function progressReporter(onProgress: ProgressCallback): (step: number, steps: number) => void {
+function progressReporter(onProgress: ProgressCallback): RequestProgress {
   let firstReport: number | undefined;
-  return (step, steps) => {
+  return (step, steps, preview) => {
     const now = Date.now();
     firstReport ??= now;
     const elapsed = now - firstReport;
     const eta = step > 0 ? Math.round((elapsed / step) * (steps - step)) : 0;
-    onProgress({ step, steps, elapsed_ms: elapsed, eta_ms: eta });
+    onProgress({ step, steps, elapsed_ms: elapsed, eta_ms: eta, ...(preview && { preview }) });
   };
 }
 

@@ -82,12 +82,20 @@ export interface ModelStatus {
   reason: string;
 }
 
+/** A small uint8 [H, W, 3] picture of a request's image so far. */
+export interface ImagePreview {
+  shape: number[];
+  data: Buffer;
+}
+
 /** How far a running request is: denoising step `step` of `steps`, and the time left at this pace. */
 export interface InferProgress {
   step: number;
   steps: number;
   elapsed_ms: number;
   eta_ms: number;
+  /** Present on the steps the request asked previews for (request parameter `preview`). */
+  preview?: ImagePreview;
 }
 
 export type ProgressCallback = (progress: InferProgress) => void;

@@ -1,5 +1,5 @@
 import { SdserveError, toSdserveError } from '../errors.js';
-import type { InferRequest, InferResponse } from '../core/types.js';
+import type { ImagePreview, InferRequest, InferResponse } from '../core/types.js';
 import { PriorityQueues } from './priority-queues.js';
 
 /** Anything that runs requests: a backend instance. */
@@ -14,8 +14,11 @@ export interface BatchExecutor {
   cancel(requestIds: string[]): void;
 }
 
+/** One request's progress: step `step` of `steps`, with a preview image on some steps. */
+export type RequestProgress = (step: number, steps: number, preview?: ImagePreview) => void;
+
 /** A backend's report that request `requestIndex` of an execution reached `step` of `steps`. */
-export type StepListener = (requestIndex: number, step: number, steps: number) => void;
+export type StepListener = (requestIndex: number, step: number, steps: number, preview?: ImagePreview) => void;
 
 export interface QueuePolicyLimits {
   timeoutAction: 'REJECT' | 'DELAY';
@@ -51,7 +54,7 @@ export interface EnqueueOptions {
   /** Queue timeout in microseconds, honoured where the policy allows overrides. */
   timeoutUs?: number;
   signal?: AbortSignal;
-  onProgress?: (step: number, steps: number) => void;
+  onProgress?: RequestProgress;
 }
 
 /** A response with the time its request spent queued and in the backend. */
@@ -74,7 +77,7 @@ interface Entry {
   executor?: BatchExecutor;
   signal?: AbortSignal;
   onAbort?: () => void;
-  onProgress?: (step: number, steps: number) => void;
+  onProgress?: RequestProgress;
   timeoutTimer?: NodeJS.Timeout;
   resolve(result: ScheduledResponse): void;
   reject(error: SdserveError): void;
@@ -268,7 +271,7 @@ export class RequestScheduler {
     let results: Array<InferResponse | SdserveError>;
     try {
       results = await executor.execute(batch.map((entry) => entry.request),
-        (index, step, steps) => batch[index]?.onProgress?.(step, steps));
+        (index, step, steps, preview) => batch[index]?.onProgress?.(step, steps, preview));
     } catch (err) {
       const error = toSdserveError(err, 'SDS_ERR_BACKEND');
       results = batch.map(() => error);
@@ -283,7 +286,7 @@ export class RequestScheduler {
     const startNs = this.start(executor, [entry]);
     let result: InferResponse | SdserveError;
     try {
-      [result] = await Promise.all(executor.executeEach([entry.request], (_, step, steps) => entry.onProgress?.(step, steps)));
+      [result] = await Promise.all(executor.executeEach([entry.request], (_, step, steps, preview) => entry.onProgress?.(step, steps, preview)));
     } catch (err) {
       result = toSdserveError(err, 'SDS_ERR_BACKEND');
     }

@@ -37,6 +37,25 @@ describe('progress of a running text-to-image request', () => {
     assert.deepEqual([png.width, png.height], [128, 128]);
   });
 
+  test('generate_stream sends preview images on the steps asked for', async () => {
+    const response = await fetch(`${server.url}/v2/models/tiny_sd/generate_stream`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'a lighthouse', steps: 4, seed: 5, preview: 2 }),
+    });
+    const events = (await response.text()).split('\n\n').filter((e) => e.startsWith('data: '))
+      .map((e) => JSON.parse(e.slice('data: '.length)));
+    const progress = events.filter((e) => e.progress).map((e) => e.progress);
+    assert.deepEqual(progress.map((p) => [p.step, p.preview_png !== undefined]), [[1, false], [2, true], [3, false], [4, true]]);
+    const preview = PNG.sync.read(Buffer.from(progress[1].preview_png, 'base64'));
+    assert.deepEqual([preview.width, preview.height], [16, 16], 'a preview has the latents\' size');
+    const bad = await fetch(`${server.url}/v2/models/tiny_sd/generate`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', preview: 'often' }),
+    });
+    assert.equal(bad.status, 400);
+    assert.match((await bad.json() as any).error, /preview/);
+  });
+
   test('generate answers bad input with an error naming it', async () => {
     const response = await fetch(`${server.url}/v2/models/tiny_sd/generate`, {
       method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', steps: -2 }),
@@ -64,7 +83,7 @@ describe('progress of a running text-to-image request', () => {
     stream.write({
       model_name: 'tiny_sd', id: 'fox',
       inputs: [{ name: 'prompt', datatype: 'BYTES', shape: [1, 1] }], raw_input_contents: [prompt],
-      parameters: { steps: { int64_param: 2 }, stream_progress: { bool_param: true } },
+      parameters: { steps: { int64_param: 2 }, stream_progress: { bool_param: true }, preview: { int64_param: 2 } },
     });
     stream.end();
     await done;
@@ -74,6 +93,9 @@ describe('progress of a running text-to-image request', () => {
       assert.equal(message.infer_response.parameters.step.int64_param, i + 1);
       assert.equal(message.infer_response.parameters.steps.int64_param, 2);
     }
+    assert.deepEqual(messages[0].infer_response.outputs, []);
+    assert.deepEqual(messages[1].infer_response.outputs[0].shape, [1, 16, 16, 3]);
+    assert.equal(messages[1].infer_response.raw_output_contents[0].length, 16 * 16 * 3);
     const final = messages[2].infer_response;
     assert.equal(final.id, 'fox');
     assert.deepEqual(final.outputs[0].shape, [1, 128, 128, 3]);

@@ -64,7 +64,7 @@ def test_inference_request_accessors() -> None:
 
 def test_report_progress_hands_step_and_steps_to_the_sink() -> None:
     seen: list[tuple[str, object, object]] = []
-    request = pb_utils.InferenceRequest([], request_id="r", progress_sink=lambda r, s, n: seen.append((r.request_id(), s, n)))
+    request = pb_utils.InferenceRequest([], request_id="r", progress_sink=lambda r, s, n, _preview: seen.append((r.request_id(), s, n)))
     request.report_progress(3, 20)
     pb_utils.InferenceRequest([]).report_progress(1, 2)
     assert seen == [("r", 3, 20)]

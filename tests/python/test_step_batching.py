@@ -219,7 +219,7 @@ class Connected:
         prompt_tensor = pb_utils.Tensor("prompt", np.array([[prompt.encode()]], dtype=np.object_))
         self.request = pb_utils.InferenceRequest(
             [prompt_tensor], request_id=prompt, parameters=parameters,
-            progress_sink=lambda _request, step, steps: self.progress.append((int(step), int(steps))),
+            progress_sink=lambda _request, step, steps, _preview: self.progress.append((int(step), int(steps))),
             response_sink=self._on_response,
         )
 

@@ -69,8 +69,10 @@ class InFlight:
     settings: GenerationSettings
     state: DenoisingState
     on_done: Callable[[Outcome], None]
-    on_step: Callable[[int, int], None] | None
+    on_step: Callable[..., None] | None
     is_cancelled: Callable[[], bool]
+    # Send a preview image with every `preview_every`-th step's progress (0: never).
+    preview_every: int = 0
     # The last step told to `on_step`.
     reported: int = 0
 
@@ -110,14 +112,17 @@ class StepBatcher:
         request: GenerationRequest,
         settings: GenerationSettings,
         on_done: Callable[[Outcome], None],
-        on_step: Callable[[int, int], None] | None = None,
+        on_step: Callable[..., None] | None = None,
         is_cancelled: Callable[[], bool] = lambda: False,
+        preview_every: int = 0,
     ) -> int:
         """Prepare `request` on this thread and queue it for the engine; returns its key.
 
         Raises ValueError (naming the argument) for a request this model cannot run; otherwise
         `on_done` is called exactly once, from a batcher thread, with the images or the error.
-        `on_step(step, steps)` reports progress in the request's own steps (1-based).
+        `on_step(step, steps)` reports progress in the request's own steps (1-based); every
+        `preview_every`-th step (and the last) it gets a third argument, a callable returning a
+        rough preview image (see `_preview`).
         """
         # 1. Check inputs
         self.pipeline.check_inputs([request], settings)
@@ -129,7 +134,7 @@ class StepBatcher:
         noise = self.pipeline.prepare_latents([request], settings, scheduler)
         state = self.pipeline.start_denoising(embeddings, noise, settings, scheduler)
         # 4. Queue it for the engine
-        item = InFlight(next(self._keys), request, settings, state, on_done, on_step, is_cancelled)
+        item = InFlight(next(self._keys), request, settings, state, on_done, on_step, is_cancelled, preview_every)
         with self._wake:
             if self._closing:
                 raise RuntimeError("the step batcher is closed")
@@ -200,7 +205,11 @@ class StepBatcher:
                 step = item.state.step_index * item.settings.steps // len(item.state.timesteps)
                 if item.on_step is not None and step > item.reported:
                     item.reported = step
-                    _call_safely(item.on_step, step, item.settings.steps)
+                    every, steps = item.preview_every, item.settings.steps
+                    if every and (step % every == 0 or step == steps):
+                        _call_safely(item.on_step, step, steps, _preview(item.state.latents))
+                    else:
+                        _call_safely(item.on_step, step, steps)
             # 5. Requests done with their steps leave, to be decoded while the others go on
             finished = [item for item in self._running if item.state.done]
             if finished:
@@ -267,6 +276,27 @@ class StepBatcher:
                 # Drop the latents and conditioning now: the answer may be sent long after.
                 item.state.latents = torch.empty(0)
                 _call_safely(item.on_done, outcome)
+
+
+def _preview(latents: torch.Tensor) -> Callable[[], np.ndarray]:
+    """A rough picture of the first image's latents, at latent resolution: their first three
+    channels, each stretched to 0..255. Costs a few small kernels and an asynchronous copy; the
+    returned callable waits for the copy (the writer thread calls it, not the engine)."""
+    channels = latents[0, :3].float()
+    low = channels.amin(dim=(1, 2), keepdim=True)
+    high = channels.amax(dim=(1, 2), keepdim=True)
+    rgb = ((channels - low) / (high - low).clamp_min(1e-6) * 255).round().to(torch.uint8).permute(1, 2, 0)
+    host = rgb.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event() if rgb.is_cuda else None
+    if copied is not None:
+        copied.record()
+
+    def ready() -> np.ndarray:
+        if copied is not None:
+            copied.synchronize()
+        return host.numpy()
+
+    return ready
 
 
 def _call_safely(callback: Callable[..., None], *args: object) -> None:

@@ -16,14 +16,17 @@ import type { WireModelInferRequest, WireModelStreamInferResponse } from './wire
 
 /**
  * With the request parameter `stream_progress: true`, a request also gets a response per
- * denoising step before its final one: no outputs, parameters `sdserve_progress: true`, `step`,
- * `steps`, `elapsed_ms` and `eta_ms`.
+ * denoising step before its final one: parameters `sdserve_progress: true`, `step`, `steps`,
+ * `elapsed_ms` and `eta_ms`, and on the steps it asked previews for (`preview`), an output
+ * `preview` (UINT8 [1, H, W, 3]).
  */
 function progressWriter(wire: WireModelInferRequest, write: (message: WireModelStreamInferResponse) => void): ProgressCallback {
-  return (progress) => write({
+  return ({ preview, ...progress }) => write({
     error_message: '',
     infer_response: {
-      model_name: wire.model_name, model_version: wire.model_version, id: wire.id, outputs: [], raw_output_contents: [],
+      model_name: wire.model_name, model_version: wire.model_version, id: wire.id,
+      outputs: preview ? [{ name: 'preview', datatype: 'UINT8', shape: [1, ...preview.shape], parameters: {} }] : [],
+      raw_output_contents: preview ? [preview.data] : [],
       parameters: encodeParameters({ sdserve_progress: true, ...progress }),
     },
   });

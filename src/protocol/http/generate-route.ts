@@ -4,7 +4,8 @@
  * string, or a list of them, for a batch), `parameters` and every other key are request
  * parameters. The response names each output: images (UINT8 [B,H,W,3|4]) as base64 PNGs, other
  * tensors as flat lists. `generate_stream` answers with server-sent events: one
- * `{"progress": {...}}` per denoising step, then the response, or `{"error": "..."}`.
+ * `{"progress": {...}}` per denoising step (with `preview_png` on the steps the request asked
+ * previews for, parameter `preview`), then the response, or `{"error": "..."}`.
  */
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
@@ -70,7 +71,10 @@ export function registerGenerateRoutes(app: FastifyInstance, core: InferenceCore
         reply.hijack();
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
         try {
-          const response = await core.infer(inferRequest, disconnectSignal(reply), (progress) => sendEvent(reply, { progress }));
+          const response = await core.infer(inferRequest, disconnectSignal(reply), ({ preview, ...progress }) => {
+            const png = preview && encodePngImages({ name: 'preview', datatype: 'UINT8', shape: [1, ...preview.shape], data: preview.data })[0];
+            sendEvent(reply, { progress: png ? { ...progress, preview_png: png.toString('base64') } : progress });
+          });
           sendEvent(reply, toGenerateResponse(response));
         } catch (err) {
           sendEvent(reply, { error: toSdserveError(err).message });

@@ -111,8 +111,9 @@ class TritonPythonModel:
             on_done(job)
             return answer
         try:
-            batcher.submit(job.request, job.settings, on_done,
-                           on_step=request.report_progress, is_cancelled=request.is_cancelled)
+            preview_every = model_settings.read_preview_every(request.parameters())
+            batcher.submit(job.request, job.settings, on_done, on_step=request.report_progress,
+                           is_cancelled=request.is_cancelled, preview_every=preview_every)
         except Exception as error:  # noqa: BLE001 - answer this request; the others still run
             if not isinstance(error, ValueError):
                 pb_utils.Logger.log_error(f"preparing request {request.request_id()!r} failed: {error!r}")

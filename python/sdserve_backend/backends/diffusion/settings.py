@@ -98,6 +98,19 @@ def read_request_overrides(parameters_json: str, defaults: ModelDefaults) -> tup
     return settings, chosen
 
 
+def read_preview_every(parameters_json: str) -> int:
+    """The request parameter `preview`: a preview image every N steps (true: every 5; absent,
+    false or 0: none)."""
+    value = json.loads(parameters_json or "{}").get("preview", 0)
+    if value is True:
+        return 5
+    if value is False or value is None:
+        return 0
+    if isinstance(value, int) and value >= 0:
+        return value
+    raise ValueError(f"parameter 'preview' must be true, false or a non-negative number of steps, got {value!r}")
+
+
 def resolve_weights(version_dir: Path, weights: str, version: str) -> Path:
     """Where the weights are: `weights` relative to the version folder (or absolute), else the
     version folder itself when it is a diffusers folder, else `<version>-pytorch_model` in it,
