@@ -52,12 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     model_config = json.loads(args.model_config or "{}")
     parameters = model_settings.config_parameters(model_config)
     version_dir = args.model_dir / str(args.version)
-    version = parameters.get("version", "").strip()
-    weights = model_settings.resolve_weights(version_dir, parameters.get("weights", "").strip(), version)
-    weights_config = parameters.get("weights_config", "").strip()
-    config_dir = None
-    if weights_config:
-        config_dir = Path(weights_config) if Path(weights_config).is_absolute() else version_dir / weights_config
+    weights, config_dir = model_settings.locate_weights(version_dir, parameters)
     max_batch_size = max(1, int(model_config.get("max_batch_size", 1) or 1))
 
     # 2. Load the weights

@@ -46,11 +46,7 @@ class TritonPythonModel:
         version = parameters.get("version", "").strip()
 
         # 2. Find the weights and choose the device
-        weights = model_settings.resolve_weights(version_dir, parameters.get("weights", "").strip(), version)
-        weights_config = parameters.get("weights_config", "").strip()
-        config_dir = None
-        if weights_config:
-            config_dir = Path(weights_config) if Path(weights_config).is_absolute() else version_dir / weights_config
+        weights, config_dir = model_settings.locate_weights(version_dir, parameters)
         device_id = int(args.get("model_instance_device_id", "0") or 0)
         placement = choose_placement(args.get("model_instance_kind", "GPU"), device_id)
         if placement.warning is not None:

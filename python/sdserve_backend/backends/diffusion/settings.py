@@ -111,6 +111,16 @@ def read_preview_every(parameters_json: str) -> int:
     raise ValueError(f"parameter 'preview' must be true, false or a non-negative number of steps, got {value!r}")
 
 
+def locate_weights(version_dir: Path, parameters: dict[str, str]) -> tuple[Path, Path | None]:
+    """The weights (`weights` parameter, see `resolve_weights`) and the local config folder a
+    single-file checkpoint needs (`weights_config`, relative to the version folder), if any."""
+    weights = resolve_weights(version_dir, parameters.get("weights", "").strip(), parameters.get("version", "").strip())
+    weights_config = parameters.get("weights_config", "").strip()
+    if not weights_config:
+        return weights, None
+    return weights, Path(weights_config) if Path(weights_config).is_absolute() else version_dir / weights_config
+
+
 def resolve_weights(version_dir: Path, weights: str, version: str) -> Path:
     """Where the weights are: `weights` relative to the version folder (or absolute), else the
     version folder itself when it is a diffusers folder, else `<version>-pytorch_model` in it,
