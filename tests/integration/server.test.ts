@@ -156,6 +156,26 @@ describe('sdserve serve on the built-in tiny model', () => {
     }
   });
 
+  test('a client that goes away cancels only its own request, even when another uses the same id', async () => {
+    const body = (steps: number) => JSON.stringify({
+      id: 'same', inputs: [{ name: 'prompt', datatype: 'BYTES', shape: [1, 1], data: ['twin'] }],
+      parameters: { steps, width: 64, height: 64 },
+    });
+    const leaving = new AbortController();
+    const firstRunning = server.waitForLog(/executing 1 request/);
+    const abandoned = fetch(`${server.url}/v2/models/tiny_sd/infer`, { method: 'POST', body: body(300), signal: leaving.signal })
+      .catch((err: Error) => err);
+    await firstRunning;
+    const secondRunning = server.waitForLog(/executing 1 request/);
+    const kept = fetch(`${server.url}/v2/models/tiny_sd/infer`, { method: 'POST', body: body(60) });
+    await secondRunning;
+    leaving.abort();
+    assert.ok(await abandoned instanceof Error);
+    const response = await kept;
+    assert.equal(response.status, 200, await response.clone().text());
+    assert.equal((await response.json() as any).id, 'same');
+  });
+
   test('a killed backend fails its in-flight request with a clear error, then comes back', async () => {
     const executing = server.waitForLog(/executing 1 request/);
     const inFlight = postJson(`${server.url}/v2/models/tiny_sd/infer`, {
