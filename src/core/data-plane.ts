@@ -9,7 +9,9 @@ import type {
 
 export const SERVER_NAME = 'sdserve';
 export const SERVER_VERSION = '0.1.0';
-const EXTENSIONS = ['classification', 'model_repository', 'model_configuration', 'binary_tensor_data', 'parameters'];
+const EXTENSIONS = [
+  'binary_tensor_data', 'model_repository', 'model_configuration', 'statistics', 'parameters', 'generate',
+];
 
 /** The protocol logic shared by the HTTP and gRPC front ends. */
 export class DataPlane implements InferenceCore {

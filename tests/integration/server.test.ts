@@ -65,6 +65,9 @@ describe('sdserve serve on the built-in tiny model', () => {
     assert.equal(config.parameters.image_height.string_value, '128');
     const server_ = await (await fetch(`${server.url}/v2`)).json() as any;
     assert.equal(server_.name, 'sdserve');
+    for (const extension of ['binary_tensor_data', 'model_repository', 'statistics', 'generate']) {
+      assert.ok(server_.extensions.includes(extension), `extension ${extension}`);
+    }
   });
 
   test('JSON infer returns a uint8 image of the configured size', async () => {
