@@ -4,6 +4,7 @@
  * carries the requested outputs as raw bytes after its JSON header.
  * Spec: Triton server docs, protocol/extension_binary_data.md.
  */
+import { joinBytesElements, splitBytesElements } from '../protocol/binary-tensor.js';
 import type {
   InferRequest, InferResponse, KServeDatatype, Parameters, Tensor,
 } from '../core/types.js';
@@ -38,29 +39,14 @@ interface WireResponseHeader {
 
 /** Packs strings as a BYTES tensor body: each element is a 4-byte little-endian length, then its bytes. */
 export function encodeBytesElements(elements: readonly string[]): Buffer {
-  const parts: Buffer[] = [];
-  for (const element of elements) {
-    const bytes = Buffer.from(element, 'utf8');
-    const length = Buffer.alloc(4);
-    length.writeUInt32LE(bytes.length);
-    parts.push(length, bytes);
-  }
-  return Buffer.concat(parts);
+  return joinBytesElements(elements.map((element) => Buffer.from(element, 'utf8')));
 }
 
 /** Reverse of `encodeBytesElements`. */
 export function decodeBytesElements(data: Buffer): string[] {
-  const elements: string[] = [];
-  let offset = 0;
-  while (offset < data.length) {
-    if (offset + 4 > data.length) throw new RangeError('BYTES tensor: truncated element length');
-    const length = data.readUInt32LE(offset);
-    offset += 4;
-    if (offset + length > data.length) throw new RangeError('BYTES tensor: truncated element');
-    elements.push(data.toString('utf8', offset, offset + length));
-    offset += length;
-  }
-  return elements;
+  const elements = splitBytesElements(data);
+  if (elements === undefined) throw new RangeError('BYTES tensor: truncated element');
+  return elements.map((element) => element.toString('utf8'));
 }
 
 /** Builds the binary-extension request body; returns it with the JSON header's byte length. */

@@ -60,21 +60,17 @@ function registerGpuMemory(registry: Registry): void {
     reading ??= readGpuMemory().finally(() => { setImmediate(() => { reading = undefined; }); });
     return reading;
   };
-  const labels = (gpu: GpuMemory) => ({ gpu: gpu.index, gpu_uuid: gpu.uuid });
-  new Gauge({
-    name: 'sdserve_gpu_memory_used_bytes', help: 'GPU memory in use, per GPU',
-    labelNames: ['gpu', 'gpu_uuid'], registers: [registry],
-    async collect() {
-      this.reset();
-      for (const gpu of await shared()) this.set(labels(gpu), gpu.usedBytes);
-    },
-  });
-  new Gauge({
-    name: 'sdserve_gpu_memory_total_bytes', help: 'GPU memory in total, per GPU',
-    labelNames: ['gpu', 'gpu_uuid'], registers: [registry],
-    async collect() {
-      this.reset();
-      for (const gpu of await shared()) this.set(labels(gpu), gpu.totalBytes);
-    },
-  });
+  const gauges: Array<[name: string, help: string, read: (gpu: GpuMemory) => number]> = [
+    ['sdserve_gpu_memory_used_bytes', 'GPU memory in use, per GPU', (gpu) => gpu.usedBytes],
+    ['sdserve_gpu_memory_total_bytes', 'GPU memory in total, per GPU', (gpu) => gpu.totalBytes],
+  ];
+  for (const [name, help, read] of gauges) {
+    new Gauge({
+      name, help, labelNames: ['gpu', 'gpu_uuid'], registers: [registry],
+      async collect() {
+        this.reset();
+        for (const gpu of await shared()) this.set({ gpu: gpu.index, gpu_uuid: gpu.uuid }, read(gpu));
+      },
+    });
+  }
 }

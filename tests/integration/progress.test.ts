@@ -3,6 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import { credentials, type Client, type ClientDuplexStream } from '@grpc/grpc-js';
 import { PNG } from 'pngjs';
 import { loadInferenceService } from '../../src/protocol/grpc/index.js';
+import { bytesTensor } from './support/binary-infer.js';
 import { makeRepository, startServerProcess, type ServerProcess } from './support/server-process.js';
 
 describe('progress of a running text-to-image request', () => {
@@ -71,9 +72,7 @@ describe('progress of a running text-to-image request', () => {
     const client = new Service(grpcLine[1], credentials.createInsecure()) as unknown as Client & Record<string, () => ClientDuplexStream<object, any>>;
     t.after(() => client.close());
     const stream = client.ModelStreamInfer();
-    const prompt = Buffer.alloc(4 + 5);
-    prompt.writeUInt32LE(5);
-    prompt.write('a fox', 4);
+    const prompt = bytesTensor(['a fox']);
     const messages: any[] = [];
     const done = new Promise<void>((resolve, reject) => {
       stream.on('data', (message: any) => messages.push(message));

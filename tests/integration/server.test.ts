@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import jpeg from 'jpeg-js';
+import { bytesTensor } from './support/binary-infer.js';
 import { makeRepository, SDSERVE_BIN, startServerProcess, type ServerProcess } from './support/server-process.js';
 
 const BROKEN_CONFIG = `backend: "diffusion"
@@ -12,15 +13,6 @@ max_batch_size: 1
 input [ { name: "prompt" data_type: TYPE_STRIN dims: [1] } ]
 `;
 const NO_WEIGHTS_CONFIG = readFileSync(path.join('model_repository', 'stable_diffusion_1_5', 'config.pbtxt'), 'utf8');
-
-function bytesTensor(values: string[]): Buffer {
-  return Buffer.concat(values.flatMap((v) => {
-    const data = Buffer.from(v, 'utf8');
-    const length = Buffer.alloc(4);
-    length.writeUInt32LE(data.length);
-    return [length, data];
-  }));
-}
 
 async function postJson(url: string, body: unknown): Promise<{ status: number; json: any }> {
   const response = await fetch(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });

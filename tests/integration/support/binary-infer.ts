@@ -1,12 +1,8 @@
 /** A minimal text-to-image client over Triton's binary tensor data extension, for tests. */
+import { joinBytesElements } from '../../../src/protocol/binary-tensor.js';
 
 export function bytesTensor(values: string[]): Buffer {
-  return Buffer.concat(values.flatMap((v) => {
-    const data = Buffer.from(v, 'utf8');
-    const length = Buffer.alloc(4);
-    length.writeUInt32LE(data.length);
-    return [length, data];
-  }));
+  return joinBytesElements(values.map((v) => Buffer.from(v, 'utf8')));
 }
 
 export interface ImageResult {
