@@ -3,6 +3,7 @@
  * commander's `InvalidArgumentError`, which commander reports with the option's name.
  */
 import { InvalidArgumentError } from 'commander';
+import type { StepsOption } from './client-workload.js';
 
 export function parsePositiveInteger(value: string): number {
   const parsed = parseInteger(value);
@@ -22,6 +23,25 @@ export function parseNonNegativeNumber(value: string): number {
     throw new InvalidArgumentError(`expected a number >= 0, got '${value}'.`);
   }
   return parsed;
+}
+
+export function parsePositiveNumber(value: string): number {
+  const parsed = value.trim() === '' ? NaN : Number(value);
+  if (!Number.isFinite(parsed) || parsed <= 0) {
+    throw new InvalidArgumentError(`expected a number > 0, got '${value}'.`);
+  }
+  return parsed;
+}
+
+/** `N` (every request) or `MIN-MAX` (each request draws uniformly from the range). */
+export function parseSteps(value: string): StepsOption {
+  const range = /^\s*(\d+)\s*-\s*(\d+)\s*$/.exec(value);
+  if (range === null) return parsePositiveInteger(value);
+  const [min, max] = [Number(range[1]), Number(range[2])];
+  if (min < 1 || max < min) {
+    throw new InvalidArgumentError(`expected MIN-MAX with 1 <= MIN <= MAX, got '${value}'.`);
+  }
+  return { min, max };
 }
 
 /**

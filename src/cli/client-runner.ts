@@ -3,7 +3,8 @@
  * requests of B prompts, optionally save the images, and the run reports throughput and latency
  * in the Triton Stable Diffusion tutorial client's format.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
@@ -17,6 +18,9 @@ import {
 } from './client-report.js';
 import { mean, summarizeLatencies, type LatencyStats } from './client-stats.js';
 import type { RgbImage } from './image-file.js';
+import {
+  poissonSendTimes, seededRandom, stepsPicker, type StepsOption,
+} from './client-workload.js';
 
 export const DEFAULT_MODEL = 'tiny_sd';
 export const DEFAULT_PROMPT = 'a watercolor painting of a lighthouse on a rocky coast at sunset';
@@ -27,15 +31,22 @@ export interface ClientOptions {
   model?: string;
   prompt?: string;
   negativePrompt?: string;
-  /** Concurrent clients; each sends its requests one after another. */
+  /** Concurrent clients; each sends its requests one after another (closed loop). */
   clients?: number;
+  /** Requests sent by each client. */
   requests?: number;
+  /**
+   * Open loop: requests leave as a Poisson process of this many requests per second in total
+   * (each client a stream of `requestRate / clients`), whether or not earlier ones were answered.
+   */
+  requestRate?: number;
   staticBatchSize?: number;
   saveImage?: boolean;
   outputDir?: string;
   /** `host:port` or an `http(s)://` base URL. */
   url?: string;
-  steps?: number;
+  /** One step count, or a range each request draws from (seeded by `seed`). */
+  steps?: StepsOption;
   seed?: number;
   guidanceScale?: number;
   scheduler?: string;
@@ -43,6 +54,8 @@ export interface ClientOptions {
   height?: number;
   /** Progress bars on stderr; drawn only when stderr is a TTY. */
   progress?: boolean;
+  /** Also write the summary (throughput, latency percentiles, counts) as JSON to this file. */
+  summaryJson?: string;
   stdout?: NodeJS.WritableStream;
   stderr?: ProgressTarget;
 }
@@ -74,7 +87,10 @@ export interface ClientSummary {
 
 interface ResolvedRun {
   baseUrl: string;
-  request: InferRequest;
+  /** The request each client sends, by client then by request index. */
+  plan: InferRequest[][];
+  /** Open loop: when each client sends each request, in seconds from the start. */
+  sendTimes: number[][] | undefined;
   clients: number;
   requests: number;
   batchSize: number;
@@ -94,7 +110,13 @@ export async function runClient(options: ClientOptions = {}): Promise<ClientSumm
   const requests = options.requests ?? 1;
   const batchSize = options.staticBatchSize ?? 1;
   const baseUrl = parseServerUrl(options.url ?? DEFAULT_URL);
-  const request = buildInferRequest(options, batchSize);
+  const random = seededRandom(options.seed ?? 0);
+  const pickSteps = stepsPicker(options.steps, random);
+  const plan = Array.from({ length: clients }, () => Array.from({ length: requests }, () =>
+    buildInferRequest({ ...options, steps: pickSteps() }, batchSize)));
+  const rate = options.requestRate;
+  const sendTimes = rate === undefined ? undefined
+    : Array.from({ length: clients }, () => poissonSendTimes(requests, rate / clients, random));
   let imageSaving: ResolvedRun['imageSaving'];
   if (options.saveImage) {
     const outputDir = options.outputDir ?? '.';
@@ -105,7 +127,7 @@ export async function runClient(options: ClientOptions = {}): Promise<ClientSumm
   const progress = createClientProgress({
     enabled: options.progress ?? true, stream: stderr, clients, requestsPerClient: requests,
   });
-  const run: ResolvedRun = { baseUrl, request, clients, requests, batchSize, imageSaving, progress };
+  const run: ResolvedRun = { baseUrl, plan, sendTimes, clients, requests, batchSize, imageSaving, progress };
 
   // 2. Run the clients concurrently.
   let results: ClientResult[];
@@ -129,11 +151,32 @@ export async function runClient(options: ClientOptions = {}): Promise<ClientSumm
     formatLatencyLine(summary.latency),
   ];
   stdout.write(`${lines.join('\n')}\n`);
+  if (options.summaryJson !== undefined) {
+    await writeFile(options.summaryJson, `${JSON.stringify(summaryRecord(summary, options), null, 2)}\n`);
+  }
   return summary;
 }
 
-/** The request sent by every client: B copies of the prompt plus any generation parameters given. */
-export function buildInferRequest(options: ClientOptions, batchSize: number): InferRequest {
+/** The machine-readable summary written by `summaryJson`: the run's settings and its figures. */
+function summaryRecord(summary: ClientSummary, options: ClientOptions): Record<string, unknown> {
+  return {
+    model: options.model ?? DEFAULT_MODEL,
+    clients: summary.clients.length,
+    request_rate: options.requestRate ?? null,
+    steps: options.steps ?? null,
+    requests: summary.requests,
+    succeeded: summary.succeeded,
+    failed: summary.failed,
+    elapsed_seconds: summary.elapsedSeconds,
+    throughput: summary.throughput,
+    latency_seconds: summary.latency,
+  };
+}
+
+/** One request: B copies of the prompt plus any generation parameters given. */
+export function buildInferRequest(
+  options: Omit<ClientOptions, 'steps'> & { steps?: number }, batchSize: number,
+): InferRequest {
   const promptTensor = (name: string, text: string): Tensor => ({
     name,
     datatype: 'BYTES',
@@ -165,14 +208,14 @@ export function buildInferRequest(options: ClientOptions, batchSize: number): In
 }
 
 async function runOneClient(run: ResolvedRun, client: number): Promise<ClientResult> {
-  const latenciesSeconds: number[] = [];
+  const latencies: (number | undefined)[] = new Array<number | undefined>(run.requests);
   const savedImages: string[] = [];
   let failed = 0;
   const start = performance.now();
-  for (let request = 0; request < run.requests; request += 1) {
+  const sendOne = async (request: number): Promise<void> => {
     const sentAt = performance.now();
     try {
-      const response = await inferOverHttp(run.baseUrl, run.request);
+      const response = await inferOverHttp(run.baseUrl, run.plan[client][request]);
       const images = imagesFromResponse(response, run.batchSize);
       // Saving stays out of the latency but inside the client's elapsed time, as in the
       // tutorial client.
@@ -180,15 +223,28 @@ async function runOneClient(run: ResolvedRun, client: number): Promise<ClientRes
       if (run.imageSaving !== undefined) {
         savedImages.push(...await saveImages(run.imageSaving, client, request, images));
       }
-      latenciesSeconds.push(latencySeconds);
+      latencies[request] = latencySeconds;
       run.progress.advance(client, false);
     } catch (error) {
       failed += 1;
       run.progress.log(formatFailureLine(client, request, error));
       run.progress.advance(client, true);
     }
+  };
+  const sendTimes = run.sendTimes?.[client];
+  if (sendTimes === undefined) {
+    for (let request = 0; request < run.requests; request += 1) await sendOne(request);
+  } else {
+    const pending: Promise<void>[] = [];
+    for (const [request, sendAt] of sendTimes.entries()) {
+      const wait = start + sendAt * 1000 - performance.now();
+      if (wait > 0) await sleep(wait);
+      pending.push(sendOne(request));
+    }
+    await Promise.all(pending);
   }
   const elapsedSeconds = (performance.now() - start) / 1000;
+  const latenciesSeconds = latencies.filter((latency): latency is number => latency !== undefined);
   return {
     client,
     succeeded: latenciesSeconds.length,

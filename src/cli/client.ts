@@ -4,7 +4,8 @@
  */
 import { Command, Option } from 'commander';
 import {
-  parseNonNegativeInteger, parseNonNegativeNumber, parsePositiveInteger, parseServerUrl,
+  parseNonNegativeInteger, parseNonNegativeNumber, parsePositiveInteger, parsePositiveNumber,
+  parseServerUrl, parseSteps,
 } from './client-options.js';
 import {
   DEFAULT_MODEL, DEFAULT_PROMPT, DEFAULT_URL, runClient, type ClientOptions,
@@ -26,18 +27,22 @@ export function registerClientCommand(program: Command): void {
     .option('--negative-prompt <text>', 'negative prompt sent in every request')
     .option('--clients <n>', 'concurrent clients', parsePositiveInteger, 1)
     .option('--requests <n>', 'requests sent by each client', parsePositiveInteger, 1)
+    .option('--request-rate <r>',
+      'open loop: send requests as Poisson arrivals at r requests/s in total, without waiting for answers',
+      parsePositiveNumber)
     .option('--static-batch-size <n>', 'prompts per request', parsePositiveInteger, 1)
     .option('--save-image', 'save every image as client_{i}_generated_image_{j}[_{k}].jpg', false)
     .option('--output-dir <dir>', 'folder for saved images', '.')
     .addOption(new Option('--url <host:port>', 'server address (host:port or http(s) URL)')
       .default(DEFAULT_URL).argParser(parseServerUrl))
-    .option('--steps <n>', 'denoising steps', parsePositiveInteger)
+    .option('--steps <n|min-max>', 'denoising steps, or a range each request draws from uniformly', parseSteps)
     .option('--seed <n>', 'random seed', parseNonNegativeInteger)
     .option('--guidance-scale <x>', 'classifier-free guidance scale', parseNonNegativeNumber)
     .option('--scheduler <name>', 'scheduler name')
     .option('--width <n>', 'image width in pixels', parsePositiveInteger)
     .option('--height <n>', 'image height in pixels', parsePositiveInteger)
     .option('--no-progress', 'do not draw progress bars')
+    .option('--summary-json <file>', 'also write the summary (throughput, latency percentiles) as JSON')
     .action(async (options: ClientOptions) => {
       const summary = await runClient(options);
       if (summary.failed > 0) process.exitCode = 1;

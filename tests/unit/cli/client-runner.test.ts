@@ -8,7 +8,7 @@ import jpeg from 'jpeg-js';
 import { decodeBytesElements } from '../../../src/cli/client-http.js';
 import { runClient, type ClientSummary } from '../../../src/cli/client.js';
 import {
-  BROKEN_MESSAGE, BROKEN_MODEL, IMAGE_HEIGHT, IMAGE_WIDTH, startFakeInferServer,
+  BROKEN_MESSAGE, BROKEN_MODEL, HELD_MODEL, IMAGE_HEIGHT, IMAGE_WIDTH, startFakeInferServer,
 } from './fake-infer-server.js';
 
 const FLOAT = String.raw`\d+(?:\.\d+)?(?:e-?\d+)?`;
@@ -174,4 +174,46 @@ test('runClient reports a refused connection with its system error code', async 
 
   assert.equal(summary.failed, 1);
   assert.match(stderr.text(), /^Client: 0 request 0 failed: ECONNREFUSED /);
+});
+
+test('runClient with a request rate sends without waiting for answers (open loop)', async (t) => {
+  const server = await startFakeInferServer();
+  t.after(() => server.close());
+  const running = runClient({
+    url: server.baseUrl, model: HELD_MODEL, clients: 2, requests: 3, requestRate: 200,
+    stdout: captureStream().stream, stderr: captureStream().stream,
+  });
+  // A closed-loop client would send one request per client and wait: six arrive only when open.
+  const deadline = Date.now() + 5000;
+  while (server.received.length < 6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(server.received.length, 6);
+  server.releaseHeld();
+  const summary = await running;
+  assertConsistent(summary, 2, 3);
+  assert.equal(summary.failed, 0);
+});
+
+test('runClient draws each request\'s steps from a range, the same way for the same seed, and writes a JSON summary', async (t) => {
+  const server = await startFakeInferServer();
+  t.after(() => server.close());
+  const dir = await tempDir(t);
+  const run = async (file: string) => {
+    server.received.length = 0;
+    await runClient({
+      url: server.baseUrl, requests: 40, steps: { min: 20, max: 50 }, seed: 5, summaryJson: join(dir, file),
+      stdout: captureStream().stream, stderr: captureStream().stream,
+    });
+    return server.received.map(({ header }) => header.parameters?.steps as number);
+  };
+  const first = await run('a.json');
+  assert.ok(first.every((steps) => Number.isInteger(steps) && steps >= 20 && steps <= 50));
+  assert.ok(new Set(first).size > 5, 'steps vary between requests');
+  assert.deepEqual(await run('b.json'), first);
+
+  const summary = JSON.parse(await readFile(join(dir, 'a.json'), 'utf8')) as Record<string, unknown>;
+  assert.equal(summary.requests, 40);
+  assert.equal(summary.succeeded, 40);
+  assert.deepEqual(summary.steps, { min: 20, max: 50 });
+  const latency = summary.latency_seconds as Record<string, number>;
+  assert.ok(latency.p50 > 0 && latency.p50 <= latency.p90 && latency.p90 <= latency.p99);
 });

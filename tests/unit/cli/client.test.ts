@@ -54,12 +54,25 @@ test('client options parse numbers, URLs and --no-progress', async () => {
   assert.equal(options.saveImage, true);
 });
 
+test('client options take a step range, a request rate and a summary file', async () => {
+  const { program, parsed } = programRecordingOptions();
+  await program.parseAsync([
+    'client', '--steps', '20-50', '--request-rate', '2.5', '--summary-json', 'run.json',
+  ], { from: 'user' });
+  const options = parsed();
+  assert.deepEqual(options.steps, { min: 20, max: 50 });
+  assert.equal(options.requestRate, 2.5);
+  assert.equal(options.summaryJson, 'run.json');
+});
+
 for (const [args, message] of [
   [['--clients', '0'], /--clients <n>' argument '0' is invalid\. expected an integer >= 1/],
   [['--requests', '2.5'], /--requests <n>' argument '2\.5' is invalid\. expected an integer/],
   [['--static-batch-size', 'two'], /--static-batch-size <n>' argument 'two' is invalid/],
   [['--seed', '-1'], /--seed <n>' argument '-1' is invalid\. expected an integer >= 0/],
   [['--guidance-scale', 'NaN'], /--guidance-scale <x>' argument 'NaN' is invalid\. expected a number >= 0/],
+  [['--steps', '50-20'], /--steps <n\|min-max>' argument '50-20' is invalid\. expected MIN-MAX with 1 <= MIN <= MAX/],
+  [['--request-rate', '0'], /--request-rate <r>' argument '0' is invalid\. expected a number > 0/],
   [['--url', 'ftp://host:21'], /--url <host:port>' argument 'ftp:\/\/host:21' is invalid\. expected an http or https URL/],
 ] as const) {
   test(`client rejects ${args.join(' ')} with a clear message`, async () => {

@@ -11,6 +11,8 @@ export const IMAGE_WIDTH = 24;
 export const BROKEN_MODEL = 'broken';
 export const BROKEN_MESSAGE = "model 'broken' is not ready";
 export const HTML_ERROR_MODEL = 'html_error';
+/** Requests for this model are answered only when `releaseHeld()` is called. */
+export const HELD_MODEL = 'held';
 
 export interface ReceivedTensor {
   name: string;
@@ -34,6 +36,8 @@ export interface ReceivedRequest {
 export interface FakeInferServer {
   baseUrl: string;
   received: ReceivedRequest[];
+  /** Answers every request of HELD_MODEL received so far, and later ones at once. */
+  releaseHeld(): void;
   close(): Promise<void>;
 }
 
@@ -53,6 +57,7 @@ export function expectedPixels(index: number): Buffer {
 
 export async function startFakeInferServer(): Promise<FakeInferServer> {
   const received: ReceivedRequest[] = [];
+  let held: (() => void)[] | undefined = [];
   const server = createServer(async (req, res) => {
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
@@ -78,6 +83,7 @@ export async function startFakeInferServer(): Promise<FakeInferServer> {
       res.end('<html>bad gateway</html>');
       return;
     }
+    if (model === HELD_MODEL && held !== undefined) await new Promise<void>((resolve) => held?.push(resolve));
     const batch = header.inputs[0].shape[0];
     const data = Buffer.concat(Array.from({ length: batch }, (_, index) => expectedPixels(index)));
     const json = Buffer.from(JSON.stringify({
@@ -101,6 +107,11 @@ export async function startFakeInferServer(): Promise<FakeInferServer> {
   return {
     baseUrl: `http://127.0.0.1:${port}`,
     received,
+    releaseHeld: () => {
+      const waiting = held ?? [];
+      held = undefined;
+      for (const release of waiting) release();
+    },
     close: () => new Promise<void>((resolve, reject) => {
       server.closeAllConnections();
       server.close((error) => (error ? reject(error) : resolve()));
