@@ -148,6 +148,30 @@ def test_a_cancelled_request_leaves_at_the_next_step_and_the_others_finish(sd_ru
     assert calls_with == {staying_key: 4, leaving_key: 2, never_key: 0}
 
 
+class EncoderFailingOn(TextToImagePipeline):
+    """The tiny pipeline, with a text encoder that fails on one prompt."""
+
+    FAILING_PROMPT = "the prompt that fails"
+
+    def encode_prompts(self, prompts, negative_prompts, classifier_free_guidance):  # type: ignore[no-untyped-def]
+        if self.FAILING_PROMPT in prompts:
+            raise RuntimeError("the text encoder failed")
+        return super().encode_prompts(prompts, negative_prompts, classifier_free_guidance)
+
+
+def test_a_request_whose_preparation_fails_gets_the_error_and_the_others_finish(
+    load_tiny_pipeline: PipelineLoader,
+) -> None:
+    """Requests are prepared by the engine when it admits them (submit only checks them)."""
+    for runner in make_runner(EncoderFailingOn(load_tiny_pipeline("sd").components)):
+        _, first = runner.submit(CAT, EULER)
+        _, failing = runner.submit(GenerationRequest([EncoderFailingOn.FAILING_PROMPT], seed=4), EULER)
+        _, last = runner.submit(GenerationRequest(["a dog"], seed=2), EULER)
+        with pytest.raises(RuntimeError, match="the text encoder failed"):
+            failing.result(TIMEOUT_S)
+        assert first.result(TIMEOUT_S).shape == last.result(TIMEOUT_S).shape == (1, 64, 64, 3)
+
+
 def test_sizes_never_mix_and_the_oldest_waiting_size_goes_next(sd_runner: Runner) -> None:
     wide = GenerationSettings(64, 96, 2, 7.5, "euler")
     square = GenerationSettings(64, 64, 2, 7.5, "euler")

@@ -5,14 +5,20 @@ Every request keeps what makes its image its own: its scheduler instance, step c
 scale, and seeded CPU generator. Only the UNet call is shared (`TextToImagePipeline.denoise_batch`),
 so a request's image does not depend on what else was in the batch.
 
-Threads: `submit` runs on the caller's thread (checks, prompt encoding, initial latents); one
-engine thread runs the denoising loop; one decoder thread turns finished latents into images, so
-the engine never waits on the host for a decode (`decode` ends with the copy to the host).
-Host syncs: the loop never waits on the step it just queued; it waits on the step STEPS_AHEAD
-before it, which bounds how far the host runs ahead of the GPU (see `_bound_lookahead`) while the
-GPU always has work queued. Cancellation and progress are host flags and counters; the schedulers that draw noise each step (euler_a, ddpm) copy their seeded CPU noise
-to the device, as they do outside the batcher. A request's one sync, copying its timesteps to
-the host (`start_denoising`), happens in `submit`, outside the loop.
+Threads: `submit` runs on the caller's thread and only checks the request (no GPU work); one
+engine thread prepares admitted requests (prompt encoding, initial latents) and runs the
+denoising loop; one decoder thread turns finished latents into images, so the engine never waits
+on the host for a decode (`decode` ends with the copy to the host).
+Host syncs: a request's preparation copies its inputs to the device and its timesteps back, and
+each of those copies waits for the work already queued on the GPU. Done on the caller's thread,
+that wait came once per request, one request after another (the backend's main thread submits
+them in turn), so a burst of requests was admitted a step's time apart; done by the engine
+thread when it admits them, the first wait drains the queue and the rest are immediate. In the
+loop, the engine never waits on the step it just queued; it waits on the step STEPS_AHEAD before
+it, which bounds how far the host runs ahead of the GPU (see `_bound_lookahead`) while the GPU
+always has work queued. Cancellation and progress are host flags and counters; the schedulers
+that draw noise each step (euler_a, ddpm) copy their seeded CPU noise to the device, as they do
+outside the batcher.
 """
 
 from __future__ import annotations
@@ -67,7 +73,6 @@ class InFlight:
     key: int
     request: GenerationRequest
     settings: GenerationSettings
-    state: DenoisingState
     on_done: Callable[[Outcome], None]
     on_step: Callable[..., None] | None
     is_cancelled: Callable[[], bool]
@@ -75,10 +80,17 @@ class InFlight:
     preview_every: int = 0
     # The last step told to `on_step`.
     reported: int = 0
+    # Set by the engine thread when it admits the request (`_prepare`).
+    state: DenoisingState | None = None
 
     @property
     def images(self) -> int:
         return len(self.request.prompts)
+
+    @property
+    def denoising(self) -> DenoisingState:
+        assert self.state is not None, "the engine prepares each request as it admits it"
+        return self.state
 
     @property
     def size(self) -> tuple[int, int]:
@@ -116,25 +128,17 @@ class StepBatcher:
         is_cancelled: Callable[[], bool] = lambda: False,
         preview_every: int = 0,
     ) -> int:
-        """Prepare `request` on this thread and queue it for the engine; returns its key.
+        """Check `request` on this thread and queue it for the engine; returns its key.
 
         Raises ValueError (naming the argument) for a request this model cannot run; otherwise
-        `on_done` is called exactly once, from a batcher thread, with the images or the error.
+        `on_done` is called exactly once, from a batcher thread, with the images or the error
+        (an error preparing it included).
         `on_step(step, steps)` reports progress in the request's own steps (1-based); every
         `preview_every`-th step (and the last) it gets a third argument, a callable returning a
         rough preview image (see `_preview`).
         """
-        # 1. Check inputs
         self.pipeline.check_inputs([request], settings)
-        # 2. Encode the prompts
-        guided = settings.uses_classifier_free_guidance
-        embeddings = self.pipeline.encode_prompts(request.prompts, request.negatives(), guided)
-        # 3. The request's own scheduler, and its latents from its own seed
-        scheduler = self.pipeline.make_scheduler(settings)
-        noise = self.pipeline.prepare_latents([request], settings, scheduler)
-        state = self.pipeline.start_denoising(embeddings, noise, settings, scheduler)
-        # 4. Queue it for the engine
-        item = InFlight(next(self._keys), request, settings, state, on_done, on_step, is_cancelled, preview_every)
+        item = InFlight(next(self._keys), request, settings, on_done, on_step, is_cancelled, preview_every)
         with self._wake:
             if self._closing:
                 raise RuntimeError("the step batcher is closed")
@@ -181,8 +185,14 @@ class StepBatcher:
                     self._wake.wait()
                 if self._closing and not self._waiting and not self._running:
                     return
-                leaving = self._admit()
-            # 2. Cancelled requests leave before the step
+                leaving, admitted = self._admit()
+            # 2. Prepare the admitted requests; cancelled ones leave before the step
+            for item in admitted:
+                try:
+                    item.state = self._prepare(item)
+                except Exception as error:  # noqa: BLE001 - answer this request; the others still run
+                    log.exception("preparing a request failed")
+                    self._leave([item], error)
             for item in self._running:
                 if item.is_cancelled():
                     leaving.append(item)
@@ -190,9 +200,10 @@ class StepBatcher:
             if not self._running:
                 continue
             # 3. One UNet call for the whole batch
-            record = StepRecord(self._running[0].size, tuple((i.key, i.state.step_index) for i in self._running))
+            states = [item.denoising for item in self._running]
+            record = StepRecord(self._running[0].size, tuple((item.key, item.denoising.step_index) for item in self._running))
             try:
-                self.pipeline.denoise_batch([item.state for item in self._running])
+                self.pipeline.denoise_batch(states)
             except Exception as error:  # noqa: BLE001 - a failed step fails its batch, not the engine
                 log.exception("a denoising step of %d request(s) failed", len(self._running))
                 self._leave(list(self._running), error)
@@ -202,18 +213,18 @@ class StepBatcher:
             self._bound_lookahead()
             # 4. Progress, in each request's own steps (Heun takes two UNet calls per step)
             for item in self._running:
-                step = item.state.step_index * item.settings.steps // len(item.state.timesteps)
+                step = item.denoising.step_index * item.settings.steps // len(item.denoising.timesteps)
                 if item.on_step is not None and step > item.reported:
                     item.reported = step
                     every, steps = item.preview_every, item.settings.steps
                     if every and (step % every == 0 or step == steps):
-                        _call_safely(item.on_step, step, steps, _preview(item.state.latents))
+                        _call_safely(item.on_step, step, steps, _preview(item.denoising.latents))
                     else:
                         _call_safely(item.on_step, step, steps)
             # 5. Requests done with their steps leave, to be decoded while the others go on
-            finished = [item for item in self._running if item.state.done]
+            finished = [item for item in self._running if item.denoising.done]
             if finished:
-                self._running = [item for item in self._running if not item.state.done]
+                self._running = [item for item in self._running if not item.denoising.done]
                 self._decodes.put(finished)
 
     def _bound_lookahead(self) -> None:
@@ -232,8 +243,9 @@ class StepBatcher:
         if len(self._steps_on_device) > STEPS_AHEAD:
             self._steps_on_device.popleft().synchronize()
 
-    def _admit(self) -> list[InFlight]:
-        """Move waiting requests into the batch, oldest first; returns the cancelled waiting ones.
+    def _admit(self) -> tuple[list[InFlight], list[InFlight]]:
+        """Move waiting requests into the batch, oldest first; returns the cancelled waiting ones
+        and the admitted ones (to be prepared before the next step).
 
         The batch keeps one image size: when it is empty it takes the oldest waiting request's.
         Admission stops at the first request that does not fit (other size, or too many images),
@@ -242,6 +254,7 @@ class StepBatcher:
         cancelled = [item for item in self._waiting if item.is_cancelled()]
         for item in cancelled:
             self._waiting.remove(item)
+        admitted: list[InFlight] = []
         images = sum(item.images for item in self._running)
         while self._waiting:
             candidate = self._waiting[0]
@@ -249,8 +262,19 @@ class StepBatcher:
             if candidate.size != size or (self._running and images + candidate.images > self.max_images):
                 break
             self._running.append(self._waiting.popleft())
+            admitted.append(candidate)
             images += candidate.images
-        return cancelled
+        return cancelled, admitted
+
+    def _prepare(self, item: InFlight) -> DenoisingState:
+        """The request's prompt embeddings, its own scheduler and its latents from its own seed."""
+        request, settings = item.request, item.settings
+        embeddings = self.pipeline.encode_prompts(
+            request.prompts, request.negatives(), settings.uses_classifier_free_guidance
+        )
+        scheduler = self.pipeline.make_scheduler(settings)
+        noise = self.pipeline.prepare_latents([request], settings, scheduler)
+        return self.pipeline.start_denoising(embeddings, noise, settings, scheduler)
 
     def _leave(self, items: Sequence[InFlight], error: Exception) -> None:
         if not items:
@@ -267,14 +291,14 @@ class StepBatcher:
         while (finished := self._decodes.get()) is not None:
             try:
                 # Requests that finished at the same step share one VAE call.
-                images = self.pipeline.decode(torch.cat([item.state.latents for item in finished]))
+                images = self.pipeline.decode(torch.cat([item.denoising.latents for item in finished]))
                 outcomes: Sequence[Outcome] = split_per_request(images, [item.request for item in finished])
             except Exception as error:  # noqa: BLE001 - answer the requests, keep decoding others
                 log.exception("decoding %d request(s) failed", len(finished))
                 outcomes = [error] * len(finished)
             for item, outcome in zip(finished, outcomes, strict=True):
                 # Drop the latents and conditioning now: the answer may be sent long after.
-                item.state.latents = torch.empty(0)
+                item.denoising.latents = torch.empty(0)
                 _call_safely(item.on_done, outcome)
 
 
