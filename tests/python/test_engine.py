@@ -204,6 +204,35 @@ def test_force_engine_build_parameter(value: str, forced: bool) -> None:
     assert engine_build.is_forced({"force_engine_build": value}) is forced
 
 
+@pytest.mark.parametrize(("value", "compiled"), [("", False), ("false", False), ("true", True), ("on", True)])
+def test_engine_compile_parameter(value: str, compiled: bool) -> None:
+    assert engine_build.engine_options({"engine_compile": value}).compile is compiled
+
+
+@pytest.mark.parametrize("variant", ["sd", "sdxl"])
+def test_compiled_unet_is_traced_once_for_every_bucket_of_two_rows_or_more(
+    components: dict[str, DiffusionComponents], variant: str
+) -> None:
+    """The engine compiles the UNet with the row count symbolic, so buckets 2, 4, 8 ... share one
+    compiled graph (a trace per bucket would multiply the minutes a first build takes)."""
+    parts = components[variant]
+    torch._dynamo.reset()
+    traces = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # noqa: ANN202
+        traces.append(graph)
+        return graph.forward
+
+    runner = UNetRunner(parts.unet, "default", compiled=torch.compile(parts.unet, backend=counting_backend))
+    for rows in (8, 4, 2, 3, 1):
+        inputs = unet_inputs(parts, rows, seed=rows)
+        with torch.inference_mode():
+            output = runner.run_captured(**inputs)
+        torch.testing.assert_close(output, eager_unet(parts, inputs), **TOLERANCE)
+    assert len(traces) == 1
+    torch._dynamo.reset()
+
+
 def test_build_command_without_gpu_has_nothing_to_build(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

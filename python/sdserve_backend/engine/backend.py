@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sdserve_backend.engine.build import ENGINE_SUBDIR, is_forced
+from sdserve_backend.engine.build import ENGINE_SUBDIR, engine_options, is_forced
 from sdserve_backend.engine.prepare import prepare
 from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.device import Placement
@@ -33,6 +33,7 @@ def prepare_for_model(
         width=_side(parameters.get("image_width", "")),
         force_rebuild=is_forced(dict(parameters)),
         weights=weights,
+        options=engine_options(dict(parameters)),
         log=log,
     )
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sdserve_backend.engine.prepare import prepare_with_report
+from sdserve_backend.engine.prepare import EngineOptions, prepare_with_report
 from sdserve_backend.pipelines.device import choose_placement
 
 ENGINE_SUBDIR = "engine"
@@ -27,6 +27,11 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 def is_forced(parameters: dict[str, str]) -> bool:
     """The `force_engine_build` config parameter as a boolean (empty means no)."""
     return parameters.get("force_engine_build", "").strip().lower() in TRUE_WORDS
+
+
+def engine_options(parameters: dict[str, str]) -> EngineOptions:
+    """The engine options a model config asks for: `engine_compile` turns on torch.compile."""
+    return EngineOptions(compile=parameters.get("engine_compile", "").strip().lower() in TRUE_WORDS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         width=defaults.settings.width,
         force_rebuild=args.force or is_forced(parameters),
         weights=weights,
+        options=engine_options(parameters),
         log=stage,
     )
     for name, seconds in report.seconds.items():

@@ -4,7 +4,9 @@ The build on CUDA, in order:
 1. fuse the attention projections (one QKV matmul instead of three; same arithmetic);
 2. choose the attention backend and the memory format of UNet and VAE by timing the candidates
    through a captured graph (or reuse the choices of a current `engine/engine.json`);
-3. capture one CUDA graph per row-count bucket for the UNet and the VAE decoder;
+3. capture one CUDA graph per row-count bucket for the UNet and the VAE decoder; with
+   `compile` (opt-in) the UNet is first compiled by torch.compile, its Inductor cache kept in
+   `engine/inductor/` so that a restart reuses the compiled kernels;
 4. record what the engine was built for in `engine/engine.json`.
 Everything here keeps float16 arithmetic of the same model, so images stay within tolerance of the
 eager pipeline's: these optimizations are on by default.
@@ -35,6 +37,8 @@ from sdserve_backend.pipelines.device import Placement
 # Setting SDSERVE_ENGINE=0 turns the engine off (components stay eager), e.g. to compare.
 DISABLE_VARIABLE = "SDSERVE_ENGINE"
 TEXT_SEQUENCE_LENGTH = 77
+INDUCTOR_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
+INDUCTOR_SUBDIR = "inductor"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class EngineOptions:
     vae_max_rows: int = 4
     vae_max_pixels: int = 2 * 1024 * 1024
     tune_repeats: int = 10
+    # torch.compile the UNet before capturing it (Inductor's fused kernels); costs minutes on the
+    # first build, seconds on a restart with the cache in the engine folder.
+    compile: bool = False
 
 
 @dataclass
@@ -133,9 +140,17 @@ def prepare_with_report(
     report.choices = choices
     seconds["tune"] = time.perf_counter() - stage
 
-    # 3. Capture the graphs, largest bucket first
+    # 3. Capture the graphs, largest bucket first (compiling the UNet first when asked)
     stage = time.perf_counter()
-    unet_runner = _unet_runner(components, unet, latent_size, buckets, choices, options.cuda_graphs, pool)
+    compiled = None
+    if options.compile:
+        if engine_dir is not None:
+            # The compiled kernels live with the engine they belong to (this process serves one
+            # model). Set before the first compile: Inductor reads it when it writes its caches.
+            os.environ[INDUCTOR_CACHE_VARIABLE] = str(Path(engine_dir) / INDUCTOR_SUBDIR)
+        compiled = torch.compile(unet)
+        say(f"engine: compiling the UNet (cache {os.environ.get(INDUCTOR_CACHE_VARIABLE, 'default')})")
+    unet_runner = _unet_runner(components, unet, latent_size, buckets, choices, options.cuda_graphs, pool, compiled)
     seconds["capture_unet"] = time.perf_counter() - stage
     say(f"engine: captured the UNet for rows {buckets} in {seconds['capture_unet']:.1f} s")
     stage = time.perf_counter()
@@ -230,11 +245,11 @@ def _unet_example(components: DiffusionComponents, unet: Any, latent_size: tuple
 
 
 def _unet_runner(components: DiffusionComponents, unet: Any, latent_size: tuple[int, int], buckets: tuple[int, ...],
-                 choices: dict[str, Any], graphs: bool, pool: Any) -> UNetRunner:
+                 choices: dict[str, Any], graphs: bool, pool: Any, compiled: Any = None) -> UNetRunner:
     _set_memory_format(unet, choices["channels_last"])
-    runner = UNetRunner(unet, choices["attention"])
+    runner = UNetRunner(unet, choices["attention"], compiled=compiled)
     with torch.inference_mode():
-        call = BucketedCall(runner.run_eager, _unet_example(components, unet, latent_size), buckets, graphs,
+        call = BucketedCall(runner.run_captured, _unet_example(components, unet, latent_size), buckets, graphs,
                             channels_last=("sample",) if choices["channels_last"] else (), pool=pool)
         _fill(call, _unet_example(components, unet, latent_size))
         call.capture()

@@ -19,9 +19,12 @@ from sdserve_backend.engine.static_call import BucketedCall
 class UNetRunner:
     """`unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=..., return_dict=...)`."""
 
-    def __init__(self, unet: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None) -> None:
+    def __init__(self, unet: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None,
+                 compiled: Any = None) -> None:
         self.__dict__["_unet"] = unet
         self.__dict__["_attention"] = attention
+        # `torch.compile(unet)`, used only for what the buckets capture (see `run_captured`).
+        self.__dict__["_compiled"] = compiled
         # Keyed by the latent (height, width).
         self.__dict__["calls"] = calls if calls is not None else {}
 
@@ -38,6 +41,26 @@ class UNetRunner:
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
         with attention_backend(self._attention):
             return self._unet(
+                sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+            )[0]
+
+    def run_captured(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                     text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """What each bucket captures: the compiled model when there is one, else `run_eager`.
+
+        The compiled model is traced once with the row count symbolic (2 and up), so every bucket
+        shares one compiled graph; a single row (guidance off) would need a second one and runs
+        eagerly inside its graph instead. Calls outside the buckets (another image size) stay
+        eager too: compiling for them mid-service would stall the model for a minute.
+        """
+        if self._compiled is None or sample.shape[0] < 2:
+            return self.run_eager(sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+        inputs = [sample, timestep, encoder_hidden_states] + [t for t in (text_embeds, time_ids) if t is not None]
+        for tensor in inputs:
+            torch._dynamo.mark_dynamic(tensor, 0)
+        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        with attention_backend(self._attention):
+            return self._compiled(
                 sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
             )[0]
 
