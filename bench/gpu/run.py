@@ -12,8 +12,7 @@ is the size a real checkpoint runs. Variants, all float16 on the same GPU in the
   engine       sdserve's TextToImagePipeline on `engine.prepare` components
 Writes results.json, results.md, plot.png and a side-by-side image strip per case into --out;
 exits 1 when an engine image is under PSNR_FLOOR_DB against stock's for the same seed.
-torch.compile is not run here: compile_probe.py measures it on its own (SD 1.5, 2 rows: 71 s cold,
-8 s from Inductor's disk cache, plus a recompile when the graph is captured).
+torch.compile is not run here: compile_engine.py compares the engine with and without it.
 """
 
 from __future__ import annotations

@@ -210,8 +210,10 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     for axis, case_name in zip(axes[0], cases, strict=True):
         for mode, color in zip(MODES, ("tab:gray", "tab:blue", "tab:red"), strict=True):
             for kind, marker, style in (("closed", "o", "-"), ("poisson", "s", "--")):
-                points = sorted((r["throughput"], r["latency_seconds"]["p99"], r["latency_seconds"]["p50"])
-                                for r in results["runs"] if r["case"] == case_name and r["mode"] == mode and r["kind"] == kind)
+                # In the order of the load offered (clients, or arrival rate), not of what was achieved.
+                runs = sorted((r for r in results["runs"] if r["case"] == case_name and r["mode"] == mode and r["kind"] == kind),
+                              key=lambda r: r["request_rate"] or r["clients"])
+                points = [(r["throughput"], r["latency_seconds"]["p99"], r["latency_seconds"]["p50"]) for r in runs]
                 if not points:
                     continue
                 x = [p[0] for p in points]
@@ -236,8 +238,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a few runs per mode, to check the script")
     parser.add_argument("--modes", default=",".join(MODES), help="which of none,request,step to serve")
     parser.add_argument("--compile", action="store_true", help="serve with the engine's torch.compile option")
+    parser.add_argument("--from-json", type=Path, help="only redraw the table and plot of an earlier results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_json is not None:
+        write_reports(json.loads(args.from_json.read_text()), args.out)
+        return 0
     raw = args.out / "runs"
     raw.mkdir(exist_ok=True)
     import torch
@@ -255,13 +261,17 @@ def main() -> int:
         except Exception as error:  # noqa: BLE001 - keep the other case's figures
             log(f"[{case_name}] FAILED: {error!r}")
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, args.out / "results.md")
+    write_reports(results, args.out)
+    return 0
+
+
+def write_reports(results: dict[str, Any], out: Path) -> None:
+    write_markdown(results, out / "results.md")
     try:
-        write_plot(results, args.out / "latency_vs_throughput.png")
+        write_plot(results, out / "latency_vs_throughput.png")
     except ImportError as error:
         log(f"no plot: {error}")
-    print((args.out / "results.md").read_text())
-    return 0
+    print((out / "results.md").read_text())
 
 
 if __name__ == "__main__":
