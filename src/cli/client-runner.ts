@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks';
 import type { InferRequest, InferResponse, Parameters, Tensor } from '../core/types.js';
 import { encodeBytesElements, inferOverHttp } from './client-http.js';
 import { ImageWriterPool } from './client-image-writer.js';
+import { generateOverSse } from './client-stream.js';
 import { parseServerUrl } from './client-options.js';
 import { createClientProgress, type ClientProgress, type ProgressTarget } from './client-progress.js';
 import {
@@ -54,6 +55,11 @@ export interface ClientOptions {
   height?: number;
   /** Progress bars on stderr; drawn only when stderr is a TTY. */
   progress?: boolean;
+  /**
+   * Bars over each request's denoising steps: requests go through the generate_stream endpoint
+   * (server-sent progress, PNG images) instead of the binary infer route.
+   */
+  stepProgress?: boolean;
   /** Also write the summary (throughput, latency percentiles, counts) as JSON to this file. */
   summaryJson?: string;
   stdout?: NodeJS.WritableStream;
@@ -96,6 +102,7 @@ interface ResolvedRun {
   batchSize: number;
   imageSaving: { outputDir: string; writer: ImageWriterPool } | undefined;
   progress: ClientProgress;
+  stepProgress: boolean;
 }
 
 /**
@@ -126,8 +133,12 @@ export async function runClient(options: ClientOptions = {}): Promise<ClientSumm
   }
   const progress = createClientProgress({
     enabled: options.progress ?? true, stream: stderr, clients, requestsPerClient: requests,
+    steps: options.stepProgress,
   });
-  const run: ResolvedRun = { baseUrl, plan, sendTimes, clients, requests, batchSize, imageSaving, progress };
+  const run: ResolvedRun = {
+    baseUrl, plan, sendTimes, clients, requests, batchSize, imageSaving, progress,
+    stepProgress: options.stepProgress ?? false,
+  };
 
   // 2. Run the clients concurrently.
   let results: ClientResult[];
@@ -215,8 +226,13 @@ async function runOneClient(run: ResolvedRun, client: number): Promise<ClientRes
   const sendOne = async (request: number): Promise<void> => {
     const sentAt = performance.now();
     try {
-      const response = await inferOverHttp(run.baseUrl, run.plan[client][request]);
-      const images = imagesFromResponse(response, run.batchSize);
+      const sent = run.plan[client][request];
+      const images = run.stepProgress
+        ? await generateOverSse(run.baseUrl, sent, IMAGE_OUTPUT, (step, steps) => run.progress.step(client, step, steps))
+        : imagesFromResponse(await inferOverHttp(run.baseUrl, sent), run.batchSize);
+      if (images.length !== run.batchSize) {
+        throw new Error(`expected ${run.batchSize} images, got ${images.length}`);
+      }
       // Saving stays out of the latency but inside the client's elapsed time, as in the
       // tutorial client.
       const latencySeconds = (performance.now() - sentAt) / 1000;

@@ -42,6 +42,7 @@ export function registerClientCommand(program: Command): void {
     .option('--width <n>', 'image width in pixels', parsePositiveInteger)
     .option('--height <n>', 'image height in pixels', parsePositiveInteger)
     .option('--no-progress', 'do not draw progress bars')
+    .option('--step-progress', 'bars over each request\'s denoising steps (requests go through generate_stream)', false)
     .option('--summary-json <file>', 'also write the summary (throughput, latency percentiles) as JSON')
     .action(async (options: ClientOptions) => {
       const summary = await runClient(options);

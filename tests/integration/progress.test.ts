@@ -1,5 +1,11 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import jpeg from 'jpeg-js';
+import { runClient } from '../../src/cli/client.js';
 import { credentials, type Client, type ClientDuplexStream } from '@grpc/grpc-js';
 import { PNG } from 'pngjs';
 import { loadInferenceService } from '../../src/protocol/grpc/index.js';
@@ -36,6 +42,25 @@ describe('progress of a running text-to-image request', () => {
     assert.equal(result.generated_image.length, 2);
     const png = PNG.sync.read(Buffer.from(result.generated_image[0], 'base64'));
     assert.deepEqual([png.width, png.height], [128, 128]);
+  });
+
+  test('the client CLI draws a bar over each request\'s denoising steps and saves its images', async (t) => {
+    const outputDir = mkdtempSync(join(tmpdir(), 'sdserve-steps-'));
+    t.after(() => rmSync(outputDir, { recursive: true, force: true }));
+    let drawn = '';
+    const terminal = Object.assign(new Writable({
+      write(chunk: Buffer, _encoding, done) { drawn += chunk.toString(); done(); },
+    }), { isTTY: true, columns: 160 });
+    const summary = await runClient({
+      url: server.url, model: 'tiny_sd', requests: 2, staticBatchSize: 2, steps: 3, seed: 9,
+      stepProgress: true, saveImage: true, outputDir, stdout: new Writable({ write: (_c, _e, done) => done() }),
+      stderr: terminal,
+    });
+    assert.equal(summary.succeeded, 2);
+    assert.match(drawn, /client 0 \[.*\] step 3\/3 \| request 2\/2 failed: 0/);
+    assert.equal(summary.savedImages.length, 4);
+    const image = jpeg.decode(readFileSync(summary.savedImages[3]));
+    assert.deepEqual([image.width, image.height], [128, 128]);
   });
 
   test('generate_stream sends preview images on the steps asked for', async () => {

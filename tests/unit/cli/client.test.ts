@@ -54,15 +54,16 @@ test('client options parse numbers, URLs and --no-progress', async () => {
   assert.equal(options.saveImage, true);
 });
 
-test('client options take a step range, a request rate and a summary file', async () => {
+test('client options take a step range, a request rate, a summary file and step bars', async () => {
   const { program, parsed } = programRecordingOptions();
   await program.parseAsync([
-    'client', '--steps', '20-50', '--request-rate', '2.5', '--summary-json', 'run.json',
+    'client', '--steps', '20-50', '--request-rate', '2.5', '--summary-json', 'run.json', '--step-progress',
   ], { from: 'user' });
   const options = parsed();
   assert.deepEqual(options.steps, { min: 20, max: 50 });
   assert.equal(options.requestRate, 2.5);
   assert.equal(options.summaryJson, 'run.json');
+  assert.equal(options.stepProgress, true);
 });
 
 for (const [args, message] of [
