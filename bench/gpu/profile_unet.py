@@ -74,30 +74,33 @@ def main() -> int:
     parser.add_argument("--case", default="sd15")
     parser.add_argument("--rows", default="2")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--layout", choices=["engine", "nchw", "nhwc"], default="engine",
+                        help="the UNet's memory format: the engine's choice for the case, or forced")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     case = gpu_bench.CASES[args.case]
     parts = gpu_bench.build_models(args.case)
     unet = parts["unet"].requires_grad_(False)
     unet.fuse_qkv_projections()
-    if LAYOUT[args.case]:
+    channels_last = LAYOUT[args.case] if args.layout == "engine" else args.layout == "nhwc"
+    if channels_last:
         unet.to(memory_format=torch.channels_last)
     compiled = torch.compile(unet) if args.compile else None
     runner = UNetRunner(unet, "cudnn", compiled=compiled)
     result: dict[str, Any] = {"case": args.case, "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                              "compiled": args.compile, "rows": {}}
+                              "compiled": args.compile, "channels_last": channels_last, "rows": {}}
     for rows in (int(value) for value in args.rows.split(",")):
         raw = gpu_bench.unet_inputs(parts, case, rows)
         inputs = {key: value for key, value in raw.items() if key != "added_cond_kwargs"}
         inputs.update(raw.get("added_cond_kwargs", {}))
-        if LAYOUT[args.case]:
+        if channels_last:
             inputs["sample"] = inputs["sample"].contiguous(memory_format=torch.channels_last)
         record = profile(runner, inputs)
         flops = gpu_bench.unet_flops(parts, case, rows)
         record["tflop"] = flops / 1e12
         record["mfu_of_kernel_time"] = flops / (record["gpu_ms_per_call"] * 1e-3) / gpu_bench.PEAK_FLOPS
         result["rows"][rows] = record
-        gpu_bench.log(f"{args.case} rows={rows} compiled={args.compile}: {record['gpu_ms_per_call']:.2f} ms of kernels, "
+        gpu_bench.log(f"{args.case} rows={rows} compiled={args.compile} channels_last={channels_last}: {record['gpu_ms_per_call']:.2f} ms of kernels, "
                       f"MFU {record['mfu_of_kernel_time']:.0%}")
         for group, ms in record["groups_ms"].items():
             gpu_bench.log(f"  {group:28s} {ms:7.2f} ms  {ms / record['gpu_ms_per_call']:5.1%}")
