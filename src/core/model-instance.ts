@@ -9,9 +9,24 @@ export type BackendStartOptions = Parameters<typeof BackendProcess.start>[0];
 const RESTART_BACKOFF_MS = [250, 1000, 3000, 10000];
 
 /**
+ * How a running backend is probed. Its reader thread answers health probes even while a model
+ * call runs, so missing several in a row means the process is stuck (stopped, deadlocked in
+ * native code, or its host starved): it is killed, failing its in-flight requests with a clear
+ * error instead of holding them forever, and restarted.
+ */
+export interface HealthWatch {
+  intervalMs: number;
+  timeoutMs: number;
+  /** Consecutive missed probes before the process is killed. */
+  misses: number;
+}
+
+export const DEFAULT_HEALTH_WATCH: HealthWatch = { intervalMs: 10_000, timeoutMs: 10_000, misses: 3 };
+
+/**
  * One backend process under supervision: a process that dies unexpectedly fails its in-flight
  * requests (BackendProcess does that) and is started again with backoff, while the scheduler
- * routes around it.
+ * routes around it; one that stops answering health probes is killed and restarted likewise.
  */
 export class ModelInstance implements BatchExecutor {
   private process: BackendProcess | undefined;
@@ -25,6 +40,7 @@ export class ModelInstance implements BatchExecutor {
     private readonly startOptions: BackendStartOptions,
     private readonly logger: Logger,
     private readonly onAvailable: () => void,
+    private readonly healthWatch: HealthWatch = DEFAULT_HEALTH_WATCH,
   ) {}
 
   get isAvailable(): boolean {
@@ -62,12 +78,39 @@ export class ModelInstance implements BatchExecutor {
     await this.process?.stop(graceMs);
   }
 
+  /** The current process id, for logs and tests. */
+  get pid(): number | undefined {
+    return this.process?.pid;
+  }
+
   private watch(process: BackendProcess): void {
+    const probes = this.probeHealth(process);
     process.once('exit', (code: number | null, signal: string | null) => {
+      clearInterval(probes);
       if (this.stopping || process !== this.process) return;
       this.logger.warn(`backend ${this.label} exited (${signal ?? `code ${code}`}); restarting`);
       this.scheduleRestart();
     });
+  }
+
+  private probeHealth(process: BackendProcess): NodeJS.Timeout {
+    const { intervalMs, timeoutMs, misses } = this.healthWatch;
+    let missed = 0;
+    let probing = false;
+    const timer = setInterval(() => {
+      if (probing || this.stopping || !process.isAlive) return;
+      probing = true;
+      void process.health(timeoutMs).then((healthy) => {
+        probing = false;
+        missed = healthy ? 0 : missed + 1;
+        if (missed >= misses && process.isAlive && !this.stopping) {
+          this.logger.error(`backend ${this.label} (pid ${process.pid}) missed ${missed} health probes; killing it`);
+          void process.kill();
+        }
+      });
+    }, intervalMs);
+    timer.unref();
+    return timer;
   }
 
   private scheduleRestart(): void {
