@@ -141,7 +141,8 @@ function inferUrl(baseUrl: string, request: InferRequest): string {
   return `${baseUrl}/v2/models/${model}${version}/infer`;
 }
 
-function errorMessage(body: Buffer, statusText: string): string {
+/** The `{"error": ...}` text of an error response, else its raw text, else the status text. */
+export function errorMessage(body: Buffer, statusText: string): string {
   const text = body.toString('utf8');
   try {
     const parsed = JSON.parse(text) as { error?: unknown };

@@ -5,7 +5,7 @@
  */
 import { PNG } from 'pngjs';
 import type { InferRequest } from '../core/types.js';
-import { decodeBytesElements, InferHttpError } from './client-http.js';
+import { decodeBytesElements, errorMessage, InferHttpError } from './client-http.js';
 import type { RgbImage } from './image-file.js';
 
 export type StepListener = (step: number, steps: number) => void;
@@ -34,15 +34,8 @@ export async function generateOverSse(
     body: JSON.stringify(generateBody(request)),
   });
   if (!response.ok || response.body === null) {
-    const text = await response.text();
-    let message = text.trim() || response.statusText;
-    try {
-      const parsed = JSON.parse(text) as { error?: unknown };
-      if (typeof parsed.error === 'string') message = parsed.error;
-    } catch {
-      // Not JSON: the raw text is the message.
-    }
-    throw new InferHttpError(response.status, message);
+    const body = Buffer.from(await response.arrayBuffer());
+    throw new InferHttpError(response.status, errorMessage(body, response.statusText));
   }
   let result: StreamEvent | undefined;
   for await (const event of serverSentEvents(response.body)) {
