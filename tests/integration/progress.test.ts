@@ -61,6 +61,15 @@ describe('progress of a running text-to-image request', () => {
     assert.equal(summary.savedImages.length, 4);
     const image = jpeg.decode(readFileSync(summary.savedImages[3]));
     assert.deepEqual([image.width, image.height], [128, 128]);
+
+    let errors = '';
+    const failed = await runClient({
+      url: server.url, model: 'no_such_model', stepProgress: true,
+      stdout: new Writable({ write: (_c, _e, done) => done() }),
+      stderr: new Writable({ write(chunk: Buffer, _e, done) { errors += chunk.toString(); done(); } }),
+    });
+    assert.equal(failed.failed, 1);
+    assert.match(errors, /request 0 failed: 400 Request for unknown model: 'no_such_model' is not found/);
   });
 
   test('generate_stream sends preview images on the steps asked for', async () => {
