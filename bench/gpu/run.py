@@ -12,7 +12,8 @@ is the size a real checkpoint runs. Variants, all float16 on the same GPU in the
   engine       sdserve's TextToImagePipeline on `engine.prepare` components
 Writes results.json, results.md, plot.png and a side-by-side image strip per case into --out;
 exits 1 when an engine image is under PSNR_FLOOR_DB against stock's for the same seed.
-torch.compile is not run here: compile_engine.py compares the engine with and without it.
+With --with-compile it also runs `stock+compile` (torch.compile on the stock pipeline's UNet) and
+`engine+compile` (the engine with `engine_compile`); compile_engine.py compares the two engines alone.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 # One case
 
 
-def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any]) -> None:
+def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], with_compile: bool = False) -> None:
     from sdserve_backend.engine import EngineOptions, prepare_with_report
     from sdserve_backend.engine.runners import UNetRunner
     from sdserve_backend.engine.static_call import BucketedCall
@@ -355,6 +356,27 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any]) 
             torch.cuda.empty_cache()
     attempt("stock+graph", stock_graph)
 
+    # 3b. Stock diffusers with torch.compile on its UNet (the usual user recipe), when asked
+    def stock_compile() -> None:
+        compiled = torch.compile(parts["unet"])
+        object.__setattr__(pipe, "unet", compiled)
+        try:
+            started = time.perf_counter()
+            run_stock(pipe, case, batches[0], WARMUP_STEPS)
+            record["stock_compile_s"] = time.perf_counter() - started
+            for batch in batches:
+                result, images[f"stockcompile{batch}"] = measure(
+                    lambda s, batch=batch: run_stock(pipe, case, batch, s or steps), case["repeats"])
+                result["psnr_vs_stock_db"] = psnr(images[f"stockcompile{batch}"], images[f"stock{batch}"])
+                note("stock+compile", batch, result)
+        finally:
+            object.__setattr__(pipe, "unet", parts["unet"])
+            del compiled
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+    if with_compile:
+        attempt("stock+compile", stock_compile)
+
     # 4. sdserve's pipeline, eager, batch 1
     components = sdserve_components(parts)
 
@@ -393,6 +415,23 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any]) 
             result["psnr_vs_stock_db"] = psnr(images[f"engine{batch}"], images[f"stock{batch}"])
             note("engine", batch, result)
     attempt("engine", engine)
+
+    # 6. sdserve's pipeline on the engine with torch.compile (`engine_compile`), when asked
+    def engine_compiled() -> None:
+        placement = Placement(torch.device("cuda"), torch.float16)
+        started = time.perf_counter()
+        prepared, report = prepare_with_report(
+            components, placement, engine_dir=Path(tempfile.mkdtemp(prefix="sdserve-engine-compiled-")),
+            max_rows=2 * max(batches), height=case["height"], width=case["width"], options=EngineOptions(compile=True),
+            log=lambda m: log(f"[{name}] {m}"))
+        record["engine_compiled_build_s"] = time.perf_counter() - started
+        for batch in batches:
+            result, images[f"enginecompiled{batch}"] = measure(
+                lambda s, batch=batch: run_sdserve(prepared, case, batch, s or steps), case["repeats"])
+            result["psnr_vs_stock_db"] = psnr(images[f"enginecompiled{batch}"], images[f"stock{batch}"])
+            note("engine+compile", batch, result)
+    if with_compile:
+        attempt("engine+compile", engine_compiled)
 
     for key, milliseconds in record["unet_ms"].items():
         rows = "2"
@@ -483,6 +522,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cases", default="sd15,sdxl")
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--with-compile", action="store_true",
+                        help="also stock diffusers with torch.compile on its UNet, and the engine with engine_compile "
+                             "(adds several minutes of compiling per case)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import diffusers
@@ -500,7 +542,7 @@ def main() -> int:
     batches = [int(b) for b in args.batches.split(",")]
     for name in args.cases.split(","):
         try:
-            run_case(name, batches, args.out, results)
+            run_case(name, batches, args.out, results, args.with_compile)
         except Exception as error:
             log(f"[{name}] FAILED: {error!r}\n{traceback.format_exc()}")
             results["cases"].setdefault(name, {"variants": {}, "errors": []})["errors"].append(repr(error))
