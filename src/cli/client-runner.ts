@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import type { InferRequest, InferResponse, Parameters, Tensor } from '../core/types.js';
 import { encodeBytesElements, inferOverHttp } from './client-http.js';
 import { ImageWriterPool } from './client-image-writer.js';
-import { generateOverSse } from './client-stream.js';
+import { decodePngToRgb, generateOverSse } from './client-stream.js';
 import { parseServerUrl } from './client-options.js';
 import { createClientProgress, type ClientProgress, type ProgressTarget } from './client-progress.js';
 import {
@@ -117,13 +117,15 @@ export async function runClient(options: ClientOptions = {}): Promise<ClientSumm
   const requests = options.requests ?? 1;
   const batchSize = options.staticBatchSize ?? 1;
   const baseUrl = parseServerUrl(options.url ?? DEFAULT_URL);
-  const random = seededRandom(options.seed ?? 0);
-  const pickSteps = stepsPicker(options.steps, random);
+  // Separate streams: the arrival times of a seed stay the same whatever --steps is.
+  const seed = options.seed ?? 0;
+  const pickSteps = stepsPicker(options.steps, seededRandom(seed));
+  const arrivals = seededRandom(seed ^ 0x9e3779b9);
   const plan = Array.from({ length: clients }, () => Array.from({ length: requests }, () =>
     buildInferRequest({ ...options, steps: pickSteps() }, batchSize)));
   const rate = options.requestRate;
   const sendTimes = rate === undefined ? undefined
-    : Array.from({ length: clients }, () => poissonSendTimes(requests, rate / clients, random));
+    : Array.from({ length: clients }, () => poissonSendTimes(requests, rate / clients, arrivals));
   let imageSaving: ResolvedRun['imageSaving'];
   if (options.saveImage) {
     const outputDir = options.outputDir ?? '.';
@@ -227,15 +229,23 @@ async function runOneClient(run: ResolvedRun, client: number): Promise<ClientRes
     const sentAt = performance.now();
     try {
       const sent = run.plan[client][request];
-      const images = run.stepProgress
-        ? await generateOverSse(run.baseUrl, sent, IMAGE_OUTPUT, (step, steps) => run.progress.step(client, step, steps))
-        : imagesFromResponse(await inferOverHttp(run.baseUrl, sent), run.batchSize);
+      // The latency ends when the answer is in; decoding and saving stay out of it but inside
+      // the client's elapsed time, as in the tutorial client.
+      let latencySeconds: number;
+      let images: RgbImage[];
+      if (run.stepProgress) {
+        const pngs = await generateOverSse(run.baseUrl, sent, IMAGE_OUTPUT,
+          (step, steps) => run.progress.step(client, step, steps));
+        latencySeconds = (performance.now() - sentAt) / 1000;
+        images = pngs.map(decodePngToRgb);
+      } else {
+        const response = await inferOverHttp(run.baseUrl, sent);
+        latencySeconds = (performance.now() - sentAt) / 1000;
+        images = imagesFromResponse(response, run.batchSize);
+      }
       if (images.length !== run.batchSize) {
         throw new Error(`expected ${run.batchSize} images, got ${images.length}`);
       }
-      // Saving stays out of the latency but inside the client's elapsed time, as in the
-      // tutorial client.
-      const latencySeconds = (performance.now() - sentAt) / 1000;
       if (run.imageSaving !== undefined) {
         savedImages.push(...await saveImages(run.imageSaving, client, request, images));
       }

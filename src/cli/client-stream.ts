@@ -1,7 +1,7 @@
 /**
  * The client's streaming path: one request through `POST /v2/models/{m}/generate_stream`
- * (server-sent events), reporting each denoising step as it comes, then the images (base64 PNGs)
- * decoded to RGB. Used when the client draws per-step progress bars.
+ * (server-sent events), reporting each denoising step as it comes, then the images as PNGs
+ * (`decodePngToRgb` turns one into RGB). Used when the client draws per-step progress bars.
  */
 import { PNG } from 'pngjs';
 import type { InferRequest } from '../core/types.js';
@@ -23,10 +23,10 @@ export function generateBody(request: InferRequest): Record<string, unknown> {
   return body;
 }
 
-/** Sends `request` to generate_stream and returns the images of output `output`. */
+/** Sends `request` to generate_stream and returns the PNG images of output `output`. */
 export async function generateOverSse(
   baseUrl: string, request: InferRequest, output: string, onStep: StepListener,
-): Promise<RgbImage[]> {
+): Promise<Buffer[]> {
   const model = encodeURIComponent(request.model_name);
   const response = await fetch(`${baseUrl}/v2/models/${model}/generate_stream`, {
     method: 'POST',
@@ -46,7 +46,7 @@ export async function generateOverSse(
   if (typeof result.error === 'string') throw new InferHttpError(response.status, result.error);
   const images = result[output];
   if (!Array.isArray(images)) throw new Error(`generate_stream result has no '${output}' images`);
-  return images.map((image) => decodePngToRgb(Buffer.from(String(image), 'base64')));
+  return images.map((image) => Buffer.from(String(image), 'base64'));
 }
 
 async function* serverSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<StreamEvent> {
@@ -65,7 +65,7 @@ async function* serverSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerat
   }
 }
 
-function decodePngToRgb(png: Buffer): RgbImage {
+export function decodePngToRgb(png: Buffer): RgbImage {
   const { width, height, data } = PNG.sync.read(png);
   const pixels = new Uint8Array(width * height * 3);
   for (let source = 0, target = 0; source < data.length; source += 4, target += 3) {

@@ -33,6 +33,8 @@ export class ModelInstance implements BatchExecutor {
   private stopping = false;
   private restartTimer: NodeJS.Timeout | undefined;
   private consecutiveFailures = 0;
+  // A process being killed for missing health probes takes no more requests.
+  private condemned: BackendProcess | undefined;
   restarts = 0;
 
   constructor(
@@ -44,7 +46,7 @@ export class ModelInstance implements BatchExecutor {
   ) {}
 
   get isAvailable(): boolean {
-    return this.process?.isAlive === true;
+    return this.process?.isAlive === true && this.process !== this.condemned;
   }
 
   /** First start: a failure here is the model's load failure, reported to the caller. */
@@ -104,7 +106,10 @@ export class ModelInstance implements BatchExecutor {
         probing = false;
         missed = healthy ? 0 : missed + 1;
         if (missed >= misses && process.isAlive && !this.stopping) {
-          this.logger.error(`backend ${this.label} (pid ${process.pid}) missed ${missed} health probes; killing it`);
+          if (this.condemned !== process) {
+            this.logger.error(`backend ${this.label} (pid ${process.pid}) missed ${missed} health probes; killing it`);
+            this.condemned = process;
+          }
           void process.kill();
         }
       });

@@ -50,6 +50,12 @@ TRACE_LENGTH = 256
 # Denoising steps the engine thread may queue on the GPU before waiting for the oldest to finish.
 STEPS_AHEAD = 2
 
+# Errors of the device itself (an illegal memory access, say) are not one request's: they reach
+# the engine's fatal path, which ends the process so that it is restarted with a fresh context.
+DEVICE_ERRORS: tuple[type[BaseException], ...] = tuple(
+    error for error in (getattr(torch, "AcceleratorError", None),) if error is not None
+)
+
 # A finished request's images (uint8 [len(prompts), H, W, 3]) or the error to answer it with.
 Outcome = np.ndarray | Exception
 
@@ -188,14 +194,18 @@ class StepBatcher:
                 leaving, admitted = self._admit()
             # 2. Prepare the admitted requests; cancelled ones leave before the step
             for item in admitted:
+                if item.is_cancelled():
+                    leaving.append(item)  # before any work is spent on it
+                    continue
                 try:
                     item.state = self._prepare(item)
+                except DEVICE_ERRORS:
+                    raise
                 except Exception as error:  # noqa: BLE001 - answer this request; the others still run
                     log.exception("preparing a request failed")
                     self._leave([item], error)
-            for item in self._running:
-                if item.is_cancelled():
-                    leaving.append(item)
+            skipped = {id(item) for item in leaving}
+            leaving += [item for item in self._running if id(item) not in skipped and item.is_cancelled()]
             self._leave(leaving, RequestCancelled("request was cancelled"))
             if not self._running:
                 continue
@@ -204,6 +214,8 @@ class StepBatcher:
             record = StepRecord(self._running[0].size, tuple((item.key, item.denoising.step_index) for item in self._running))
             try:
                 self.pipeline.denoise_batch(states)
+            except DEVICE_ERRORS:
+                raise
             except Exception as error:  # noqa: BLE001 - a failed step fails its batch, not the engine
                 log.exception("a denoising step of %d request(s) failed", len(self._running))
                 self._leave(list(self._running), error)

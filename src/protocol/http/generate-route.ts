@@ -70,6 +70,8 @@ export function registerGenerateRoutes(app: FastifyInstance, core: InferenceCore
         const inferRequest = toInferRequest(core, request.params, request.body);
         reply.hijack();
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+        // Headers now, not with the first event: a queued request still tells its client it is accepted.
+        reply.raw.flushHeaders();
         try {
           const response = await core.infer(inferRequest, disconnectSignal(reply), ({ preview, ...progress }) => {
             const png = preview && encodePngImages({ name: 'preview', datatype: 'UINT8', shape: [1, ...preview.shape], data: preview.data })[0];
