@@ -324,6 +324,14 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
     inputs = unet_inputs(parts, case, 2)
     record["unet_ms"] = {"stock_eager_rows2": unet_call_ms(lambda: parts["unet"](**inputs, return_dict=False))}
 
+    def measure_stock_variant(variant: str, image_key: str) -> None:
+        """The stock pipeline with its UNet swapped, at every batch, against plain stock's images."""
+        for batch in batches:
+            result, images[f"{image_key}{batch}"] = measure(
+                lambda s, batch=batch: run_stock(pipe, case, batch, s or steps), case["repeats"])
+            result["psnr_vs_stock_db"] = psnr(images[f"{image_key}{batch}"], images[f"stock{batch}"])
+            note(variant, batch, result)
+
     # 3. Stock diffusers with its UNet through CUDA graphs (no fusion, default attention)
     def stock_graph() -> None:
         max_rows = 2 * max(batches)
@@ -345,11 +353,7 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
         try:
             g_inputs = unet_inputs(parts, case, 2)
             record["unet_ms"]["graph_only_rows2"] = unet_call_ms(lambda: runner(**g_inputs, return_dict=False))
-            for batch in batches:
-                result, images[f"stockgraph{batch}"] = measure(
-                    lambda s, batch=batch: run_stock(pipe, case, batch, s or steps), case["repeats"])
-                result["psnr_vs_stock_db"] = psnr(images[f"stockgraph{batch}"], images[f"stock{batch}"])
-                note("stock+graph", batch, result)
+            measure_stock_variant("stock+graph", "stockgraph")
         finally:
             object.__setattr__(pipe, "unet", parts["unet"])
             del runner, call
@@ -364,11 +368,7 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
             started = time.perf_counter()
             run_stock(pipe, case, batches[0], WARMUP_STEPS)
             record["stock_compile_s"] = time.perf_counter() - started
-            for batch in batches:
-                result, images[f"stockcompile{batch}"] = measure(
-                    lambda s, batch=batch: run_stock(pipe, case, batch, s or steps), case["repeats"])
-                result["psnr_vs_stock_db"] = psnr(images[f"stockcompile{batch}"], images[f"stock{batch}"])
-                note("stock+compile", batch, result)
+            measure_stock_variant("stock+compile", "stockcompile")
         finally:
             object.__setattr__(pipe, "unet", parts["unet"])
             del compiled
