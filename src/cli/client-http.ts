@@ -115,7 +115,7 @@ export async function inferOverHttp(
   signal?: AbortSignal,
 ): Promise<InferResponse> {
   const { body, headerLength } = encodeInferRequestBody(request);
-  const response = await fetch(inferUrl(baseUrl, request), {
+  const response = await fetch(`${modelUrl(baseUrl, request)}/infer`, {
     method: 'POST',
     headers: {
       'Content-Type': 'application/octet-stream',
@@ -135,10 +135,11 @@ export async function inferOverHttp(
   return decodeInferResponseBody(responseBody, lengthHeader === null ? undefined : Number(lengthHeader));
 }
 
-function inferUrl(baseUrl: string, request: InferRequest): string {
+/** `{baseUrl}/v2/models/{model}[/versions/{version}]`: the base of a model's routes. */
+export function modelUrl(baseUrl: string, request: InferRequest): string {
   const model = encodeURIComponent(request.model_name);
   const version = request.model_version ? `/versions/${encodeURIComponent(request.model_version)}` : '';
-  return `${baseUrl}/v2/models/${model}${version}/infer`;
+  return `${baseUrl}/v2/models/${model}${version}`;
 }
 
 /** The `{"error": ...}` text of an error response, else its raw text, else the status text. */

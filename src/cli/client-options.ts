@@ -18,18 +18,14 @@ export function parseNonNegativeInteger(value: string): number {
 }
 
 export function parseNonNegativeNumber(value: string): number {
-  const parsed = value.trim() === '' ? NaN : Number(value);
-  if (!Number.isFinite(parsed) || parsed < 0) {
-    throw new InvalidArgumentError(`expected a number >= 0, got '${value}'.`);
-  }
+  const parsed = parseNumber(value);
+  if (!(parsed >= 0)) throw new InvalidArgumentError(`expected a number >= 0, got '${value}'.`);
   return parsed;
 }
 
 export function parsePositiveNumber(value: string): number {
-  const parsed = value.trim() === '' ? NaN : Number(value);
-  if (!Number.isFinite(parsed) || parsed <= 0) {
-    throw new InvalidArgumentError(`expected a number > 0, got '${value}'.`);
-  }
+  const parsed = parseNumber(value);
+  if (!(parsed > 0)) throw new InvalidArgumentError(`expected a number > 0, got '${value}'.`);
   return parsed;
 }
 
@@ -60,6 +56,12 @@ export function parseServerUrl(value: string): string {
     throw new InvalidArgumentError(`expected an http or https URL, got '${value}'.`);
   }
   return url.href.replace(/\/+$/, '');
+}
+
+/** A finite number, or NaN (which every bound check rejects). */
+function parseNumber(value: string): number {
+  const parsed = value.trim() === '' ? NaN : Number(value);
+  return Number.isFinite(parsed) ? parsed : NaN;
 }
 
 function parseInteger(value: string): number {

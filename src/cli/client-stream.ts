@@ -5,7 +5,7 @@
  */
 import { PNG } from 'pngjs';
 import type { InferRequest } from '../core/types.js';
-import { decodeBytesElements, errorMessage, InferHttpError } from './client-http.js';
+import { decodeBytesElements, errorMessage, InferHttpError, modelUrl } from './client-http.js';
 import type { RgbImage } from './image-file.js';
 
 export type StepListener = (step: number, steps: number) => void;
@@ -27,8 +27,7 @@ export function generateBody(request: InferRequest): Record<string, unknown> {
 export async function generateOverSse(
   baseUrl: string, request: InferRequest, output: string, onStep: StepListener,
 ): Promise<Buffer[]> {
-  const model = encodeURIComponent(request.model_name);
-  const response = await fetch(`${baseUrl}/v2/models/${model}/generate_stream`, {
+  const response = await fetch(`${modelUrl(baseUrl, request)}/generate_stream`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify(generateBody(request)),

@@ -37,12 +37,8 @@ class UNetRunner:
 
     def run_eager(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                   text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's own forward for per-row inputs; what each bucket captures."""
-        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
-        with attention_backend(self._attention):
-            return self._unet(
-                sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
-            )[0]
+        """The model's own forward for per-row inputs."""
+        return self._forward(self._unet, sample, timestep, encoder_hidden_states, text_embeds, time_ids)
 
     def run_captured(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                      text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -58,9 +54,13 @@ class UNetRunner:
         inputs = [sample, timestep, encoder_hidden_states] + [t for t in (text_embeds, time_ids) if t is not None]
         for tensor in inputs:
             torch._dynamo.mark_dynamic(tensor, 0)
+        return self._forward(self._compiled, sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+
+    def _forward(self, model: Any, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 text_embeds: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
         with attention_backend(self._attention):
-            return self._compiled(
+            return model(
                 sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
             )[0]
 
