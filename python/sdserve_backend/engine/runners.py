@@ -16,29 +16,36 @@ from sdserve_backend.engine.buckets import chunks
 from sdserve_backend.engine.static_call import BucketedCall
 
 
-class UNetRunner:
-    """`unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=..., return_dict=...)`."""
+class _ModelRunner:
+    """A model behind per-image-size `BucketedCall`s; every other attribute is the model's."""
 
-    def __init__(self, unet: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None,
-                 compiled: Any = None) -> None:
-        self.__dict__["_unet"] = unet
+    def __init__(self, model: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None) -> None:
+        self.__dict__["_model"] = model
         self.__dict__["_attention"] = attention
-        # `torch.compile(unet)`, used only for what the buckets capture (see `run_captured`).
-        self.__dict__["_compiled"] = compiled
         # Keyed by the latent (height, width).
         self.__dict__["calls"] = calls if calls is not None else {}
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_unet"], name)
+        return getattr(self.__dict__["_model"], name)
 
     @property
     def model(self) -> Any:
-        return self._unet
+        return self._model
+
+
+class UNetRunner(_ModelRunner):
+    """`unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=..., return_dict=...)`."""
+
+    def __init__(self, unet: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None,
+                 compiled: Any = None) -> None:
+        super().__init__(unet, attention, calls)
+        # `torch.compile(unet)`, used only for what the buckets capture (see `run_captured`).
+        self.__dict__["_compiled"] = compiled
 
     def run_eager(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                   text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The model's own forward for per-row inputs."""
-        return self._forward(self._unet, sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+        return self._forward(self._model, sample, timestep, encoder_hidden_states, text_embeds, time_ids)
 
     def run_captured(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                      text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,7 +97,7 @@ class UNetRunner:
             output = self.run_eager(**inputs)
         else:
             with attention_backend(self._attention):
-                return self._unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                return self._model(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                                   added_cond_kwargs=added_cond_kwargs, return_dict=return_dict, **extra)
         if return_dict:
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
@@ -99,30 +106,18 @@ class UNetRunner:
         return (output,)
 
 
-class VaeRunner:
+class VaeRunner(_ModelRunner):
     """The VAE with `decode(latents, return_dict=...)` run through per-bucket graphs, in chunks of
     the largest bucket (the decoder treats images independently, so chunking changes nothing)."""
 
-    def __init__(self, vae: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None) -> None:
-        self.__dict__["_vae"] = vae
-        self.__dict__["_attention"] = attention
-        self.__dict__["calls"] = calls if calls is not None else {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_vae"], name)
-
-    @property
-    def model(self) -> Any:
-        return self._vae
-
     def run_eager(self, latents: torch.Tensor) -> torch.Tensor:
         with attention_backend(self._attention):
-            return self._vae.decode(latents, return_dict=False)[0]
+            return self._model.decode(latents, return_dict=False)[0]
 
     def decode(self, latents: torch.Tensor, return_dict: bool = True, **extra: Any) -> Any:
         call = self.calls.get(tuple(latents.shape[-2:]))
         if extra or call is None:
-            images = self.run_eager(latents) if not extra else self._vae.decode(latents, return_dict=False, **extra)[0]
+            images = self.run_eager(latents) if not extra else self._model.decode(latents, return_dict=False, **extra)[0]
         else:
             parts = []
             for start, stop in chunks(latents.shape[0], call.max_rows):
