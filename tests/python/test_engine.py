@@ -21,6 +21,7 @@ from sdserve_backend.engine import build as engine_build
 from sdserve_backend.engine import metadata
 from sdserve_backend.engine.backend import prepare_for_model
 from sdserve_backend.engine.buckets import chunks
+from sdserve_backend.engine.prepare import EngineOptions, vae_decode_dtype
 from sdserve_backend.engine.runners import UNetRunner, VaeRunner
 from sdserve_backend.engine.static_call import BucketedCall
 from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
@@ -231,6 +232,50 @@ def test_compiled_unet_is_traced_once_for_every_bucket_of_two_rows_or_more(
         torch.testing.assert_close(output, eager_unet(parts, inputs), **TOLERANCE)
     assert len(traces) == 1
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("variant", ["sd", "sdxl"])
+def test_compiled_vae_decoder_is_traced_once_for_one_image_and_once_for_more(
+    components: dict[str, DiffusionComponents], variant: str
+) -> None:
+    """One image, the usual decode, gets its own compiled graph; every bucket of two and up shares
+    another, with the row count symbolic."""
+    parts = components[variant]
+    torch._dynamo.reset()
+    traces = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # noqa: ANN202
+        traces.append(graph)
+        return graph.forward
+
+    runner = VaeRunner(parts.vae, "default", compiled=torch.compile(parts.vae.decode, backend=counting_backend))
+    size = parts.default_image_size // parts.vae_scale_factor
+    for rows in (4, 2, 3, 1):
+        latents = torch.randn((rows, 4, size, size), generator=torch.Generator().manual_seed(rows))
+        with torch.inference_mode():
+            decoded = runner.run_captured(latents)
+            expected = parts.vae.decode(latents, return_dict=False)[0]
+        torch.testing.assert_close(decoded, expected, **VAE_TOLERANCE)
+    assert len(traces) == 2
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    ("vae_dtype", "bf16_supported", "bfloat16_vae", "decoded"),
+    [
+        (torch.float32, True, True, torch.bfloat16),  # SDXL's upcast VAE on a recent GPU
+        (torch.float32, False, True, torch.float32),  # a GPU without bfloat16 keeps float32
+        (torch.float32, True, False, torch.float32),  # turned off
+        (torch.float16, True, True, torch.float16),  # an SD 1.5 VAE already runs in float16
+    ],
+)
+def test_a_float32_vae_decodes_in_bfloat16_where_the_gpu_has_it(
+    monkeypatch: pytest.MonkeyPatch, vae_dtype: torch.dtype, bf16_supported: bool, bfloat16_vae: bool,
+    decoded: torch.dtype,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    options = EngineOptions(bfloat16_vae=bfloat16_vae)
+    assert vae_decode_dtype(vae_dtype, options) == decoded
 
 
 def test_build_command_without_gpu_has_nothing_to_build(

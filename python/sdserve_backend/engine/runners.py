@@ -19,11 +19,14 @@ from sdserve_backend.engine.static_call import BucketedCall
 class _ModelRunner:
     """A model behind per-image-size `BucketedCall`s; every other attribute is the model's."""
 
-    def __init__(self, model: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None) -> None:
+    def __init__(self, model: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None,
+                 compiled: Any = None) -> None:
         self.__dict__["_model"] = model
         self.__dict__["_attention"] = attention
         # Keyed by the latent (height, width).
         self.__dict__["calls"] = calls if calls is not None else {}
+        # The torch.compile'd model (or method), used only for what the buckets capture.
+        self.__dict__["_compiled"] = compiled
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["_model"], name)
@@ -35,12 +38,6 @@ class _ModelRunner:
 
 class UNetRunner(_ModelRunner):
     """`unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=..., return_dict=...)`."""
-
-    def __init__(self, unet: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None,
-                 compiled: Any = None) -> None:
-        super().__init__(unet, attention, calls)
-        # `torch.compile(unet)`, used only for what the buckets capture (see `run_captured`).
-        self.__dict__["_compiled"] = compiled
 
     def run_eager(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                   text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -111,8 +108,23 @@ class VaeRunner(_ModelRunner):
     the largest bucket (the decoder treats images independently, so chunking changes nothing)."""
 
     def run_eager(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._decode(self._model.decode, latents)
+
+    def run_captured(self, latents: torch.Tensor) -> torch.Tensor:
+        """What each bucket captures: the compiled `decode` when there is one, else `run_eager`.
+
+        A single image, the usual decode, has a trace of its own; two images and up share one
+        with the row count symbolic, so the buckets cost at most two compiles.
+        """
+        if self._compiled is None:
+            return self.run_eager(latents)
+        if latents.shape[0] >= 2:
+            torch._dynamo.mark_dynamic(latents, 0)
+        return self._decode(self._compiled, latents)
+
+    def _decode(self, decode: Any, latents: torch.Tensor) -> torch.Tensor:
         with attention_backend(self._attention):
-            return self._model.decode(latents, return_dict=False)[0]
+            return decode(latents, return_dict=False)[0]
 
     def decode(self, latents: torch.Tensor, return_dict: bool = True, **extra: Any) -> Any:
         call = self.calls.get(tuple(latents.shape[-2:]))
