@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.device import Placement
 
 CPU = Placement(torch.device("cpu"), torch.float32)
+PYTHON_SOURCE = Path(__file__).resolve().parents[2] / "python"
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 # Convolutions over another batch size may sum in another order.
 VAE_TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
@@ -297,6 +301,36 @@ def expected_metadata(**changes: object) -> dict[str, object]:
         "vae_buckets": [1, 2], "height": 512, "width": 512,
     }
     return {**base, **changes}
+
+
+def test_a_model_config_hashes_the_same_in_every_process(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """diffusers records the config keys it defaulted (those a checkpoint's config.json leaves out, as
+    older ones do) in set order, which changes with the process's hash seed; the engine hashes the
+    config without that list, so a restarted backend finds its engine current."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["sdxl"], model)
+    config_path = model / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("dropout", "conv_in_kernel", "conv_out_kernel", "upcast_attention"):
+        config.pop(key)
+    config_path.write_text(json.dumps(config))
+    script = (
+        "import sys, json; from diffusers import AutoencoderKL, UNet2DConditionModel; "
+        "from sdserve_backend.engine import metadata; "
+        "configs = [UNet2DConditionModel.from_pretrained(sys.argv[1], subfolder='unet').config, "
+        "AutoencoderKL.from_pretrained(sys.argv[1], subfolder='vae').config]; "
+        "print(json.dumps([len(configs[0].get('_use_default_values', [])), "
+        "metadata.stable_hash([metadata.config_fields(c) for c in configs])]))"
+    )
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PYTHON_SOURCE), os.environ.get("PYTHONPATH", "")])}
+    answers = []
+    for seed in ("1", "2"):
+        completed = subprocess.run([sys.executable, "-c", script, str(model)], check=True,
+                                   capture_output=True, text=True, env={**environment, "PYTHONHASHSEED": seed})
+        answers.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+    defaulted, first_hash = answers[0]
+    assert defaulted >= 2  # the unordered list is there to be left out
+    assert answers[1][1] == first_hash
 
 
 def test_a_recorded_engine_is_current_until_a_key_field_changes(tmp_path: Path) -> None:

@@ -36,6 +36,13 @@ def stable_hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def config_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config without diffusers' bookkeeping entries (`_name_or_path`, `_diffusers_version`,
+    `_use_default_values`: the last lists the defaulted keys in set order, which changes with every
+    process's hash seed, so hashing it would make each restart see a different config)."""
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
 def weights_fingerprint(weights: Path | None, ignore: Path | None = None) -> str:
     """A hash over path, size and mtime of every file of the weights (a folder or one file),
     leaving out the folder `ignore` (the engine's own, which may sit inside the weights folder).

@@ -234,7 +234,8 @@ def _expected_metadata(
         "gpu": properties.name,
         "capability": f"{properties.major}.{properties.minor}",
         "config_hash": metadata.stable_hash(
-            {"unet": dict(unet.config), "vae": dict(vae.config), "dtype": str(placement.dtype),
+            {"unet": metadata.config_fields(unet.config), "vae": metadata.config_fields(vae.config),
+             "dtype": str(placement.dtype),
              "vae_dtype": str(vae_dtype), "options": dataclasses.asdict(options)}
         ),
         "weights_hash": metadata.weights_fingerprint(weights, ignore=engine_dir),
