@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU benchmark: stock diffusers against sdserve's pipeline with its engine, on one GPU, one run.
 
-    python bench/gpu/run.py --out DIR [--cases sd15,sdxl] [--batches 1,4]
+    python bench/gpu/run.py --out DIR [--cases sd15,sdxl] [--batches 1,4] [--variants ...] [--with-compile]
 
 Full-size SD 1.5 and SDXL architectures (configs in bench/gpu/configs/) with RANDOM weights built
 on the GPU from a fixed seed, so no weights are downloaded; the images are noise, but every kernel
@@ -10,10 +10,11 @@ is the size a real checkpoint runs. Variants, all float16 on the same GPU in the
   stock+graph  the same pipeline with its UNet run through CUDA graphs only (what users do by hand)
   sdserve      sdserve's TextToImagePipeline, eager (batch 1 only: the pipeline's own overhead)
   engine       sdserve's TextToImagePipeline on `engine.prepare` components
-Writes results.json, results.md, plot.png and a side-by-side image strip per case into --out;
-exits 1 when an engine image is under PSNR_FLOOR_DB against stock's for the same seed.
-With --with-compile it also runs `stock+compile` (torch.compile on the stock pipeline's UNet) and
-`engine+compile` (the engine with `engine_compile`); compile_engine.py compares the two engines alone.
+With --with-compile it also runs `stock+compile` (torch.compile on the stock pipeline's UNet, at
+--compile-batches: each new batch size costs stock a recompile) and `engine+compile` (the engine
+with `engine_compile`); --variants picks a subset (stock always runs: it is the baseline).
+Writes results.json (after every measurement), results.md, plot.png and a side-by-side image strip
+per case into --out; exits 1 when an engine image is under PSNR_FLOOR_DB against stock's.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ CASES: dict[str, dict[str, Any]] = {
     "sdxl": {"height": 1024, "width": 1024, "steps": 30, "guidance": 5.0, "repeats": 2},
 }
 WARMUP_STEPS = 3
+VARIANTS = ("stock+graph", "sdserve", "engine")
+COMPILE_VARIANTS = ("stock+compile", "engine+compile")
 
 
 def log(message: str) -> None:
@@ -274,7 +277,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 # One case
 
 
-def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], with_compile: bool = False) -> None:
+def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], variants_to_run: set[str],
+             compile_batches: list[int], engine_root: Path) -> None:
     from sdserve_backend.engine import EngineOptions, prepare_with_report
     from sdserve_backend.engine.runners import UNetRunner
     from sdserve_backend.engine.static_call import BucketedCall
@@ -312,6 +316,7 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
         if flops:
             result["unet_mfu_at_step"] = flops / (result["per_step_ms"] / 1e3) / PEAK_FLOPS
         variants.setdefault(variant, {})[f"batch{batch}"] = result
+        save_json(results, out)
         log(f"[{name}] {variant:12s} batch {batch}: e2e {result['e2e_s']:.3f} s, step {result['per_step_ms']:.2f} ms, "
             f"{result['images_per_s']:.2f} img/s, peak {result['peak_mem_gib']:.1f} GiB")
 
@@ -324,9 +329,9 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
     inputs = unet_inputs(parts, case, 2)
     record["unet_ms"] = {"stock_eager_rows2": unet_call_ms(lambda: parts["unet"](**inputs, return_dict=False))}
 
-    def measure_stock_variant(variant: str, image_key: str) -> None:
-        """The stock pipeline with its UNet swapped, at every batch, against plain stock's images."""
-        for batch in batches:
+    def measure_stock_variant(variant: str, image_key: str, variant_batches: list[int] = batches) -> None:
+        """The stock pipeline with its UNet swapped, at each batch, against plain stock's images."""
+        for batch in variant_batches:
             result, images[f"{image_key}{batch}"] = measure(
                 lambda s, batch=batch: run_stock(pipe, case, batch, s or steps), case["repeats"])
             result["psnr_vs_stock_db"] = psnr(images[f"{image_key}{batch}"], images[f"stock{batch}"])
@@ -358,7 +363,8 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
             object.__setattr__(pipe, "unet", parts["unet"])
             del runner, call
             torch.cuda.empty_cache()
-    attempt("stock+graph", stock_graph)
+    if "stock+graph" in variants_to_run:
+        attempt("stock+graph", stock_graph)
 
     # 3b. Stock diffusers with torch.compile on its UNet (the usual user recipe), when asked
     def stock_compile() -> None:
@@ -366,15 +372,15 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
         object.__setattr__(pipe, "unet", compiled)
         try:
             started = time.perf_counter()
-            run_stock(pipe, case, batches[0], WARMUP_STEPS)
+            run_stock(pipe, case, compile_batches[0], WARMUP_STEPS)
             record["stock_compile_s"] = time.perf_counter() - started
-            measure_stock_variant("stock+compile", "stockcompile")
+            measure_stock_variant("stock+compile", "stockcompile", compile_batches)
         finally:
             object.__setattr__(pipe, "unet", parts["unet"])
             del compiled
             torch._dynamo.reset()
             torch.cuda.empty_cache()
-    if with_compile:
+    if "stock+compile" in variants_to_run:
         attempt("stock+compile", stock_compile)
 
     # 4. sdserve's pipeline, eager, batch 1
@@ -384,13 +390,14 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
         result, images["sdserve1"] = measure(lambda s: run_sdserve(components, case, 1, s or steps), 1)
         result["psnr_vs_stock_db"] = psnr(images["sdserve1"], images["stock1"])
         note("sdserve", 1, result)
-    attempt("sdserve eager", sdserve_eager)
+    if "sdserve" in variants_to_run:
+        attempt("sdserve eager", sdserve_eager)
 
     # 5. sdserve's pipeline on the engine: a cold build, then a warm start from engine.json
     def engine() -> None:
         # The stock runs are done: the engine fuses the shared UNet's projections in place.
         placement = Placement(torch.device("cuda"), torch.float16)
-        engine_dir = Path(tempfile.mkdtemp(prefix="sdserve-engine-"))
+        engine_dir = engine_root / f"engine-{name}"
         arguments = dict(engine_dir=engine_dir, max_rows=2 * max(batches), height=case["height"], width=case["width"],
                          log=lambda m: log(f"[{name}] {m}"))
         started = time.perf_counter()
@@ -414,23 +421,27 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
                 lambda s, batch=batch: run_sdserve(prepared, case, batch, s or steps), case["repeats"])
             result["psnr_vs_stock_db"] = psnr(images[f"engine{batch}"], images[f"stock{batch}"])
             note("engine", batch, result)
-    attempt("engine", engine)
+    if "engine" in variants_to_run:
+        attempt("engine", engine)
 
     # 6. sdserve's pipeline on the engine with torch.compile (`engine_compile`), when asked
     def engine_compiled() -> None:
         placement = Placement(torch.device("cuda"), torch.float16)
         started = time.perf_counter()
         prepared, report = prepare_with_report(
-            components, placement, engine_dir=Path(tempfile.mkdtemp(prefix="sdserve-engine-compiled-")),
+            components, placement, engine_dir=engine_root / f"engine-compiled-{name}",
             max_rows=2 * max(batches), height=case["height"], width=case["width"], options=EngineOptions(compile=True),
             log=lambda m: log(f"[{name}] {m}"))
         record["engine_compiled_build_s"] = time.perf_counter() - started
+        record["engine_compiled"] = dataclasses.asdict(report)
+        c_inputs = unet_inputs(parts, case, 2)
+        record["unet_ms"]["engine_compiled_rows2"] = unet_call_ms(lambda: prepared.unet(**c_inputs, return_dict=False))
         for batch in batches:
             result, images[f"enginecompiled{batch}"] = measure(
                 lambda s, batch=batch: run_sdserve(prepared, case, batch, s or steps), case["repeats"])
             result["psnr_vs_stock_db"] = psnr(images[f"enginecompiled{batch}"], images[f"stock{batch}"])
             note("engine+compile", batch, result)
-    if with_compile:
+    if "engine+compile" in variants_to_run:
         attempt("engine+compile", engine_compiled)
 
     for key, milliseconds in record["unet_ms"].items():
@@ -442,11 +453,15 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
     torch.cuda.empty_cache()
 
 
+def save_json(results: dict[str, Any], out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=repr) + "\n")
+
+
 def save_strip(images: dict[str, np.ndarray], path: Path) -> None:
     from PIL import Image
 
-    tiles = [Image.fromarray(images[key][0]).resize((256, 256)) for key in ("stock1", "stockgraph1", "sdserve1", "engine1")
-             if key in images]
+    keys = ("stock1", "stockgraph1", "stockcompile1", "sdserve1", "engine1", "enginecompiled1")
+    tiles = [Image.fromarray(images[key][0]).resize((256, 256)) for key in keys if key in images]
     if not tiles:
         return
     strip = Image.new("RGB", (256 * len(tiles), 256))
@@ -488,6 +503,11 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             tuning = "; ".join(f"{k}: {v:.2f}" for k, v in record["engine_cold"]["tuning_ms"].items())
             lines.append(f"| {name} | {record['engine_build_s']:.1f} | {record['engine_warm_start_s']:.1f} | "
                          f"{record['engine_cold']['choices']} | {tuning} |")
+        if "engine_compiled_build_s" in record:
+            lines.append(f"| {name} engine+compile | {record['engine_compiled_build_s']:.1f} (cold) | - | "
+                         f"{record['engine_compiled']['choices']} | - |")
+        if "stock_compile_s" in record:
+            lines.append(f"| {name} stock+compile | {record['stock_compile_s']:.1f} (first call) | - | - | - |")
     for name, record in results["cases"].items():
         for error in record["errors"]:
             lines.append(f"\n{name} error: `{error.splitlines()[0]}`")
@@ -522,9 +542,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cases", default="sd15,sdxl")
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"which of {VARIANTS + COMPILE_VARIANTS} to run besides stock")
     parser.add_argument("--with-compile", action="store_true",
                         help="also stock diffusers with torch.compile on its UNet, and the engine with engine_compile "
                              "(adds several minutes of compiling per case)")
+    parser.add_argument("--compile-batches", default="1", help="the batches stock+compile runs")
+    parser.add_argument("--engine-root", type=Path, default=None,
+                        help="where the engines are built (engine-CASE, engine-compiled-CASE); a temporary folder "
+                             "by default. compile_engine.py --engine-dir on one of them measures a warm start")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import diffusers
@@ -540,13 +566,19 @@ def main() -> int:
         "cases": {},
     }
     batches = [int(b) for b in args.batches.split(",")]
+    engine_root = args.engine_root or Path(tempfile.mkdtemp(prefix="sdserve-engines-"))
+    variants_to_run = set(args.variants.split(",")) | (set(COMPILE_VARIANTS) if args.with_compile else set())
+    unknown = variants_to_run - set(VARIANTS + COMPILE_VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}")
     for name in args.cases.split(","):
         try:
-            run_case(name, batches, args.out, results, args.with_compile)
+            run_case(name, batches, args.out, results, variants_to_run,
+                     [int(b) for b in args.compile_batches.split(",")], engine_root)
         except Exception as error:
             log(f"[{name}] FAILED: {error!r}\n{traceback.format_exc()}")
             results["cases"].setdefault(name, {"variants": {}, "errors": []})["errors"].append(repr(error))
-        (args.out / "results.json").write_text(json.dumps(results, indent=2, default=repr) + "\n")
+        save_json(results, args.out)
     write_markdown(results, args.out / "results.md")
     try:
         write_plot(results, args.out / "plot.png")
@@ -554,9 +586,10 @@ def main() -> int:
         log(f"plot FAILED: {error!r}")
     print((args.out / "results.md").read_text())
     low = [
-        f"{name} batch {batch}: {r['psnr_vs_stock_db']:.1f} dB"
+        f"{name} {variant} batch {batch}: {r['psnr_vs_stock_db']:.1f} dB"
         for name, record in results["cases"].items()
-        for batch, r in record["variants"].get("engine", {}).items()
+        for variant in ("engine", "engine+compile")
+        for batch, r in record["variants"].get(variant, {}).items()
         if r.get("psnr_vs_stock_db", math.inf) < PSNR_FLOOR_DB
     ]
     if low:
