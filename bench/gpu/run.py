@@ -543,7 +543,7 @@ def main() -> int:
     parser.add_argument("--cases", default="sd15,sdxl")
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"which of {VARIANTS + COMPILE_VARIANTS} to run besides stock")
+                        help=f"which of {VARIANTS + COMPILE_VARIANTS} to run besides stock (empty: stock alone)")
     parser.add_argument("--with-compile", action="store_true",
                         help="also stock diffusers with torch.compile on its UNet, and the engine with engine_compile "
                              "(adds several minutes of compiling per case)")
@@ -567,7 +567,7 @@ def main() -> int:
     }
     batches = [int(b) for b in args.batches.split(",")]
     engine_root = args.engine_root or Path(tempfile.mkdtemp(prefix="sdserve-engines-"))
-    variants_to_run = set(args.variants.split(",")) | (set(COMPILE_VARIANTS) if args.with_compile else set())
+    variants_to_run = {v for v in args.variants.split(",") if v} | (set(COMPILE_VARIANTS) if args.with_compile else set())
     unknown = variants_to_run - set(VARIANTS + COMPILE_VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}")
