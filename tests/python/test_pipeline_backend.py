@@ -45,6 +45,8 @@ def test_missing_config_parameters_fall_back_to_the_models_size_and_common_defau
 
     assert read.settings == GenerationSettings(128, 128, 30, 7.5, "")
     assert read.seed is None
+    assert read.prompt_cache_size == 256
+    assert defaults(prompt_cache_size="0").prompt_cache_size == 0
 
 
 @pytest.mark.parametrize(
@@ -54,6 +56,8 @@ def test_missing_config_parameters_fall_back_to_the_models_size_and_common_defau
         ({"steps": "many"}, "config parameter 'steps' must be an integer, got 'many'"),
         ({"guidance_scale": "-1"}, "config parameter 'guidance_scale' must be a finite number >= 0, got '-1'"),
         ({"seed": "x"}, "config parameter 'seed' must be an integer, got 'x'"),
+        ({"prompt_cache_size": "-1"}, "config parameter 'prompt_cache_size' must be an integer >= 0, got '-1'"),
+        ({"prompt_cache_size": "lots"}, "config parameter 'prompt_cache_size' must be an integer, got 'lots'"),
     ],
 )
 def test_bad_config_parameters_are_named_with_their_value(values: dict[str, str], message: str) -> None:

@@ -27,10 +27,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from sdserve_backend.pipelines import schedulers
 from sdserve_backend.pipelines.components import DiffusionComponents
+from sdserve_backend.pipelines.prompt_cache import PromptCache
 
 MAX_SEED = 2**64 - 1
 # SDXL micro-conditioning: no crop (Podell et al. 2023, "SDXL", section 2.2).
 CROP_TOP_LEFT = (0, 0)
+# Prompts whose text embeddings are kept (SDXL: ~0.3 MB each in float16).
+DEFAULT_PROMPT_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,9 @@ class DenoisingState:
 class TextToImagePipeline:
     """Stable Diffusion text-to-image over loaded `DiffusionComponents`."""
 
-    def __init__(self, components: DiffusionComponents) -> None:
+    def __init__(self, components: DiffusionComponents, prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE) -> None:
         self.components = components
+        self.prompt_cache = PromptCache(prompt_cache_size)
         if components.is_sdxl:
             self._check_sdxl_time_embedding()
 
@@ -350,6 +354,9 @@ class TextToImagePipeline:
 
     def _encode_with_clip(self, texts: list[str]) -> torch.Tensor:
         """Stable Diffusion 1.x / 2.x: the text encoder's last hidden state."""
+        return self.prompt_cache.encode(texts, lambda batch: (self._run_clip(batch),))[0]
+
+    def _run_clip(self, texts: list[str]) -> torch.Tensor:
         tokenizer, encoder = self.components.tokenizer, self.components.text_encoder
         tokens = _tokenize(tokenizer, texts)
         attention_mask = None
@@ -380,6 +387,10 @@ class TextToImagePipeline:
 
     def _encode_with_both_clips(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """SDXL: both encoders' penultimate hidden states side by side, and the second's pooled output."""
+        hidden_states, pooled = self.prompt_cache.encode(texts, self._run_both_clips)
+        return hidden_states, pooled
+
+    def _run_both_clips(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         parts = self.components
         assert parts.tokenizer_2 is not None and parts.text_encoder_2 is not None
         hidden_states: list[torch.Tensor] = []

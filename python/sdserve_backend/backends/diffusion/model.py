@@ -55,7 +55,6 @@ class TritonPythonModel:
         # 3. Load the models
         components = load_components(weights, placement.device, placement.dtype, config_dir)
         components = prepare_for_model(components, placement, version_dir, model_config, parameters, weights, pb_utils.Logger.log_info)
-        self.pipeline = TextToImagePipeline(components)
         mismatch = model_settings.version_mismatch(version, detect_version(components), components.is_sdxl)
         if mismatch is not None:
             pb_utils.Logger.log_warn(mismatch)
@@ -66,6 +65,7 @@ class TritonPythonModel:
             resolve_scheduler_class(self.defaults.settings.scheduler, components.scheduler_class)
         except ValueError as error:
             raise ValueError(f"config parameter {error}") from None
+        self.pipeline = TextToImagePipeline(components, prompt_cache_size=self.defaults.prompt_cache_size)
 
         # 5. Start the step batcher: up to max_batch_size images share a UNet call
         self.step_batcher: StepBatcher | None = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdserve_backend.pipelines import GenerationSettings
+from sdserve_backend.pipelines.text_to_image import DEFAULT_PROMPT_CACHE_SIZE
 
 README_HINT = 'see README "Serving real weights"'
 KNOWN_VERSIONS = ("1.5", "2.1", "xl-1.0")
@@ -38,6 +39,8 @@ class ModelDefaults:
     weights_config: str
     # Step-level batching (requests join and leave the UNet batch per step); False: whole requests.
     step_batching: bool = True
+    # How many prompts' text embeddings are kept for reuse (0: none).
+    prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE
 
 
 def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
@@ -67,6 +70,7 @@ def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) 
         weights=str(parameters.get("weights", "")).strip(),
         weights_config=str(parameters.get("weights_config", "")).strip(),
         step_batching=parse_bool("step_batching", parameters.get("step_batching", ""), True, source),
+        prompt_cache_size=parse_prompt_cache_size(parameters.get("prompt_cache_size", ""), source),
     )
 
 
@@ -175,6 +179,13 @@ def parse_steps(value: Any, default: int, source: str) -> int:
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"{source} 'steps' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
     return steps
+
+
+def parse_prompt_cache_size(value: Any, source: str) -> int:
+    size = _parse_int("prompt_cache_size", value, DEFAULT_PROMPT_CACHE_SIZE, source)
+    if size < 0:
+        raise ValueError(f"{source} 'prompt_cache_size' must be an integer >= 0, got {value!r}")
+    return size
 
 
 def parse_guidance_scale(value: Any, default: float, source: str) -> float:
