@@ -192,7 +192,8 @@ def run_sdserve(components: Any, case: dict[str, Any], batch: int, steps: int) -
     from sdserve_backend.pipelines.text_to_image import GenerationSettings
 
     counting = CountingUNet(components.unet)
-    pipeline = TextToImagePipeline(dataclasses.replace(components, unet=counting))
+    # No prompt cache: stock diffusers encodes the prompt on every call, and so does this.
+    pipeline = TextToImagePipeline(dataclasses.replace(components, unet=counting), prompt_cache_size=0)
     marks: list[tuple[int, float]] = []
 
     def on_step(step: int, total: int) -> None:

@@ -8,7 +8,8 @@ max_batch_size 4 (the shipped configs' engine options, `engine_compile` on unles
 Measured, in order: the first load (the engine's cold build, through the repository API), one
 client sending single images, then batches of 4 prompts per request (`--static-batch-size 4`),
 an unload, a second load (a new backend process reusing the engine folder: the warm start), and
-single images again. Writes serve_<case>.json and prints a table. This is variant (4) of
+single images again (the server's defaults, its prompt cache included: the client repeats one
+prompt). Writes serve_<case>.json and prints a table. This is variant (4) of
 bench/gpu/run.py's stock / engine table; `--case tiny` checks the script on a CPU in seconds.
 """
 
