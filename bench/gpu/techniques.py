@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Engine techniques measured one at a time, on one GPU, in one process.
 
-    python bench/gpu/techniques.py --case sdxl --out FILE.json [--unet-compile none|default|both] [--rows 2,8]
+    python bench/gpu/techniques.py --case sdxl --out FILE.json [--unet-compile none|default|both|regional] [--rows 2,8]
 
 Each measurement is one call inside a CUDA graph (as the engine runs it), float16 model with fused
 QKV projections and the engine's layout choice for the case:
@@ -11,6 +11,9 @@ QKV projections and the engine's layout choice for the case:
   unet cudnn-benchmark     the UNet with cuDNN's heuristic convolution choice, then its benchmarked one
   unet compiled [...]      torch.compile (default mode) of the UNet, then with 1x1 convolutions
                            lowered to matmuls (Inductor's conv_1x1_as_mm)
+  unet regional            only the repeated transformer blocks compiled (diffusers'
+                           compile_repeated_blocks): far less to compile and to trace again on a
+                           warm start, at the cost of the fusions outside the blocks
 The JSON file is rewritten after every measurement, so a run cut short keeps what it measured.
 """
 
@@ -122,8 +125,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="sd15")
     parser.add_argument("--rows", default="2")
-    parser.add_argument("--unet-compile", choices=["none", "default", "both"], default="both",
-                        help="compile the UNet not at all, in default mode, or also with conv_1x1_as_mm")
+    parser.add_argument("--unet-compile", choices=["none", "default", "both", "regional"], default="both",
+                        help="compile the UNet not at all, in default mode, also with conv_1x1_as_mm, "
+                             "or only its repeated blocks")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -144,6 +148,11 @@ def main() -> int:
     for benchmark in (False, True):
         torch.backends.cudnn.benchmark = benchmark
         measure_unet(runner, parts, case, record, f"unet graph cudnn-benchmark={benchmark}", rows_list, channels_last, flops)
+    if args.unet_compile == "regional":
+        torch.backends.cudnn.benchmark = False
+        unet.compile_repeated_blocks()
+        measure_unet(runner, parts, case, record, "unet regional", rows_list, channels_last, flops)
+        return 0
     variants = {"none": [], "default": [(False, False), (True, False)],
                 "both": [(False, False), (True, False), (True, True)]}[args.unet_compile]
     for benchmark, one_by_one_as_mm in variants:
