@@ -568,14 +568,18 @@ def main() -> int:
     }
     batches = [int(b) for b in args.batches.split(",")]
     engine_root = args.engine_root or Path(tempfile.mkdtemp(prefix="sdserve-engines-"))
+    if engine_root.is_dir() and any(engine_root.iterdir()):
+        parser.error(f"--engine-root {engine_root} is not empty: its engines would be reused, not built")
+    compile_batches = [int(b) for b in args.compile_batches.split(",")]
+    if not set(compile_batches) <= set(batches):
+        parser.error("--compile-batches must be among --batches (their stock images are the reference)")
     variants_to_run = {v for v in args.variants.split(",") if v} | (set(COMPILE_VARIANTS) if args.with_compile else set())
     unknown = variants_to_run - set(VARIANTS + COMPILE_VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}")
     for name in args.cases.split(","):
         try:
-            run_case(name, batches, args.out, results, variants_to_run,
-                     [int(b) for b in args.compile_batches.split(",")], engine_root)
+            run_case(name, batches, args.out, results, variants_to_run, compile_batches, engine_root)
         except Exception as error:
             log(f"[{name}] FAILED: {error!r}\n{traceback.format_exc()}")
             results["cases"].setdefault(name, {"variants": {}, "errors": []})["errors"].append(repr(error))

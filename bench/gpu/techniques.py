@@ -87,7 +87,7 @@ def measure_vae(parts: dict[str, Any], case: dict[str, Any], record: Recorder) -
             variants.append((" compiled", torch.compile(vae.decode)))
         for suffix, compiled in variants:
             name = f"vae {str(dtype).removeprefix('torch.')}{suffix}"
-            runner = VaeRunner(vae, "cudnn")
+            runner = VaeRunner(vae, "default")  # the engine's choice for the VAE
 
             def decode(latents: torch.Tensor, compiled: Any = compiled, runner: VaeRunner = runner) -> torch.Tensor:
                 if compiled is None:

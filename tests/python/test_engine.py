@@ -265,21 +265,24 @@ def test_compiled_vae_decoder_is_traced_once_for_one_image_and_once_for_more(
 
 
 @pytest.mark.parametrize(
-    ("vae_dtype", "bf16_supported", "bfloat16_vae", "decoded"),
+    ("vae_dtype", "capability", "bfloat16_vae", "decoded"),
     [
-        (torch.float32, True, True, torch.bfloat16),  # SDXL's upcast VAE on a recent GPU
-        (torch.float32, False, True, torch.float32),  # a GPU without bfloat16 keeps float32
-        (torch.float32, True, False, torch.float32),  # turned off
-        (torch.float16, True, True, torch.float16),  # an SD 1.5 VAE already runs in float16
+        (torch.float32, (9, 0), True, torch.bfloat16),  # SDXL's upcast VAE on an H100
+        (torch.float32, (8, 0), True, torch.bfloat16),  # an A100
+        (torch.float32, (7, 5), True, torch.float32),  # a T4 only emulates bfloat16: float32 stays
+        (torch.float32, (9, 0), False, torch.float32),  # turned off
+        (torch.float16, (9, 0), True, torch.float16),  # an SD 1.5 VAE already runs in float16
     ],
 )
 def test_a_float32_vae_decodes_in_bfloat16_where_the_gpu_has_it(
-    monkeypatch: pytest.MonkeyPatch, vae_dtype: torch.dtype, bf16_supported: bool, bfloat16_vae: bool,
+    monkeypatch: pytest.MonkeyPatch, vae_dtype: torch.dtype, capability: tuple[int, int], bfloat16_vae: bool,
     decoded: torch.dtype,
 ) -> None:
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    asked: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability)
     options = EngineOptions(bfloat16_vae=bfloat16_vae)
-    assert vae_decode_dtype(vae_dtype, options) == decoded
+    assert vae_decode_dtype(vae_dtype, options, torch.device("cuda", 1)) == decoded
+    assert asked in ([], [torch.device("cuda", 1)])  # the model's own GPU is the one asked
 
 
 def test_build_command_without_gpu_has_nothing_to_build(

@@ -3,7 +3,8 @@
 Users re-run a prompt with other seeds and settings, and every guided SD 1.x/2.x request encodes
 the empty negative prompt: on a GPU the encoders' few milliseconds per call stall the batch that
 is denoising while a request is admitted. The text encoders treat prompts independently, so a
-cached prompt's embedding is the one a fresh batch would compute.
+cached prompt's embedding is the one a fresh batch would compute (on a GPU, up to the rounding
+that differs between batch sizes).
 """
 
 from __future__ import annotations
