@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -214,6 +215,19 @@ def test_engine_compile_parameter(value: str, compiled: bool) -> None:
     assert engine_build.engine_options({"engine_compile": value}).compile is compiled
 
 
+def tracing_backend() -> tuple[list[torch.fx.GraphModule], Any]:
+    """A torch.compile backend that records each graph dynamo traces and runs it as traced,
+    after a reset, so only this test's traces count."""
+    torch._dynamo.reset()
+    traces: list[torch.fx.GraphModule] = []
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
+        traces.append(graph)
+        return graph.forward
+
+    return traces, backend
+
+
 @pytest.mark.parametrize("variant", ["sd", "sdxl"])
 def test_compiled_unet_is_traced_once_for_every_bucket_of_two_rows_or_more(
     components: dict[str, DiffusionComponents], variant: str
@@ -221,13 +235,7 @@ def test_compiled_unet_is_traced_once_for_every_bucket_of_two_rows_or_more(
     """The engine compiles the UNet with the row count symbolic, so buckets 2, 4, 8 ... share one
     compiled graph (a trace per bucket would multiply the minutes a first build takes)."""
     parts = components[variant]
-    torch._dynamo.reset()
-    traces = []
-
-    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # noqa: ANN202
-        traces.append(graph)
-        return graph.forward
-
+    traces, counting_backend = tracing_backend()
     runner = UNetRunner(parts.unet, "default", compiled=torch.compile(parts.unet, backend=counting_backend))
     for rows in (8, 4, 2, 3, 1):
         inputs = unet_inputs(parts, rows, seed=rows)
@@ -245,13 +253,7 @@ def test_compiled_vae_decoder_is_traced_once_for_one_image_and_once_for_more(
     """One image, the usual decode, gets its own compiled graph; every bucket of two and up shares
     another, with the row count symbolic."""
     parts = components[variant]
-    torch._dynamo.reset()
-    traces = []
-
-    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # noqa: ANN202
-        traces.append(graph)
-        return graph.forward
-
+    traces, counting_backend = tracing_backend()
     runner = VaeRunner(parts.vae, "default", compiled=torch.compile(parts.vae.decode, backend=counting_backend))
     size = parts.default_image_size // parts.vae_scale_factor
     for rows in (4, 2, 3, 1):
