@@ -394,6 +394,16 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
     if "sdserve" in variants_to_run:
         attempt("sdserve eager", sdserve_eager)
 
+    def measure_prepared(prepared: Any, variant: str, image_key: str, unet_key: str) -> None:
+        """sdserve's pipeline on engine components: the 2-row UNet call, then each batch against stock."""
+        rows2 = unet_inputs(parts, case, 2)
+        record["unet_ms"][unet_key] = unet_call_ms(lambda: prepared.unet(**rows2, return_dict=False))
+        for batch in batches:
+            result, images[f"{image_key}{batch}"] = measure(
+                lambda s, batch=batch: run_sdserve(prepared, case, batch, s or steps), case["repeats"])
+            result["psnr_vs_stock_db"] = psnr(images[f"{image_key}{batch}"], images[f"stock{batch}"])
+            note(variant, batch, result)
+
     # 5. sdserve's pipeline on the engine: a cold build, then a warm start from engine.json
     def engine() -> None:
         # The stock runs are done: the engine fuses the shared UNet's projections in place.
@@ -415,13 +425,7 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
         record["engine_json"] = json.loads((engine_dir / "engine.json").read_text())
         log(f"[{name}] engine build {record['engine_build_s']:.1f} s (choices {cold.choices}), "
             f"warm start {record['engine_warm_start_s']:.1f} s ({warm.status})")
-        e_inputs = unet_inputs(parts, case, 2)
-        record["unet_ms"]["engine_rows2"] = unet_call_ms(lambda: prepared.unet(**e_inputs, return_dict=False))
-        for batch in batches:
-            result, images[f"engine{batch}"] = measure(
-                lambda s, batch=batch: run_sdserve(prepared, case, batch, s or steps), case["repeats"])
-            result["psnr_vs_stock_db"] = psnr(images[f"engine{batch}"], images[f"stock{batch}"])
-            note("engine", batch, result)
+        measure_prepared(prepared, "engine", "engine", "engine_rows2")
     if "engine" in variants_to_run:
         attempt("engine", engine)
 
@@ -435,13 +439,7 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
             log=lambda m: log(f"[{name}] {m}"))
         record["engine_compiled_build_s"] = time.perf_counter() - started
         record["engine_compiled"] = dataclasses.asdict(report)
-        c_inputs = unet_inputs(parts, case, 2)
-        record["unet_ms"]["engine_compiled_rows2"] = unet_call_ms(lambda: prepared.unet(**c_inputs, return_dict=False))
-        for batch in batches:
-            result, images[f"enginecompiled{batch}"] = measure(
-                lambda s, batch=batch: run_sdserve(prepared, case, batch, s or steps), case["repeats"])
-            result["psnr_vs_stock_db"] = psnr(images[f"enginecompiled{batch}"], images[f"stock{batch}"])
-            note("engine+compile", batch, result)
+        measure_prepared(prepared, "engine+compile", "enginecompiled", "engine_compiled_rows2")
     if "engine+compile" in variants_to_run:
         attempt("engine+compile", engine_compiled)
 
