@@ -9,6 +9,7 @@ Without graphs (the CPU, tests) the function runs eagerly on the same padded buf
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from sdserve_backend.engine.buckets import pick_bucket
 
 Function = Callable[..., torch.Tensor]
+log = logging.getLogger("sdserve.engine")
 # Warm-up runs before a capture: the first call picks kernels and allocates workspaces.
 WARMUP_RUNS = 2
 
@@ -77,14 +79,30 @@ class BucketedCall:
                 for _ in range(WARMUP_RUNS):
                     self.function(**views)
             torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                output = self.function(**views)
+            graph, output = self._capture_one(views)
             if self._pool is None:
                 self._pool = graph.pool()
             self._graphs[size] = graph
             self._outputs[size] = output
         torch.cuda.synchronize()
+
+    def _capture_one(self, views: Mapping[str, torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        try:
+            return self._capture_once(views)
+        except torch.AcceleratorError as error:
+            # A call that is unsafe while capturing invalidates the capture (seen once in an SDXL
+            # build, cause not found). The error is not sticky: capture once more before failing.
+            if "capture" not in str(error):
+                raise
+            log.warning("CUDA graph capture failed (%s); capturing again", str(error).splitlines()[0])
+            torch.cuda.synchronize()
+            return self._capture_once(views)
+
+    def _capture_once(self, views: Mapping[str, torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = self.function(**views)
+        return graph, output
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The function's output for `inputs` (which `accepts` must allow), as a fresh tensor."""
