@@ -13,6 +13,7 @@ inside `execute`, as Triton's request-level batching does.
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,11 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(f"{args.get('model_name', '')}: {placement.warning}")
 
         # 3. Load the models
+        started = time.perf_counter()
         components = load_components(weights, placement.device, placement.dtype, config_dir)
+        loaded = time.perf_counter()
         components = prepare_for_model(components, placement, version_dir, model_config, parameters, weights, pb_utils.Logger.log_info)
+        seconds = f"weights {loaded - started:.1f} s, engine {time.perf_counter() - loaded:.1f} s"
         mismatch = model_settings.version_mismatch(version, detect_version(components), components.is_sdxl)
         if mismatch is not None:
             pb_utils.Logger.log_warn(mismatch)
@@ -74,7 +78,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"{args.get('model_name', '')}: loaded {weights} on {placement.device} ({placement.dtype}), "
             f"{'SDXL' if components.is_sdxl else 'SD'}, "
-            f"{'step' if self.step_batching else 'request'}-level batching, defaults {self.defaults.settings}"
+            f"{'step' if self.step_batching else 'request'}-level batching, defaults {self.defaults.settings} ({seconds})"
         )
 
     @property
