@@ -9,7 +9,7 @@ Measured, in order: the first load (the engine's cold build, through the reposit
 client sending single images, then batches of 4 prompts per request (`--static-batch-size 4`),
 an unload, a second load (a new backend process reusing the engine folder: the warm start), and
 single images again (the server's defaults, its prompt cache included: the client repeats one
-prompt). Writes serve_<case>.json and prints a table. This is variant (4) of
+prompt). Writes serve_<case>_<compiled|graphs>.json and the server's log, and prints a table. This is variant (4) of
 bench/gpu/run.py's stock / engine table; `--case tiny` checks the script on a CPU in seconds.
 """
 
@@ -77,20 +77,30 @@ def main() -> int:
     bench.write_config(repo, MODEL, case, weights, 4, True, compile_engine)
     result: dict[str, Any] = {"case": args.case, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "engine_compile": compile_engine, "size": case.size, "steps": case.steps}
-    server = bench.start_server(repo, args.out / f"server_{args.case}.log")
+    name = f"{args.case}_{'compiled' if compile_engine else 'graphs'}"
+    result_path = args.out / f"serve_{name}.json"
+
+    def save() -> None:  # after every measurement, so a run cut short keeps what it measured
+        result_path.write_text(json.dumps(result, indent=2) + "\n")
+
+    server = bench.start_server(repo, args.out / f"server_{name}.log")
     try:
         result["cold_load_s"] = timed_load(bench)
-        bench.log(f"[{args.case}] cold load (engine build) {result['cold_load_s']:.1f} s")
-        bench.client(MODEL, args.out, f"{args.case}_warmup", "--requests", "1")
-        result["batch1"] = latency(bench, args.out, f"{args.case}_b1", args.requests, 1)
-        result["batch4"] = latency(bench, args.out, f"{args.case}_b4", max(1, args.requests // 2), 4)
+        save()
+        bench.log(f"[{name}] cold load (engine build) {result['cold_load_s']:.1f} s")
+        bench.client(MODEL, args.out, f"{name}_warmup", "--requests", "1")
+        result["batch1"] = latency(bench, args.out, f"{name}_b1", args.requests, 1)
+        save()
+        result["batch4"] = latency(bench, args.out, f"{name}_b4", max(1, args.requests // 2), 4)
+        save()
         status, body = bench.http("POST", f"/v2/repository/models/{MODEL}/unload")
         if status != 200:
             raise RuntimeError(f"unloading: {status} {body}")
         time.sleep(5)  # the unload answers before the backend process has exited
         result["warm_load_s"] = timed_load(bench)
-        bench.log(f"[{args.case}] warm load (engine reused) {result['warm_load_s']:.1f} s")
-        result["batch1_after_warm_start"] = latency(bench, args.out, f"{args.case}_b1_warm", args.requests, 1)
+        save()
+        bench.log(f"[{name}] warm load (engine reused) {result['warm_load_s']:.1f} s")
+        result["batch1_after_warm_start"] = latency(bench, args.out, f"{name}_b1_warm", args.requests, 1)
         engine_json = repo / MODEL / "1" / "engine" / "engine.json"
         if engine_json.is_file():
             recorded = json.loads(engine_json.read_text())
@@ -98,13 +108,13 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=60)
-        (args.out / f"serve_{args.case}.json").write_text(json.dumps(result, indent=2) + "\n")
+        save()
     rows = [("cold load (engine build) s", result["cold_load_s"]), ("warm load s", result["warm_load_s"]),
             ("1 image, p50 s", result["batch1"]["p50_s"]), ("4 images per request, p50 s", result["batch4"]["p50_s"]),
             ("1 image after the warm start, p50 s", result["batch1_after_warm_start"]["p50_s"])]
-    print(f"| {args.case} through the server | |\n| --- | --- |")
-    for name, value in rows:
-        print(f"| {name} | {value:.3f} |")
+    print(f"| {name} through the server | |\n| --- | --- |")
+    for label, value in rows:
+        print(f"| {label} | {value:.3f} |")
     return 0
 
 

@@ -1,19 +1,27 @@
 #!/usr/bin/env python3
 """Engine techniques measured one at a time, on one GPU, in one process.
 
-    python bench/gpu/techniques.py --case sdxl --out FILE.json [--unet-compile none|default|both|regional] [--rows 2,8]
+    python bench/gpu/techniques.py --case sdxl --out FILE.json [--unet VARIANT,...] [--rows 2,8] [--skip-vae]
 
 Each measurement is one call inside a CUDA graph (as the engine runs it), float16 model with fused
 QKV projections and the engine's layout choice for the case:
   vae <dtype> [compiled]   one image decoded in the VAE's own dtype (float32 for an upcast SDXL
                            VAE), in bfloat16, and compiled; PSNR of each image against the VAE's own
                            dtype run eagerly
-  unet cudnn-benchmark     the UNet with cuDNN's heuristic convolution choice, then its benchmarked one
-  unet compiled [...]      torch.compile (default mode) of the UNet, then with 1x1 convolutions
-                           lowered to matmuls (Inductor's conv_1x1_as_mm)
-  unet regional            only the repeated transformer blocks compiled (diffusers'
+  unet graph               the UNet as the graphs-only engine runs it (the baseline of the rest)
+Then the UNet variants named by --unet, in the order given (default "compiled"):
+  cudnn-benchmark          the graph engine with cuDNN's benchmarked convolution choice
+  compiled                 torch.compile, default mode: the engine's `engine_compile`
+  conv_1x1_as_mm           compiled, 1x1 convolutions lowered to matmuls
+  freezing                 compiled with Inductor's freezing: weights become constants, so their
+                           layout conversions and constant arithmetic are done once at compile time
+  coordinate-descent       compiled with Inductor's coordinate-descent tuning of kernel launch configs
+  other-layout             compiled, with the memory format the eager tuning did not pick
+  regional                 only the repeated transformer blocks compiled (diffusers'
                            compile_repeated_blocks): far less to compile and to trace again on a
                            warm start, at the cost of the fusions outside the blocks
+  regional-resnets         regional, with the ResNet blocks compiled too
+The capture seconds of a compiled variant's first row count include its compile (cold caches).
 The JSON file is rewritten after every measurement, so a run cut short keeps what it measured.
 """
 
@@ -121,48 +129,82 @@ def measure_unet(runner: UNetRunner, parts: dict[str, Any], case: dict[str, Any]
         record.add("mfu", f"{label} rows={rows}", flops[rows] / (milliseconds * 1e-3) / gpu_bench.PEAK_FLOPS)
 
 
+UNET_VARIANTS = ("cudnn-benchmark", "compiled", "conv_1x1_as_mm", "freezing", "coordinate-descent",
+                 "other-layout", "regional", "regional-resnets")
+# Compiled in place, block by block (diffusers' compile_repeated_blocks): at most one, and last.
+REGIONAL = {"regional": ["BasicTransformerBlock"], "regional-resnets": ["BasicTransformerBlock", "ResnetBlock2D"]}
+INDUCTOR_SETTINGS = {"conv_1x1_as_mm": {"conv_1x1_as_mm": True}, "freezing": {"freezing": True},
+                     "coordinate-descent": {"coordinate_descent_tuning": True}}
+
+
+def measure_unet_variant(variant: str, unet: Any, parts: dict[str, Any], case: dict[str, Any], record: Recorder,
+                         rows_list: list[int], channels_last: bool, flops: dict[int, float]) -> None:
+    torch._dynamo.reset()
+    label = f"unet {variant}"
+    if variant == "cudnn-benchmark":
+        torch.backends.cudnn.benchmark = True
+        try:
+            measure_unet(UNetRunner(unet, "cudnn"), parts, case, record, label, rows_list, channels_last, flops)
+        finally:
+            torch.backends.cudnn.benchmark = False
+        return
+    if variant in REGIONAL:
+        unet._repeated_blocks = REGIONAL[variant]
+        unet.compile_repeated_blocks()
+        measure_unet(UNetRunner(unet, "cudnn"), parts, case, record, label, rows_list, channels_last, flops)
+        return
+    if variant == "other-layout":
+        channels_last = not channels_last
+        unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        label += f" channels_last={channels_last}"
+    settings = INDUCTOR_SETTINGS.get(variant, {})
+    previous = {name: getattr(torch._inductor.config, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(torch._inductor.config, name, value)
+        compiled = UNetRunner(unet, "cudnn", compiled=torch.compile(unet))
+        measure_unet(compiled, parts, case, record, label, rows_list, channels_last, flops)
+    finally:
+        for name, value in previous.items():
+            setattr(torch._inductor.config, name, value)
+        if variant == "other-layout":
+            unet.to(memory_format=torch.contiguous_format if channels_last else torch.channels_last)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="sd15")
     parser.add_argument("--rows", default="2")
-    parser.add_argument("--unet-compile", choices=["none", "default", "both", "regional"], default="both",
-                        help="compile the UNet not at all, in default mode, also with conv_1x1_as_mm, "
-                             "or only its repeated blocks")
+    parser.add_argument("--unet", default="compiled",
+                        help=f"comma-separated UNet variants, from {', '.join(UNET_VARIANTS)} (empty: the graph only)")
+    parser.add_argument("--skip-vae", action="store_true", help="measure only the UNet")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    variants = [name for name in args.unet.split(",") if name]
+    unknown = [name for name in variants if name not in UNET_VARIANTS]
+    if unknown:
+        parser.error(f"unknown --unet variants {unknown}; choose from {', '.join(UNET_VARIANTS)}")
+    if any(name in REGIONAL for name in variants[:-1]):
+        parser.error("a regional variant compiles the UNet's blocks in place: only one, and last")
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
     case = gpu_bench.CASES[args.case]
     rows_list = [int(value) for value in args.rows.split(",")]
     parts = gpu_bench.build_models(args.case)
     record = Recorder(args.out, {"case": args.case, "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__})
     flops = {rows: gpu_bench.unet_flops(parts, case, rows) for rows in rows_list}
 
-    measure_vae(parts, case, record)
+    if not args.skip_vae:
+        measure_vae(parts, case, record)
 
     unet = parts["unet"].requires_grad_(False)
     unet.fuse_qkv_projections()
     channels_last = LAYOUT[args.case]
     if channels_last:
         unet.to(memory_format=torch.channels_last)
-    runner = UNetRunner(unet, "cudnn")
-    for benchmark in (False, True):
-        torch.backends.cudnn.benchmark = benchmark
-        measure_unet(runner, parts, case, record, f"unet graph cudnn-benchmark={benchmark}", rows_list, channels_last, flops)
-    if args.unet_compile == "regional":
-        torch.backends.cudnn.benchmark = False
-        unet.compile_repeated_blocks()
-        measure_unet(runner, parts, case, record, "unet regional", rows_list, channels_last, flops)
-        return 0
-    variants = {"none": [], "default": [(False, False), (True, False)],
-                "both": [(False, False), (True, False), (True, True)]}[args.unet_compile]
-    for benchmark, one_by_one_as_mm in variants:
-        torch.backends.cudnn.benchmark = benchmark
-        if one_by_one_as_mm:
-            torch._dynamo.reset()
-            torch._inductor.config.conv_1x1_as_mm = True
-        compiled = UNetRunner(unet, "cudnn", compiled=torch.compile(unet))
-        label = f"unet compiled cudnn-benchmark={benchmark}" + (" conv_1x1_as_mm" if one_by_one_as_mm else "")
-        measure_unet(compiled, parts, case, record, label, rows_list, channels_last, flops)
+    measure_unet(UNetRunner(unet, "cudnn"), parts, case, record, "unet graph", rows_list, channels_last, flops)
+    for variant in variants:
+        measure_unet_variant(variant, unet, parts, case, record, rows_list, channels_last, flops)
     return 0
 
 
