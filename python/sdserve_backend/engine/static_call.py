@@ -90,8 +90,9 @@ class BucketedCall:
         try:
             return self._capture_once(views)
         except torch.AcceleratorError as error:
-            # A call that is unsafe while capturing invalidates the capture (seen once in an SDXL
-            # build, cause not found). The error is not sticky: capture once more before failing.
+            # A call that is unsafe while capturing invalidates the capture (seen in SDXL builds on
+            # the first capture of one tuning candidate; cause not found). The error is not sticky,
+            # and the second capture went through: capture once more before failing the load.
             if "capture" not in str(error):
                 raise
             log.warning("CUDA graph capture failed (%s); capturing again", str(error).splitlines()[0])
