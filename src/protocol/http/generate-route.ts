@@ -20,8 +20,11 @@ type GenerateBody = Record<string, unknown>;
 
 const generateBodySchema = { type: 'object' } as const;
 
-/** 1. inputs from the keys naming model inputs  2. parameters from the rest. */
-function toInferRequest(core: InferenceCore, params: ModelParams, body: GenerateBody): InferRequest {
+/**
+ * A generate body as an infer request: 1. inputs from the keys naming model inputs
+ * 2. parameters from the rest.
+ */
+export function generateInferRequest(core: InferenceCore, params: ModelParams, body: GenerateBody): InferRequest {
   const metadata = core.modelMetadata(params.model, params.version);
   const inputNames = new Set(metadata.inputs.map((i) => i.name));
   const inputs: Tensor[] = metadata.inputs.filter((i) => body[i.name] !== undefined).map((input) => {
@@ -62,12 +65,12 @@ export function registerGenerateRoutes(app: FastifyInstance, core: InferenceCore
   for (const base of MODEL_PATHS) {
     app.post<{ Params: ModelParams; Body: GenerateBody }>(`${base}/generate`, { schema: { body: generateBodySchema } },
       async (request, reply) => {
-        const inferRequest = toInferRequest(core, request.params, request.body);
+        const inferRequest = generateInferRequest(core, request.params, request.body);
         return toGenerateResponse(await core.infer(inferRequest, disconnectSignal(reply)));
       });
     app.post<{ Params: ModelParams; Body: GenerateBody }>(`${base}/generate_stream`, { schema: { body: generateBodySchema } },
       async (request, reply) => {
-        const inferRequest = toInferRequest(core, request.params, request.body);
+        const inferRequest = generateInferRequest(core, request.params, request.body);
         reply.hijack();
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
         // Headers now, not with the first event: a queued request still tells its client it is accepted.

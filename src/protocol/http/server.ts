@@ -1,6 +1,7 @@
 /**
- * The KServe v2 HTTP/REST front end: thin routes over the one InferenceCore. Errors are mapped
- * to statuses in error-reply.ts only; bodies are validated by schemas compiled at registration.
+ * The KServe v2 HTTP/REST front end (and OpenAI-style image routes under /v1): thin routes over
+ * the one InferenceCore. Errors are mapped to statuses in error-reply.ts only; bodies are validated
+ * by schemas compiled at registration.
  */
 import Fastify, { type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
@@ -10,6 +11,7 @@ import { registerGenerateRoutes } from './generate-route.js';
 import { registerHealthRoutes } from './health-routes.js';
 import { inferRoutes } from './infer-route.js';
 import { registerModelRoutes } from './model-routes.js';
+import { openAiRoutes } from './openai-routes.js';
 import { registerRepositoryRoutes } from './repository-routes.js';
 
 export interface HttpServerOptions {
@@ -43,5 +45,6 @@ export function buildHttpServer(core: InferenceCore, options: HttpServerOptions 
   registerRepositoryRoutes(app, core);
   registerGenerateRoutes(app, core);
   app.register(inferRoutes, { core, bodyLimitBytes });
+  app.register(openAiRoutes, { core });
   return app;
 }
