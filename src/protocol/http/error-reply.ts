@@ -1,7 +1,8 @@
 /**
  * The one place HTTP status codes are chosen for errors. sdserve errors take theirs from the
  * catalog (src/errors.ts); fastify's own client errors (413 body too large, 415, schema
- * validation 400) keep theirs; anything else is a 500. Every error body is `{"error": "..."}`.
+ * validation 400) keep theirs; anything else is a 500. Error bodies are Triton's
+ * `{"error": "..."}`, and OpenAI's `{"error": {"message", "type", "param", "code"}}` under /v1.
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { SdserveError, toSdserveError } from '../../errors.js';
@@ -13,17 +14,42 @@ export function httpStatusOf(err: unknown): number {
   return typeof status === 'number' && status >= 400 && status < 500 ? status : 500;
 }
 
+function sendWith(status: number, body: object, err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  if (status >= 500) request.log.error({ err }, 'request failed');
+  return reply.code(status).type('application/json').send(body);
+}
+
 /** Fastify error handler: sends `{"error": message}` with the mapped status. */
 export function sendError(err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  const status = httpStatusOf(err);
-  if (status >= 500) request.log.error({ err }, 'request failed');
-  return reply.code(status).type('application/json').send({ error: toSdserveError(err).message });
+  return sendWith(httpStatusOf(err), { error: toSdserveError(err).message }, err, request, reply);
 }
+
+const noRoute = (request: FastifyRequest) => `no route for ${request.method} ${request.url}`;
 
 /** Fastify not-found handler. */
 export function sendNotFound(request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  return reply.code(404).type('application/json')
-    .send({ error: `no route for ${request.method} ${request.url}` });
+  return reply.code(404).type('application/json').send({ error: noRoute(request) });
+}
+
+/**
+ * Fastify error handler in OpenAI's shape. An unknown model is OpenAI's 404 `model_not_found`
+ * (Triton answers 400).
+ */
+export function sendOpenAiError(err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const modelNotFound = err instanceof SdserveError && err.code === 'SDS_ERR_MODEL_NOT_FOUND';
+  const status = modelNotFound ? 404 : httpStatusOf(err);
+  const error = {
+    message: toSdserveError(err).message,
+    type: status >= 500 ? 'server_error' : 'invalid_request_error',
+    param: null,
+    code: modelNotFound ? 'model_not_found' : null,
+  };
+  return sendWith(status, { error }, err, request, reply);
+}
+
+/** Fastify not-found handler in OpenAI's shape. */
+export function sendOpenAiNotFound(request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return sendOpenAiError(new SdserveError('SDS_ERR_NOT_FOUND', noRoute(request)), request, reply);
 }
 
 interface SchemaError {

@@ -45,6 +45,6 @@ export function buildHttpServer(core: InferenceCore, options: HttpServerOptions 
   registerRepositoryRoutes(app, core);
   registerGenerateRoutes(app, core);
   app.register(inferRoutes, { core, bodyLimitBytes });
-  app.register(openAiRoutes, { core });
+  app.register(openAiRoutes, { core, prefix: '/v1' });
   return app;
 }
