@@ -1,7 +1,7 @@
 /**
- * The KServe v2 HTTP/REST front end (and OpenAI-style image routes under /v1): thin routes over
- * the one InferenceCore. Errors are mapped to statuses in error-reply.ts only; bodies are validated
- * by schemas compiled at registration.
+ * The KServe v2 HTTP/REST front end, plus OpenAI-style image routes under /v1 and the web
+ * playground at /playground: thin routes over the one InferenceCore. Errors are mapped to
+ * statuses in error-reply.ts only; bodies are validated by schemas compiled at registration.
  */
 import Fastify, { type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
@@ -12,6 +12,7 @@ import { registerHealthRoutes } from './health-routes.js';
 import { inferRoutes } from './infer-route.js';
 import { registerModelRoutes } from './model-routes.js';
 import { openAiRoutes } from './openai-routes.js';
+import { registerPlaygroundRoute } from './playground-route.js';
 import { registerRepositoryRoutes } from './repository-routes.js';
 
 export interface HttpServerOptions {
@@ -44,6 +45,7 @@ export function buildHttpServer(core: InferenceCore, options: HttpServerOptions 
   registerModelRoutes(app, core);
   registerRepositoryRoutes(app, core);
   registerGenerateRoutes(app, core);
+  registerPlaygroundRoute(app);
   app.register(inferRoutes, { core, bodyLimitBytes });
   app.register(openAiRoutes, { core, prefix: '/v1' });
   return app;
