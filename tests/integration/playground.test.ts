@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { resolveObjectURL } from 'node:buffer';
 import { after, before, describe, test } from 'node:test';
 import vm from 'node:vm';
 import { PNG } from 'pngjs';
@@ -10,21 +11,24 @@ import { makeRepository, startServerProcess, type ServerProcess } from './suppor
  * runs unchanged against the real server.
  */
 class PageElement {
-  value = '';
+  value: string | number = '';
   textContent = '';
   disabled = false;
-  max = 1;
+  max: string | number = 1;
   href = '';
   src = '';
   download = '';
   alt = '';
   children: unknown[] = [];
+  /** The children of every replaceChildren call, in order. */
+  readonly shown: unknown[][] = [];
   readonly listeners = new Map<string, (event: unknown) => unknown>();
 
   constructor(readonly tag: string) {}
 
   replaceChildren(...children: unknown[]): void {
     this.children = children;
+    this.shown.push(children);
     // A select shows (and reports) its first option.
     if (this.tag === 'select') this.value = (children[0] as { value?: string } | undefined)?.value ?? '';
   }
@@ -41,6 +45,8 @@ class PageElement {
 interface Page {
   element(id: string): PageElement;
   submit(): Promise<void>;
+  /** A function the page's script declares. */
+  call(name: string, ...args: unknown[]): unknown;
 }
 
 function openPage(html: string, baseUrl: string): Page {
@@ -58,13 +64,22 @@ function openPage(html: string, baseUrl: string): Page {
     fetch: (url: string, init?: RequestInit) => fetch(new URL(url, baseUrl), init),
     Option: class { constructor(readonly text: string, readonly value: string) {} },
     Image: class extends PageElement { constructor() { super('img'); } },
-    TextDecoderStream, AbortController, performance, console,
+    TextDecoderStream, AbortController, performance, console, atob, Blob, URL,
   });
   vm.runInContext(script, context);
   return {
     element,
     submit: async () => { await element('form').listeners.get('submit')!({ preventDefault: () => undefined }); },
+    call: (name, ...args) => (context[name] as (...values: unknown[]) => unknown)(...args),
   };
+}
+
+/** The PNG behind an image link's object URL. */
+async function linkedPng(link: PageElement): Promise<PNG> {
+  const blob = resolveObjectURL(link.href);
+  assert.ok(blob, `${link.href} is a live object URL`);
+  assert.equal(blob.type, 'image/png');
+  return PNG.sync.read(Buffer.from(await blob.arrayBuffer()));
 }
 
 async function eventually(check: () => boolean, what: string): Promise<void> {
@@ -90,9 +105,9 @@ describe('the web playground', () => {
     repository?.remove();
   });
 
-  test('lists the ready models, streams a request\'s steps and shows its images', async () => {
+  test('lists the ready models, streams a request\'s steps and previews and shows its images', async () => {
     const page = openPage(html, server.url);
-    await eventually(() => page.element('model').children.length > 0, 'the model list was filled');
+    await eventually(() => page.element('batch').max === '4', 'the batch field follows tiny_sd\'s max_batch_size');
     assert.deepEqual(page.element('model').children.map((option) => (option as { value: string }).value), ['tiny_sd']);
     const fields = { prompt: 'a lighthouse', batch: '2', steps: '3', seed: '7', width: '64', height: '64', preview: '2' };
     for (const [id, value] of Object.entries(fields)) page.element(id).value = value;
@@ -103,11 +118,12 @@ describe('the web playground', () => {
     assert.match(page.element('status').textContent, /^done in \d+\.\d\d s \(seed 7\)$/);
     assert.equal(page.element('progress').max, 3);
     assert.equal(page.element('progress').value, 3);
+    const previews = page.element('images').shown.flat() as PageElement[];
+    assert.ok(previews.some((link) => link.download === 'sdserve_preview_0.png'), 'a preview was shown');
     const links = page.element('images').children as PageElement[];
-    assert.equal(links.length, 2);
+    assert.deepEqual(links.map((link) => link.download), ['sdserve_7_0.png', 'sdserve_7_1.png']);
     for (const link of links) {
-      const [, base64] = link.href.split('data:image/png;base64,');
-      const png = PNG.sync.read(Buffer.from(base64!, 'base64'));
+      const png = await linkedPng(link);
       assert.deepEqual([png.width, png.height], [64, 64]);
       assert.equal((link.children[0] as PageElement).src, link.href);
     }
@@ -130,5 +146,51 @@ describe('the web playground', () => {
     await page.submit();
     assert.equal(page.element('error').textContent, '');
     assert.equal(page.element('images').children.length, 1);
+  });
+
+  test('shows the server\'s answer to a request it refuses before streaming', async () => {
+    const page = openPage(html, server.url);
+    await eventually(() => page.element('model').value === 'tiny_sd', 'the model list was filled');
+    page.element('model').value = 'nope';  // e.g. unloaded since the list was read
+    await page.submit();
+    assert.match(page.element('error').textContent, /unknown model: 'nope'/);
+    assert.equal(page.element('generate').disabled, false);
+  });
+
+  test('cancels a running request, and the server takes the next one', async () => {
+    const page = openPage(html, server.url);
+    await eventually(() => page.element('model').value === 'tiny_sd', 'the model list was filled');
+    page.element('prompt').value = 'a long one';
+    page.element('steps').value = '400';
+    const running = page.submit();
+    await eventually(() => Number(page.element('progress').value) >= 1, 'the first step arrived');
+    page.element('cancel').listeners.get('click')!(undefined);
+    await running;
+    assert.equal(page.element('status').textContent, 'cancelled');
+    assert.equal(page.element('error').textContent, '');
+    assert.equal(page.element('generate').disabled, false);
+    page.element('steps').value = '1';
+    await page.submit();
+    assert.match(page.element('status').textContent, /^done in /);
+  });
+
+  test('reads events split anywhere, with LF, CRLF or CR line ends', async () => {
+    const page = openPage(html, server.url);
+    const events = [{ progress: { step: 1, steps: 2 } }, { progress: { step: 2, steps: 2 } }, { generated_image: ['x'.repeat(5000)] }];
+    for (const end of ['\n', '\r\n', '\r']) {
+      const text = events.map((event) => `data: ${JSON.stringify(event)}${end}${end}`).join('');
+      for (const cuts of [[1], [text.indexOf(end) + 1], [7, 100, 2000, text.length - 1]]) {
+        const pieces = [0, ...cuts].map((start, index) => text.slice(start, [...cuts, text.length][index]));
+        const body = new ReadableStream({
+          start(controller) {
+            for (const piece of pieces) controller.enqueue(new TextEncoder().encode(piece));
+            controller.close();
+          },
+        });
+        const read: unknown[] = [];  // objects of the page's realm: compared as JSON
+        await page.call('readEvents', new Response(body), (event: unknown) => read.push(event));
+        assert.deepEqual(JSON.parse(JSON.stringify(read)), events, `line end ${JSON.stringify(end)}, cut at ${cuts}`);
+      }
+    }
   });
 });
