@@ -87,6 +87,13 @@ async function eventually(check: () => boolean, what: string): Promise<void> {
   assert.ok(check(), what);
 }
 
+/** The page once it has listed the models. */
+async function openLoadedPage(html: string, baseUrl: string): Promise<Page> {
+  const page = openPage(html, baseUrl);
+  await eventually(() => page.element('model').value === 'tiny_sd', 'the model list was filled');
+  return page;
+}
+
 describe('the web playground', () => {
   let server: ServerProcess;
   let repository: ReturnType<typeof makeRepository>;
@@ -132,8 +139,7 @@ describe('the web playground', () => {
   });
 
   test('shows the server\'s error for a bad request and can generate again', async () => {
-    const page = openPage(html, server.url);
-    await eventually(() => page.element('model').value === 'tiny_sd', 'the model list was filled');
+    const page = await openLoadedPage(html, server.url);
     page.element('prompt').value = 'a harbour';
     page.element('steps').value = '5000';
 
@@ -149,8 +155,7 @@ describe('the web playground', () => {
   });
 
   test('shows the server\'s answer to a request it refuses before streaming', async () => {
-    const page = openPage(html, server.url);
-    await eventually(() => page.element('model').value === 'tiny_sd', 'the model list was filled');
+    const page = await openLoadedPage(html, server.url);
     page.element('model').value = 'nope';  // e.g. unloaded since the list was read
     await page.submit();
     assert.match(page.element('error').textContent, /unknown model: 'nope'/);
@@ -158,8 +163,7 @@ describe('the web playground', () => {
   });
 
   test('cancels a running request, and the server takes the next one', async () => {
-    const page = openPage(html, server.url);
-    await eventually(() => page.element('model').value === 'tiny_sd', 'the model list was filled');
+    const page = await openLoadedPage(html, server.url);
     page.element('prompt').value = 'a long one';
     page.element('steps').value = '400';
     const running = page.submit();
