@@ -7,7 +7,7 @@
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
-import type { InferResponse, Parameters } from '../../core/types.js';
+import type { InferResponse, ModelMetadata, Parameters } from '../../core/types.js';
 import { invalidArg, SdserveError } from '../../errors.js';
 import { encodePngImages, isImageBatch } from '../image-encoding.js';
 import { disconnectSignal } from './disconnect-signal.js';
@@ -67,14 +67,15 @@ async function rejectUnknownFields(request: FastifyRequest): Promise<void> {
   }
 }
 
-function hasTextInput(core: InferenceCore, model: string, name: string): boolean {
-  return core.modelMetadata(model).inputs.some((input) => input.name === name && input.datatype === 'BYTES');
+function hasTextInput(metadata: ModelMetadata, name: string): boolean {
+  return metadata.inputs.some((input) => input.name === name && input.datatype === 'BYTES');
 }
 
 /** A prompt in, a batch of images ([B, H, W, C] UINT8) out. */
 function isTextToImage(core: InferenceCore, model: string): boolean {
-  return hasTextInput(core, model, PROMPT_INPUT)
-    && core.modelMetadata(model).outputs.some((output) => output.datatype === 'UINT8' && output.shape.length === 4);
+  const metadata = core.modelMetadata(model);
+  return hasTextInput(metadata, PROMPT_INPUT)
+    && metadata.outputs.some((output) => output.datatype === 'UINT8' && output.shape.length === 4);
 }
 
 function readyTextToImageModels(core: InferenceCore): string[] {
@@ -114,7 +115,7 @@ function toGenerateBody(core: InferenceCore, model: string, body: ImagesBody): R
   const copies = (text: string) => Array<string>(body.n ?? 1).fill(text);
   const generateBody: Record<string, unknown> = { [PROMPT_INPUT]: copies(body.prompt), parameters: requestParameters(body) };
   if (body.negative_prompt !== undefined) {
-    if (!hasTextInput(core, model, NEGATIVE_PROMPT_INPUT)) {
+    if (!hasTextInput(core.modelMetadata(model), NEGATIVE_PROMPT_INPUT)) {
       throw invalidArg(`model '${model}' has no BYTES input "${NEGATIVE_PROMPT_INPUT}"`);
     }
     generateBody[NEGATIVE_PROMPT_INPUT] = copies(body.negative_prompt);
