@@ -30,6 +30,8 @@ export const ERROR_CATALOG = {
   SDS_ERR_MODEL_CONTROL_DISABLED: { http: 503, grpc: 'UNAVAILABLE' },
   SDS_ERR_UNSUPPORTED: { http: 400, grpc: 'UNIMPLEMENTED' },
   SDS_ERR_QUEUE_FULL: { http: 503, grpc: 'UNAVAILABLE' },
+  // Draining before exit: load balancers retry elsewhere on 503 / UNAVAILABLE.
+  SDS_ERR_SHUTTING_DOWN: { http: 503, grpc: 'UNAVAILABLE' },
   SDS_ERR_TIMEOUT: { http: 504, grpc: 'DEADLINE_EXCEEDED' },
   SDS_ERR_CANCELLED: { http: 499, grpc: 'CANCELLED' },
   SDS_ERR_CONFIG: { http: 400, grpc: 'INVALID_ARGUMENT' },

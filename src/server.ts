@@ -7,6 +7,9 @@ import { PROJECT_ROOT } from './paths.js';
 import { startGrpcServer } from './protocol/grpc/index.js';
 import { buildHttpServer } from './protocol/http/index.js';
 
+/** How long a backend process may take to finalize when stopped before it is killed. */
+export const STOP_GRACE_MS = 10_000;
+
 export interface ServerOptions {
   modelRepositories: string[];
   modelControlMode: ModelControlMode;
@@ -29,7 +32,14 @@ export interface RunningServer {
   core: DataPlane;
   httpPort: number;
   grpcPort: number;
+  /** Stops at once: front ends closed, then the models unloaded. */
   close(): Promise<void>;
+  /**
+   * A graceful exit (SIGTERM): readiness off and new requests refused at once, the requests in
+   * flight answered (up to `exitTimeoutMs`, then aborted), then `close()`. Resolves whether every
+   * request in flight finished.
+   */
+  drainAndClose(exitTimeoutMs: number): Promise<boolean>;
 }
 
 /** Wiring only: repository and backends, the data plane, then the front ends. */
@@ -42,7 +52,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     gpuCount,
     startTimeoutMs: options.backendStartTimeoutMs,
     loadTimeoutMs: options.backendLoadTimeoutMs,
-    stopGraceMs: 10_000,
+    stopGraceMs: STOP_GRACE_MS,
     logger: options.logger,
   });
   await models.start(options.modelControlMode, options.loadModels);
@@ -73,7 +83,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const metrics = await startMetricsServer(core, { host: options.host, port: options.metricsPort });
     closers.push(() => metrics.close());
     options.print(`Started Metrics Service at ${options.host}:${metrics.port}`);
-    return { core, httpPort, grpcPort: grpc.port, close: closeAll };
+    const drainAndClose = async (exitTimeoutMs: number) => {
+      const drained = await core.drain(exitTimeoutMs);
+      await closeAll();
+      return drained;
+    };
+    return { core, httpPort, grpcPort: grpc.port, close: closeAll, drainAndClose };
   } catch (err) {
     await closeAll().catch(() => undefined);
     throw err;

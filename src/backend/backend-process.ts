@@ -381,8 +381,9 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
     socket.on('data', (chunk: Buffer) => decoder.push(chunk));
     socket.on('error', (err) => this.logger.warn(`[${this.label}] socket error: ${err.message}`));
     socket.on('close', () => {
-      // The connection is the backend's lifeline; a backend that dropped it cannot serve.
-      if (this.alive) {
+      // The connection is the backend's lifeline; a backend that dropped it cannot serve. One
+      // that was asked to stop closes it on its way out: the grace timer covers a slow exit.
+      if (this.alive && !this.stopping) {
         this.logger.error(`[${this.label}] backend closed its connection; killing it`);
         this.child.kill('SIGKILL');
       }

@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, type LogFormat } from '../logger.js';
 import { defaultPythonExecutable } from '../paths.js';
-import { startServer } from '../server.js';
+import { startServer, STOP_GRACE_MS } from '../server.js';
 
 interface ServeOptions {
   modelRepository: string[];
@@ -17,6 +17,7 @@ interface ServeOptions {
   exitOnError: boolean;
   backendPython: string;
   backendLoadTimeout: number;
+  exitTimeoutSecs: number;
 }
 
 function port(value: string): number {
@@ -60,6 +61,8 @@ export function registerServeCommand(program: Command): void {
     .option('--exit-on-error', 'exit when a model fails to load at start', false)
     .option('--backend-python <path>', 'Python interpreter for backend processes', defaultPythonExecutable())
     .option('--backend-load-timeout <seconds>', 'how long a backend may take to load its model', nonNegativeInteger, 600)
+    .option('--exit-timeout-secs <seconds>',
+      'on SIGTERM/SIGINT: how long requests in flight may take to finish before the server exits anyway', nonNegativeInteger, 30)
     .action(async (options: ServeOptions & { modelStore: string[] }) => {
       const repositories = [...options.modelRepository, ...options.modelStore];
       if (repositories.length === 0) throw new InvalidArgumentError('--model-repository is required');
@@ -79,11 +82,24 @@ export function registerServeCommand(program: Command): void {
         logger: createLogger(options.logVerbose, options.logFormat),
         print: (line) => process.stdout.write(`${line}\n`),
       });
-      const shutdown = () => {
-        process.stdout.write('Shutting down\n');
-        void server.close().finally(() => process.exit(0));
+      const shutdown = (signal: string) => {
+        const inFlight = server.core.requestsInFlight;
+        process.stdout.write(`Shutting down (${signal}): not ready, refusing new requests; waiting up to ${options.exitTimeoutSecs} s `
+          + `for ${inFlight} request(s) in flight\n`);
+        // A backend that ignores cancellation must not hold the exit forever.
+        const hardStop = () => setTimeout(() => process.exit(1), STOP_GRACE_MS + 5_000).unref();
+        const exitTimer = setTimeout(hardStop, options.exitTimeoutSecs * 1000).unref();
+        void server.drainAndClose(options.exitTimeoutSecs * 1000).then((drained) => {
+          clearTimeout(exitTimer);
+          if (!drained) process.stdout.write(`Exit timeout of ${options.exitTimeoutSecs} s expired with requests in flight; they were aborted\n`);
+          process.stdout.write('Server stopped\n');
+          process.exit(drained ? 0 : 1);
+        }, (err: unknown) => {
+          process.stderr.write(`shutdown failed: ${String(err)}\n`);
+          process.exit(1);
+        });
       };
-      process.once('SIGINT', shutdown);
-      process.once('SIGTERM', shutdown);
+      process.once('SIGINT', () => shutdown('SIGINT'));
+      process.once('SIGTERM', () => shutdown('SIGTERM'));
     });
 }

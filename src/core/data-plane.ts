@@ -1,3 +1,4 @@
+import { SdserveError } from '../errors.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import { toKServeDatatype } from './datatypes.js';
 import type { InferenceCore } from './inference-core.js';
@@ -16,6 +17,10 @@ const EXTENSIONS = [
 /** The protocol logic shared by the HTTP and gRPC front ends. */
 export class DataPlane implements InferenceCore {
   private live = true;
+  private draining = false;
+  /** One controller per request in flight: a drain that runs out of time aborts them. */
+  private readonly inFlight = new Set<AbortController>();
+  private onIdle: (() => void) | undefined;
 
   constructor(private readonly models: ModelManager) {}
 
@@ -29,11 +34,15 @@ export class DataPlane implements InferenceCore {
 
   /** Ready when live and every model the server was asked to load is ready (Triton's strict readiness). */
   isReady(): boolean {
-    return this.live && this.models.attemptedStatuses().every((row) => row.state === 'READY');
+    return this.live && !this.draining && this.models.attemptedStatuses().every((row) => row.state === 'READY');
   }
 
   isModelReady(name: string, version?: string): boolean {
-    return this.models.isReady(name, version);
+    return !this.draining && this.models.isReady(name, version);
+  }
+
+  isShuttingDown(): boolean {
+    return this.draining;
   }
 
   modelMetadata(name: string, version?: string): ModelMetadata {
@@ -53,14 +62,57 @@ export class DataPlane implements InferenceCore {
     return this.models.resolve(name, version).config;
   }
 
-  /** 1. resolve the model  2. validate against its config  3. queue  4. await the batch's result. */
+  /** 1. refuse while draining  2. resolve the model  3. validate against its config, queue, await the result. */
   infer(request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback): Promise<InferResponse> {
+    if (this.draining) return Promise.reject(shuttingDown());
+    let served;
     try {
-      const served = this.models.resolve(request.model_name, request.model_version);
-      return served.infer(request, signal, onProgress).then((response) => ({ ...response, id: request.id }));
+      served = this.models.resolve(request.model_name, request.model_version);
     } catch (err) {
       return Promise.reject(err);
     }
+    const controller = new AbortController();
+    this.inFlight.add(controller);
+    return served.infer(request, signal ? AbortSignal.any([signal, controller.signal]) : controller.signal, onProgress)
+      .then((response) => ({ ...response, id: request.id }))
+      .finally(() => {
+        this.inFlight.delete(controller);
+        if (this.inFlight.size === 0) this.onIdle?.();
+      });
+  }
+
+  /**
+   * The first step of a graceful exit: readiness turns false and new requests are refused at
+   * once (503 / UNAVAILABLE, so a load balancer sends them elsewhere), while the requests in
+   * flight run to their end. Resolves true once they all have, or false after `timeoutMs` (Triton's
+   * --exit-timeout-secs), once the ones still running were aborted and answered (or `abortGraceMs` passed).
+   */
+  async drain(timeoutMs: number, abortGraceMs = 10_000): Promise<boolean> {
+    this.draining = true;
+    if (await this.idleWithin(timeoutMs)) return true;
+    const reason = new SdserveError('SDS_ERR_SHUTTING_DOWN',
+      `the server is shutting down and the request was still running after the exit timeout (${timeoutMs / 1000} s)`);
+    for (const controller of this.inFlight) controller.abort(reason);
+    // Their answers go out before the front ends close.
+    await this.idleWithin(abortGraceMs);
+    return false;
+  }
+
+  private async idleWithin(timeoutMs: number): Promise<boolean> {
+    if (this.inFlight.size === 0) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const idle = await Promise.race([
+      new Promise<true>((resolve) => { this.onIdle = () => resolve(true); }),
+      new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), timeoutMs); }),
+    ]);
+    clearTimeout(timer);
+    this.onIdle = undefined;
+    return idle;
+  }
+
+  /** Requests accepted and not yet answered. */
+  get requestsInFlight(): number {
+    return this.inFlight.size;
   }
 
   statistics(name?: string, version?: string): ModelStatistics[] {
@@ -77,6 +129,7 @@ export class DataPlane implements InferenceCore {
   }
 
   loadModel(name: string, configOverride?: string): Promise<void> {
+    if (this.draining) return Promise.reject(shuttingDown());
     this.models.assertModelControl();
     return this.models.loadModel(name, configOverride);
   }
@@ -90,4 +143,8 @@ export class DataPlane implements InferenceCore {
     this.live = false;
     await this.models.stop();
   }
+}
+
+function shuttingDown(): SdserveError {
+  return new SdserveError('SDS_ERR_SHUTTING_DOWN', 'the server is shutting down and accepts no new requests');
 }

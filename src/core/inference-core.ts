@@ -12,6 +12,8 @@ export interface InferenceCore {
   serverMetadata(): ServerMetadata;
   isLive(): boolean;
   isReady(): boolean;
+  /** True from the start of a graceful shutdown: readiness answers 503 instead of 400. */
+  isShuttingDown(): boolean;
   /** `version` empty or absent: any ready version. */
   isModelReady(name: string, version?: string): boolean;
   modelMetadata(name: string, version?: string): ModelMetadata;

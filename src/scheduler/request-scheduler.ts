@@ -301,12 +301,15 @@ export class RequestScheduler {
     this.resolveIdleWaiters();
   }
 
+  /** An aborted request fails with the abort's reason (a client gone, a drain out of time), not the backend's report of it. */
   private settle(entry: Entry, result: InferResponse | SdserveError | undefined, computeNs = 0): void {
     if (entry.state === 'done') return;
     entry.state = 'done';
     clearTimeout(entry.timeoutTimer);
     if (entry.onAbort) entry.signal?.removeEventListener('abort', entry.onAbort);
-    if (result instanceof SdserveError) entry.reject(result);
+    const serverAbort: unknown = entry.signal?.reason;
+    if (result instanceof SdserveError && serverAbort instanceof SdserveError) entry.reject(serverAbort);
+    else if (result instanceof SdserveError) entry.reject(result);
     else if (result === undefined) entry.reject(new SdserveError('SDS_ERR_BACKEND', 'backend returned no response for this request'));
     else entry.resolve({ response: result, queueNs: entry.queueNs, computeNs });
   }

@@ -1,10 +1,11 @@
 /**
  * Per-model reads, each at `/v2/models/:model` and `/v2/models/:model/versions/:version`:
- * metadata, readiness (200 or 400, empty body), configuration (Triton's JSON form) and
+ * metadata, readiness (200, 400, or 503 while draining; empty body), configuration (Triton's JSON form) and
  * statistics (Triton's statistics extension; `/v2/models/stats` for every model).
  */
 import type { FastifyInstance } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
+import { readinessStatus } from './health-routes.js';
 
 export interface ModelParams {
   model: string;
@@ -23,7 +24,7 @@ export function registerModelRoutes(app: FastifyInstance, core: InferenceCore): 
     ));
     app.get<{ Params: ModelParams }>(`${base}/ready`, async (request, reply) => {
       const ready = core.isModelReady(request.params.model, request.params.version);
-      return reply.code(ready ? 200 : 400).send();
+      return reply.code(readinessStatus(core, ready)).send();
     });
     app.get<{ Params: ModelParams }>(`${base}/config`, async (request) => (
       core.modelConfig(request.params.model, request.params.version)
