@@ -16,10 +16,11 @@ import type { Readable } from 'node:stream';
 import type { ImagePreview, InferRequest, InferResponse } from '../core/types.js';
 import { SdserveError, toSdserveError, type ErrorCode } from '../errors.js';
 import { encodeFrame, FrameDecoder, type Frame, type MalformedFrameError } from './frame.js';
+import { helloProblem, loadResponseProblem, progressProblem, responseNotifyProblem } from './message-checks.js';
 import {
   isErrorMeta, MessageType, messageTypeName,
   type CancelRequestMeta, type ExecuteRequestMeta, type ExecuteResponseMeta, type HelloMeta,
-  type LoadRequestMeta, type ProgressMeta, type ResponseMeta, type ResponseNotifyMeta, type TritonErrorCode,
+  type LoadRequestMeta, type LoadResponseMeta, type ProgressMeta, type ResponseMeta, type ResponseNotifyMeta, type TritonErrorCode,
 } from './messages.js';
 import { PayloadBuilder, tensorFromPayload } from './tensor-payload.js';
 
@@ -101,6 +102,8 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
   readonly label: string;
   /** What the backend said in HelloNotify (set once `start` resolves). */
   hello: HelloMeta | undefined;
+  /** What the backend said in its successful LoadResponse: its capabilities, if it declares any. */
+  loaded: LoadResponseMeta | undefined;
 
   private readonly child: ChildProcess;
   private readonly logger: BackendLogger;
@@ -171,6 +174,9 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
       const reply = await backend.request(MessageType.LoadRequest, MessageType.LoadResponse, load, [],
         { timeoutMs: opts.loadTimeoutMs, timeoutMessage: `backend ${opts.label} did not load ${opts.modelFile} within ${opts.loadTimeoutMs} ms` });
       if (isErrorMeta(reply.metadata)) throw new SdserveError('SDS_ERR_BACKEND', reply.metadata.error);
+      const problem = loadResponseProblem(reply.metadata);
+      if (problem !== undefined) throw new SdserveError('SDS_ERR_BACKEND', `backend ${opts.label}: ${problem}`);
+      backend.loaded = reply.metadata as unknown as LoadResponseMeta;
       backend.logger.info(`[${opts.label}] loaded ${opts.modelFile} (pid ${child.pid})`);
       return backend;
     } catch (err) {
@@ -392,9 +398,12 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
 
   private onFrame(frame: Frame): void {
     switch (frame.type) {
-      case MessageType.HelloNotify:
-        this.helloReceived.resolve(frame.metadata as unknown as HelloMeta);
+      case MessageType.HelloNotify: {
+        const problem = helloProblem(frame.metadata);
+        if (problem === undefined) this.helloReceived.resolve(frame.metadata as unknown as HelloMeta);
+        else this.helloReceived.reject(new SdserveError('SDS_ERR_BACKEND', `backend ${this.label}: ${problem}`));
         return;
+      }
       case MessageType.ProgressNotify:
         this.onProgress(frame);
         return;
@@ -428,6 +437,11 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
   private onProgress(frame: Frame): void {
     const listener = this.pending.get(frame.correlationId)?.onProgress;
     if (listener === undefined) return;
+    const problem = progressProblem(frame.metadata);
+    if (problem !== undefined) {
+      this.logger.warn(`[${this.label}] ignored a progress report: ${problem}`);
+      return;
+    }
     const { request_index: index, step, steps, preview_shape: shape } = frame.metadata as unknown as ProgressMeta;
     try {
       listener(index, step, steps, shape ? { shape, data: frame.payload } : undefined);
@@ -440,6 +454,13 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
     const pending = this.pending.get(frame.correlationId);
     if (pending?.onResponse === undefined) {
       this.logger.warn(`[${this.label}] ignored ResponseNotify ${frame.correlationId}: nothing awaits it`);
+      return;
+    }
+    const problem = responseNotifyProblem(frame.metadata);
+    if (problem !== undefined) {
+      this.logger.error(`[${this.label}] ${problem}`);
+      this.pending.delete(frame.correlationId);
+      pending.reject(new SdserveError('SDS_ERR_BACKEND', `backend ${this.label} sent a malformed response: ${problem}`));
       return;
     }
     pending.onResponse(frame);
@@ -512,6 +533,7 @@ function toInferResponse(request: InferRequest, response: ResponseMeta, payload:
       model_name: request.model_name,
       model_version: request.model_version ?? '',
       outputs: response.outputs.map((meta) => tensorFromPayload(payload, meta)),
+      ...(response.parameters !== undefined && Object.keys(response.parameters).length > 0 && { parameters: response.parameters }),
     };
   } catch (err) {
     return toSdserveError(err, 'SDS_ERR_BACKEND');

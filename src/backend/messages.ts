@@ -3,7 +3,10 @@
  * python/sdserve_backend/messages.py, and the JSON metadata each one carries.
  */
 
-import type { KServeDatatype, Parameters } from '../core/types.js';
+import type { KServeDatatype, ParameterValue, Parameters } from '../core/types.js';
+
+/** The protocol the core speaks; a backend's HelloNotify must name the same (sdserve_backend.PROTOCOL_VERSION). */
+export const PROTOCOL_VERSION = 1;
 
 export const MessageType = {
   HelloNotify: 1,
@@ -57,7 +60,48 @@ export interface LoadRequestMeta {
   args: Record<string, string>;
 }
 
-export type LoadResponseMeta = { cuda: string | null } | ErrorMeta;
+export type ParameterType = 'integer' | 'number' | 'string' | 'boolean';
+
+/** One request parameter a backend reads: its JSON type, range and the loaded model's default. */
+export interface ParameterSpec {
+  /** A list: any of these types. */
+  type: ParameterType | ParameterType[];
+  minimum?: number;
+  maximum?: number;
+  multiple_of?: number;
+  enum?: Array<string | number>;
+  default?: ParameterValue | null;
+  /** Front-end names that mean this parameter (informational). */
+  aliases?: string[];
+  description?: string;
+}
+
+/**
+ * What a backend declares it takes, in LoadResponse (docs/backend-protocol.md, "Capabilities").
+ * A backend that declares nothing keeps Triton's behaviour: request-level batching as configured
+ * and request parameters passed on unchecked.
+ */
+export interface CapabilitiesMeta {
+  /** e.g. ["text_to_image"]. */
+  tasks: string[];
+  /** step: each request goes to the backend as it arrives; request: whole batches (Triton's dynamic batching). */
+  batching: 'step' | 'request';
+  /** Images per request the backend accepts. */
+  max_images?: number;
+  /** Every request parameter the backend reads. */
+  parameters: Record<string, ParameterSpec>;
+  /** Names config.pbtxt may set (informational). */
+  config_parameters?: string[];
+  /** The UINT8 [B, H, W, 3] output. */
+  image_output?: string;
+  /** A BYTES [B, 1] output holding each image as a file in `output_format`, produced only when requested by name. */
+  encoded_output?: string;
+}
+
+export interface LoadResponseMeta {
+  cuda: string | null;
+  capabilities?: CapabilitiesMeta;
+}
 
 export interface RequestMeta {
   request_id: string;
@@ -76,7 +120,8 @@ export type TritonErrorCode =
   | 'UNKNOWN' | 'INTERNAL' | 'NOT_FOUND' | 'INVALID_ARG' | 'UNAVAILABLE' | 'UNSUPPORTED'
   | 'ALREADY_EXISTS' | 'CANCELLED';
 
-export type ResponseMeta = { outputs: TensorMeta[] } | { error: string; code?: TritonErrorCode };
+/** `parameters`: the response's own (`InferenceResponse(parameters=...)`), e.g. the seed an image came from. */
+export type ResponseMeta = { outputs: TensorMeta[]; parameters?: Parameters } | { error: string; code?: TritonErrorCode };
 
 export type ExecuteResponseMeta = { responses: ResponseMeta[] } | ErrorMeta;
 

@@ -1,4 +1,4 @@
-import { BackendProcess } from '../backend/index.js';
+import { BackendProcess, type CapabilitiesMeta } from '../backend/index.js';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { BatchExecutor, StepListener } from '../scheduler/index.js';
@@ -47,6 +47,11 @@ export class ModelInstance implements BatchExecutor {
 
   get isAvailable(): boolean {
     return this.process?.isAlive === true && this.process !== this.condemned;
+  }
+
+  /** What the backend declared when it loaded; undefined for models that declare nothing. */
+  get capabilities(): CapabilitiesMeta | undefined {
+    return this.process?.loaded?.capabilities;
   }
 
   /** First start: a failure here is the model's load failure, reported to the caller. */

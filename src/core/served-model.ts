@@ -1,13 +1,15 @@
 import path from 'node:path';
+import type { CapabilitiesMeta } from '../backend/index.js';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { InstanceGroup, ModelConfig, QueuePolicy } from '../repository/model-config-types.js';
+import type { InstanceGroup, ModelConfig, ModelOutput, QueuePolicy } from '../repository/model-config-types.js';
 import {
   RequestScheduler, type QueuePolicyLimits, type RequestProgress, type SchedulerPolicy,
 } from '../scheduler/index.js';
 import { ModelInstance, type BackendStartOptions } from './model-instance.js';
 import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
 import type { InferRequest, InferResponse, ModelState, ProgressCallback } from './types.js';
+import { checkRequestParameters } from './request-parameters.js';
 import { validateRequest } from './validate-request.js';
 
 /**
@@ -40,14 +42,19 @@ export class ServedModel {
   private instances: ModelInstance[] = [];
   private readonly scheduler: RequestScheduler;
   private readonly stats = new StatisticsRecorder();
+  /** What the backend declared it takes (LoadResponse); undefined: Triton's behaviour, parameters unchecked. */
+  capabilities: CapabilitiesMeta | undefined;
+  /** The config as served: the repository's, completed with the outputs the backend declared. */
+  config: ModelConfig;
 
   constructor(
-    readonly config: ModelConfig,
+    private readonly repositoryConfig: ModelConfig,
     readonly modelDir: string,
     readonly version: number,
     private readonly runtime: BackendRuntime,
   ) {
-    this.scheduler = new RequestScheduler(`${config.name}:${version}`, schedulerPolicy(config),
+    this.config = repositoryConfig;
+    this.scheduler = new RequestScheduler(`${repositoryConfig.name}:${version}`, schedulerPolicy(repositoryConfig),
       (batchSize, computeNs) => this.stats.recordExecution(batchSize, computeNs));
   }
 
@@ -77,6 +84,9 @@ export class ServedModel {
       return;
     }
     this.instances = instances;
+    this.capabilities = instances[0]?.capabilities;
+    this.config = completedConfig(this.repositoryConfig, this.capabilities);
+    if (this.capabilities !== undefined) this.scheduler.setBatching(this.capabilities.batching);
     for (const instance of instances) this.scheduler.addExecutor(instance);
     this.state = 'READY';
   }
@@ -105,7 +115,8 @@ export class ServedModel {
     const elapsedNs = () => Number(process.hrtime.bigint() - startNs);
     try {
       const batchSize = validateRequest(request, this.config);
-      const { priority, timeout, ...parameters } = request.parameters;
+      const { priority, timeout, ...sent } = request.parameters;
+      const parameters = checkRequestParameters(sent, this.capabilities, this.config.name);
       const scheduled = {
         ...request,
         // Unique, so that cancelling one request never touches another client's of the same id;
@@ -207,8 +218,19 @@ function queueParameter(value: unknown, name: string): number | undefined {
   return value;
 }
 
-/** Step-level batching is the diffusion backend's default; its `step_batching: "false"` turns it off. */
-function usesStepBatching(config: ModelConfig): boolean {
+/**
+ * The config a model is served with: an `encoded_output` the backend declared is added where the
+ * repository's config lacks it, as Triton's auto-complete adds what a backend declares.
+ */
+function completedConfig(config: ModelConfig, capabilities: CapabilitiesMeta | undefined): ModelConfig {
+  const encoded = capabilities?.encoded_output;
+  if (encoded === undefined || config.output.some((output) => output.name === encoded)) return config;
+  const output: ModelOutput = { name: encoded, data_type: 'TYPE_STRING', dims: [1], label_filename: '', is_shape_tensor: false };
+  return { ...config, output: [...config.output, output] };
+}
+
+/** TODO(issue 14): gone once the diffusion backend declares `batching` in its LoadResponse. */
+function legacyStepBatching(config: ModelConfig): boolean {
   return config.backend === 'diffusion' && config.parameters.step_batching?.string_value !== 'false';
 }
 
@@ -227,7 +249,7 @@ function schedulerPolicy(config: ModelConfig): SchedulerPolicy {
       maxQueueDelayUs: dynamic.max_queue_delay_microseconds,
       preferredBatchSizes: dynamic.preferred_batch_size,
     },
-    stepBatching: usesStepBatching(config),
+    stepBatching: legacyStepBatching(config),
     priorityLevels: levels,
     defaultPriorityLevel: dynamic?.priority_levels ? dynamic.default_priority_level : 1,
     queuePolicy: (level) => toLimits(dynamic?.priority_queue_policy[String(level)] ?? dynamic?.default_queue_policy),

@@ -96,6 +96,7 @@ export class RequestScheduler {
   private delayTimer: NodeJS.Timeout | undefined;
   private inFlight = 0;
   private idleWaiters: Array<() => void> = [];
+  private stepBatching: boolean;
 
   constructor(
     private readonly modelLabel: string,
@@ -103,6 +104,12 @@ export class RequestScheduler {
     private readonly observeExecution: ExecutionObserver = () => {},
   ) {
     this.queues = new PriorityQueues(policy.priorityLevels);
+    this.stepBatching = policy.stepBatching;
+  }
+
+  /** The batching mode a backend declared when it loaded (LoadResponse capabilities). */
+  setBatching(mode: 'step' | 'request'): void {
+    this.stepBatching = mode === 'step';
   }
 
   addExecutor(executor: BatchExecutor): void {
@@ -183,7 +190,7 @@ export class RequestScheduler {
 
   private pump(): void {
     while (this.queues.size > 0) {
-      const dispatched = this.policy.stepBatching ? this.dispatchOne() : this.dispatchBatch();
+      const dispatched = this.stepBatching ? this.dispatchOne() : this.dispatchBatch();
       if (!dispatched) return;
     }
   }

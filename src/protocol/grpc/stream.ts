@@ -8,8 +8,9 @@
  */
 import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
+import { parseBoolean } from '../../core/booleans.js';
 import type { InferenceCore } from '../../core/inference-core.js';
-import { SdserveError, toSdserveError } from '../../errors.js';
+import { invalidArg, SdserveError, toSdserveError } from '../../errors.js';
 import type { ProgressCallback } from '../../core/types.js';
 import { decodeInferRequest, encodeInferResponse, encodeParameters } from './infer-codec.js';
 import type { WireModelInferRequest, WireModelStreamInferResponse } from './wire-types.js';
@@ -40,7 +41,11 @@ async function answerOne(
     const decoded = decodeInferRequest(wire);
     const { stream_progress: streamProgress, ...parameters } = decoded.parameters;
     const request = { ...decoded, parameters };
-    const response = await core.infer(request, signal, streamProgress === true ? progressWriter(wire, write) : undefined);
+    const wantsProgress = streamProgress !== undefined && parseBoolean(streamProgress);
+    if (wantsProgress === undefined) {
+      throw invalidArg(`request parameter 'stream_progress' must be a boolean (true or false), got ${JSON.stringify(streamProgress)}`);
+    }
+    const response = await core.infer(request, signal, wantsProgress ? progressWriter(wire, write) : undefined);
     return { error_message: '', infer_response: encodeInferResponse(response) };
   } catch (err) {
     return { error_message: toSdserveError(err).message, infer_response: wire.id !== '' ? { id: wire.id } : null };

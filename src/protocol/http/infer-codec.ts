@@ -7,6 +7,7 @@
 import type {
   InferRequest, InferResponse, KServeDatatype, Parameters, RequestedOutput, Tensor,
 } from '../../core/types.js';
+import { parseBoolean } from '../../core/booleans.js';
 import { invalidArg, SdserveError } from '../../errors.js';
 import { BinarySectionReader, tensorBytesProblem } from '../binary-tensor.js';
 import { decodeJsonTensorData, encodeJsonTensorData, isBinaryOnly, type JsonElement } from '../json-tensor.js';
@@ -59,8 +60,10 @@ function without(params: Parameters | undefined, key: string): Parameters | unde
 
 function optionalBool(params: Parameters | undefined, key: string, where: string): boolean | undefined {
   const value = params?.[key];
-  if (value === undefined || typeof value === 'boolean') return value;
-  throw invalidArg(`${where}: parameter '${key}' must be a boolean, got ${JSON.stringify(value)}`);
+  if (value === undefined) return undefined;
+  const parsed = parseBoolean(value);
+  if (parsed !== undefined) return parsed;
+  throw invalidArg(`${where}: parameter '${key}' must be a boolean (true or false), got ${JSON.stringify(value)}`);
 }
 
 function decodeInput(input: WireInput, reader: BinarySectionReader): Tensor {
