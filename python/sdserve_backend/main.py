@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -26,7 +27,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from sdserve_backend import PROTOCOL_VERSION
 from sdserve_backend.ipc import Buffer, Frame, FrameReader, FrameWriter, MalformedFrame, encode_frame
-from sdserve_backend.messages import HelloMeta, MessageType, RequestMeta, TensorMeta
+from sdserve_backend.messages import HelloMeta, LoadResponseMeta, MessageType, RequestMeta, ResponseMeta, TensorMeta
 from sdserve_backend.model_loader import load_model
 from sdserve_backend.tensor_codec import array_from_payload, array_to_wire, padding_after
 
@@ -41,6 +42,10 @@ ERROR_REPLY_TYPE = {
 
 # A queued unit of model work; returns False when the process should stop serving.
 Job = Callable[[], bool]
+
+# Load failures with a cause the message says in full (weights not found, a bad config value):
+# logged as one line, without the traceback, which would only bury the reason.
+EXPECTED_LOAD_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)
 
 
 def describe_exception(error: BaseException) -> str:
@@ -191,7 +196,10 @@ class BackendServer:
             return frame.type != MessageType.FINALIZE_REQUEST
 
     def _reply_error(self, frame: Frame, error: Exception) -> None:
-        log.error("%s failed:\n%s", frame.type.name, "".join(traceback.format_exception(error)).rstrip())
+        if frame.type == MessageType.LOAD_REQUEST and isinstance(error, EXPECTED_LOAD_ERRORS):
+            log.error("%s failed: %s", frame.type.name, describe_exception(error))
+        else:
+            log.error("%s failed:\n%s", frame.type.name, "".join(traceback.format_exception(error)).rstrip())
         reply_type = ERROR_REPLY_TYPE.get(frame.type, MessageType.ERROR_NOTIFY)
         self._writer.send(reply_type, frame.correlation_id, {"error": describe_exception(error)})
 
@@ -201,7 +209,7 @@ class BackendServer:
         model_file = frame.metadata["model_file"]
         log.info("loading %s (pid %d)", model_file, os.getpid())
         self._model = load_model(model_file, dict(frame.metadata.get("args", {})))
-        self._writer.send(MessageType.LOAD_RESPONSE, frame.correlation_id, {"cuda": cuda_version()})
+        self._writer.send(MessageType.LOAD_RESPONSE, frame.correlation_id, dict(load_response_metadata(self._model)))
         return True
 
     def _execute(self, frame: Frame, requests: list[pb_utils.InferenceRequest]) -> bool:
@@ -255,7 +263,7 @@ def encode_responses(requests: list[pb_utils.InferenceRequest],
 
 
 def encode_response(request: pb_utils.InferenceRequest, response: pb_utils.InferenceResponse,
-                    offset: int) -> tuple[dict[str, Any], list[Buffer], int]:
+                    offset: int) -> tuple[ResponseMeta, list[Buffer], int]:
     """One ResponseMeta, its tensors' buffers placed from payload `offset`, and the offset after them."""
     error = response.error()
     if error is not None:
@@ -281,7 +289,11 @@ def encode_response(request: pb_utils.InferenceRequest, response: pb_utils.Infer
         if pad:
             payload.append(bytes(pad))
         offset += data.nbytes + pad
-    return {"outputs": output_metas}, payload, offset
+    meta: ResponseMeta = {"outputs": output_metas}
+    parameters = json.loads(response.parameters())
+    if parameters:
+        meta["parameters"] = parameters
+    return meta, payload, offset
 
 
 def hello_metadata() -> HelloMeta:
@@ -291,6 +303,15 @@ def hello_metadata() -> HelloMeta:
         torch_version = None
     return {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "python": platform.python_version(),
             "torch": torch_version}
+
+
+def load_response_metadata(model: Any) -> LoadResponseMeta:
+    """`{cuda}`, plus the model's `capabilities()` when it declares them (plain Triton models don't)."""
+    metadata: LoadResponseMeta = {"cuda": cuda_version()}
+    declare = getattr(model, "capabilities", None)
+    if callable(declare):
+        metadata["capabilities"] = declare()
+    return metadata
 
 
 def cuda_version() -> str | None:

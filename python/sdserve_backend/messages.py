@@ -4,7 +4,7 @@ src/backend/messages.ts. Requests come from the core, responses and notification
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class MessageType(IntEnum):
@@ -31,19 +31,12 @@ class TensorMeta(TypedDict):
     length: int
 
 
-class RequestMeta(TypedDict):
-    request_id: str
-    inputs: list[TensorMeta]
-    requested_output_names: list[str]
-    parameters: dict[str, Any]
-
-
 class HelloMeta(TypedDict):
     protocol: int
     pid: int
     python: str
+    # The installed version, or None; torch is not imported at start, to keep it fast.
     torch: str | None
-    cuda: str | None
 
 
 class LoadRequestMeta(TypedDict):
@@ -51,15 +44,63 @@ class LoadRequestMeta(TypedDict):
     args: dict[str, str]
 
 
-class ResponseNotifyMeta(TypedDict, total=False):
-    request_index: int
-    # Absent when the model sent only the final flag (`send(None, FINAL)`).
-    response: dict[str, Any]
-    final: bool
+class LoadResponseMeta(TypedDict):
+    """Success; a failure is ErrorMeta."""
+
+    cuda: str | None
+    # Declared by models that say what they take (docs/backend-protocol.md, "Capabilities").
+    capabilities: NotRequired[dict[str, Any]]
+
+
+class RequestMeta(TypedDict):
+    request_id: str
+    inputs: list[TensorMeta]
+    # Empty: every output the model produces.
+    requested_output_names: list[str]
+    parameters: dict[str, Any]
+
+
+class ExecuteRequestMeta(TypedDict):
+    requests: list[RequestMeta]
+
+
+class ResponseMeta(TypedDict, total=False):
+    """`{outputs, parameters?}`, or `{error, code?}` for a per-request error."""
+
+    outputs: list[TensorMeta]
+    # The response's parameters (`InferenceResponse(parameters=...)`), when it has any.
+    parameters: dict[str, Any]
+    error: str
+    # A `pb_utils.TritonError` code name.
+    code: str
+
+
+class ExecuteResponseMeta(TypedDict):
+    responses: list[ResponseMeta]
+
+
+class ErrorMeta(TypedDict):
+    error: str
 
 
 class ProgressMeta(TypedDict):
     request_id: str
+    # Position of the request in its ExecuteRequest.
     request_index: int
     step: int
     steps: int
+    # [H, W, 3]: the payload is a uint8 preview image of the request.
+    preview_shape: NotRequired[list[int]]
+
+
+class ResponseNotifyMeta(TypedDict):
+    # Position of the request in its ExecuteRequest.
+    request_index: int
+    # Absent when the model sent only the final flag (`send(None, FINAL)`).
+    response: NotRequired[ResponseMeta]
+    # The request's last response: nothing more comes for it.
+    final: bool
+
+
+class CancelRequestMeta(TypedDict):
+    request_ids: list[str]

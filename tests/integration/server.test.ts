@@ -51,7 +51,10 @@ describe('sdserve serve on the built-in tiny model', () => {
     const metadata = await (await fetch(`${server.url}/v2/models/tiny_sd`)).json() as any;
     assert.deepEqual(metadata.inputs.map((i: any) => [i.name, i.datatype, i.shape]),
       [['prompt', 'BYTES', [-1, 1]], ['negative_prompt', 'BYTES', [-1, 1]]]);
-    assert.deepEqual(metadata.outputs, [{ name: 'generated_image', datatype: 'UINT8', shape: [-1, -1, -1, -1] }]);
+    assert.deepEqual(metadata.outputs, [
+      { name: 'generated_image', datatype: 'UINT8', shape: [-1, -1, -1, -1] },
+      { name: 'generated_image_encoded', datatype: 'BYTES', shape: [-1, 1] },
+    ]);
     const config = await (await fetch(`${server.url}/v2/models/tiny_sd/config`)).json() as any;
     assert.equal(config.backend, 'diffusion');
     assert.equal(config.parameters.image_height.string_value, '128');

@@ -205,14 +205,20 @@ def test_prepare_for_model_on_cpu_returns_the_components_unchanged(
     assert prepare_for_model(parts, CPU, tmp_path, config, parameters) is parts
 
 
-@pytest.mark.parametrize(("value", "forced"), [("", False), ("false", False), ("true", True), ("1", True), ("YES", True)])
+@pytest.mark.parametrize(("value", "forced"), [("", False), ("false", False), ("true", True), ("TRUE", True)])
 def test_force_engine_build_parameter(value: str, forced: bool) -> None:
     assert engine_build.is_forced({"force_engine_build": value}) is forced
 
 
-@pytest.mark.parametrize(("value", "compiled"), [("", False), ("false", False), ("true", True), ("on", True)])
+@pytest.mark.parametrize(("value", "compiled"), [("", False), ("False", False), ("true", True), ("True", True)])
 def test_engine_compile_parameter(value: str, compiled: bool) -> None:
     assert engine_build.engine_options({"engine_compile": value}).compile is compiled
+
+
+@pytest.mark.parametrize("value", ["1", "yes", "on"])
+def test_engine_booleans_parse_like_every_other_boolean(value: str) -> None:
+    with pytest.raises(ValueError, match=f"config parameter 'engine_compile' must be \"true\" or \"false\", got '{value}'"):
+        engine_build.engine_options({"engine_compile": value})
 
 
 def tracing_backend() -> tuple[list[torch.fx.GraphModule], Any]:

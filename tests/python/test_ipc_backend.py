@@ -22,6 +22,7 @@ from sdserve_backend.tensor_codec import array_from_payload, padding_after
 
 ROOT = Path(__file__).resolve().parents[2]
 REPOSITORY = ROOT / "tests" / "fixtures" / "model_repository"
+DIFFUSION_MODEL = ROOT / "python" / "sdserve_backend" / "backends" / "diffusion" / "model.py"
 TIMEOUT_S = 60
 
 
@@ -30,6 +31,7 @@ class Backend:
     process: subprocess.Popen[bytes]
     sock: socket.socket
     reader: FrameReader
+    log_path: Path
 
     def send(self, message_type: MessageType, correlation_id: int, metadata: dict, payload: list | None = None) -> None:
         for buffer in encode_frame(message_type, correlation_id, metadata, payload or []):
@@ -43,11 +45,18 @@ class Backend:
     def load(self, model: str) -> Frame:
         config = {"name": model, "parameters": {}, "output": [
             {"name": "OUTPUT0", "data_type": "TYPE_FP32"}, {"name": "OUTPUT1", "data_type": "TYPE_FP32"}]}
-        args = {"model_config": json.dumps(config), "model_repository": str(REPOSITORY / model),
-                "model_version": "1", "model_name": model, "model_instance_kind": "CPU",
-                "model_instance_name": f"{model}_0", "model_instance_device_id": "0"}
-        self.send(MessageType.LOAD_REQUEST, 1, {"model_file": str(REPOSITORY / model / "1" / "model.py"), "args": args})
+        return self.load_file(REPOSITORY / model / "1" / "model.py", REPOSITORY / model, config)
+
+    def load_file(self, model_file: Path, repository: Path, config: dict) -> Frame:
+        name = config["name"]
+        args = {"model_config": json.dumps(config), "model_repository": str(repository),
+                "model_version": "1", "model_name": name, "model_instance_kind": "CPU",
+                "model_instance_name": f"{name}_0", "model_instance_device_id": "0"}
+        self.send(MessageType.LOAD_REQUEST, 1, {"model_file": str(model_file), "args": args})
         return self.read()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
 
 
 @pytest.fixture
@@ -58,11 +67,13 @@ def backend() -> Iterator[Backend]:
         listener.bind(path)
         listener.listen(1)
         env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-        process = subprocess.Popen([sys.executable, "-m", "sdserve_backend", "--socket", path], env=env)
+        log_path = Path(directory) / "backend.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "sdserve_backend", "--socket", path], env=env, stderr=log)
         try:
             sock = accept_unless_exited(listener, process)
             sock.settimeout(TIMEOUT_S)
-            yield Backend(process, sock, FrameReader(sock))
+            yield Backend(process, sock, FrameReader(sock), log_path)
             sock.close()
         finally:
             listener.close()
@@ -154,6 +165,52 @@ def test_load_failure_reports_the_exception_type_and_message(backend: Backend) -
     reply = backend.load("initialize_fails")
     assert reply.type is MessageType.LOAD_RESPONSE
     assert reply.metadata["error"].startswith("FileNotFoundError: weights not found at ")
+
+
+def test_missing_weights_are_one_line_in_the_log_without_a_traceback(backend: Backend, tmp_path: Path) -> None:
+    backend.read()
+    (tmp_path / "1").mkdir()
+    config = {"name": "no_weights", "max_batch_size": 1, "parameters": {"version": {"string_value": "1.5"}}}
+
+    reply = backend.load_file(DIFFUSION_MODEL, tmp_path, config)
+
+    assert reply.metadata["error"].startswith("FileNotFoundError: weights not found at ")
+    [line] = [line for line in backend.log().splitlines() if "LOAD_REQUEST" in line]
+    assert line == f"ERROR sdserve.backend: LOAD_REQUEST failed: {reply.metadata['error']}"
+    assert "Traceback" not in backend.log()
+
+
+def test_an_unknown_config_parameter_fails_the_load_naming_it(backend: Backend, tmp_path: Path) -> None:
+    backend.read()
+    config = {"name": "typo", "parameters": {"guidance": {"string_value": "2"}}}
+
+    reply = backend.load_file(DIFFUSION_MODEL, tmp_path, config)
+
+    assert reply.metadata["error"].startswith(
+        "ValueError: config parameter 'guidance' is not known (did you mean 'guidance_scale'?); known: "
+    )
+
+
+def test_the_diffusion_model_declares_its_capabilities_in_the_load_response(
+    backend: Backend, tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    backend.read()
+    (tmp_path / "1").symlink_to(tiny_model_dirs["sd"])
+    config = {"name": "tiny_sd", "max_batch_size": 2, "parameters": {
+        "image_height": {"string_value": "64"}, "step_batching": {"string_value": "false"}}}
+
+    reply = backend.load_file(DIFFUSION_MODEL, tmp_path, config)
+
+    assert reply.type is MessageType.LOAD_RESPONSE and set(reply.metadata) == {"cuda", "capabilities"}
+    capabilities = reply.metadata["capabilities"]
+    assert (capabilities["tasks"], capabilities["batching"], capabilities["max_images"]) == (["text_to_image"], "request", 2)
+    assert capabilities["parameters"]["height"]["default"] == 64
+    assert capabilities["parameters"]["width"]["default"] == 128
+
+
+def test_a_plain_python_model_declares_nothing(backend: Backend) -> None:
+    backend.read()
+    assert set(backend.load("add_sub").metadata) == {"cuda"}
 
 
 def test_per_request_errors_and_whole_batch_failures(backend: Backend) -> None:

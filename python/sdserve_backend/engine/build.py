@@ -17,21 +17,21 @@ from pathlib import Path
 
 import torch
 
+from sdserve_backend.booleans import parse_bool
 from sdserve_backend.engine.prepare import EngineOptions, prepare_with_report
 from sdserve_backend.pipelines.device import choose_placement
 
 ENGINE_SUBDIR = "engine"
-TRUE_WORDS = ("1", "true", "yes", "on")
 
 
 def is_forced(parameters: dict[str, str]) -> bool:
     """The `force_engine_build` config parameter as a boolean (empty means no)."""
-    return parameters.get("force_engine_build", "").strip().lower() in TRUE_WORDS
+    return parse_bool("force_engine_build", parameters.get("force_engine_build", ""), False, "config parameter")
 
 
 def engine_options(parameters: dict[str, str]) -> EngineOptions:
     """The engine options a model config asks for: `engine_compile` turns on torch.compile."""
-    return EngineOptions(compile=parameters.get("engine_compile", "").strip().lower() in TRUE_WORDS)
+    return EngineOptions(compile=parse_bool("engine_compile", parameters.get("engine_compile", ""), False, "config parameter"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,18 @@ def resolve_scheduler_class(name: str, default_class: type[SchedulerMixin]) -> t
     return scheduler_class
 
 
+def supported_scheduler_names() -> list[str]:
+    """The diffusers class names `resolve_scheduler_class` accepts in this installation, sorted."""
+    names: list[str] = []
+    for class_name in sorted(SUPPORTED_SCHEDULER_CLASSES):
+        try:
+            resolve_scheduler_class(class_name, SchedulerMixin)
+        except ValueError:
+            continue
+        names.append(class_name)
+    return names
+
+
 def make_scheduler(
     name: str, default_class: type[SchedulerMixin], model_config: Mapping[str, Any]
 ) -> SchedulerMixin:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sdserve_backend.image_encoding import OutputEncoding
 from sdserve_backend.pipelines import (
     GenerationRequest,
     GenerationSettings,
@@ -31,6 +32,8 @@ class Job:
 
     request: GenerationRequest
     settings: GenerationSettings
+    # The file format its images are also sent in; None: the raw pixels only.
+    encoding: OutputEncoding | None = None
 
 
 # Per job: its images (uint8 [B, H, W, 3]) or the error to answer it with.

@@ -1,8 +1,11 @@
 """The "diffusion" backend model: Stable Diffusion text-to-image with Triton's Python-model API.
 
 Inputs: `prompt` BYTES [B, 1] and optional `negative_prompt` BYTES [B, 1] (or [1, 1] for all).
-Output: `generated_image` UINT8 [B, H, W, 3]. Config parameters set the defaults; a request's
-parameters `steps`, `guidance_scale`, `seed`, `scheduler`, `height`, `width` override them.
+Outputs: `generated_image` UINT8 [B, H, W, 3]; `generated_image_encoded` BYTES [B, 1], one PNG,
+JPEG or WebP file per image, when the request asks for it (by name, or with the parameter
+`output_format`). Config parameters set the defaults; a request's parameters `steps`,
+`guidance_scale`, `seed`, `scheduler`, `height`, `width` override them. Each response's
+parameters tell the seed used. The LoadResponse declares all of it (`capabilities`).
 
 With config parameter `step_batching` "true" (the default) the model is decoupled: `execute`
 prepares each request and hands it to the step batcher, which answers it through the request's
@@ -14,16 +17,18 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from sdserve_backend.backends.diffusion import capabilities
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.batching import Job, run_jobs
 from sdserve_backend.engine.backend import prepare_for_model
+from sdserve_backend.image_encoding import GenerationInfo, encode_image
 from sdserve_backend.pipelines import (
     GenerationRequest,
     RequestCancelled,
@@ -36,13 +41,19 @@ from sdserve_backend.pipelines import (
 )
 
 OUTPUT_NAME = "generated_image"
+ENCODED_OUTPUT_NAME = "generated_image_encoded"
+# Threads that encode images into files: Pillow releases the GIL while it compresses, so the
+# denoising loop goes on meanwhile.
+ENCODER_THREADS = 2
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        # 1. Read the config
+        # 1. Read the config; a name the backend does not read fails the load before any weights do
         model_config = json.loads(args["model_config"])
         parameters = model_settings.config_parameters(model_config)
+        model_settings.check_config_parameter_names(parameters)
+        self.model_name = str(args.get("model_name", ""))
         version_dir = Path(args["model_repository"]) / str(args.get("model_version", "1"))
         version = parameters.get("version", "").strip()
 
@@ -70,11 +81,15 @@ class TritonPythonModel:
         except ValueError as error:
             raise ValueError(f"config parameter {error}") from None
         self.pipeline = TextToImagePipeline(components, prompt_cache_size=self.defaults.prompt_cache_size)
+        max_images = int(model_config.get("max_batch_size", 0) or 0)
+        max_steps = min(model_settings.MAX_STEPS, int(components.scheduler_config.get("num_train_timesteps", 1000)))
+        self.declared = capabilities.declare(self.defaults, max_images, max_steps)
+        self.encoder = ThreadPoolExecutor(max_workers=ENCODER_THREADS, thread_name_prefix="sdserve-encoder")
 
         # 5. Start the step batcher: up to max_batch_size images share a UNet call
         self.step_batcher: StepBatcher | None = None
         if self.defaults.step_batching:
-            self.step_batcher = StepBatcher(self.pipeline, max_images=int(model_config.get("max_batch_size", 0) or 0))
+            self.step_batcher = StepBatcher(self.pipeline, max_images=max_images)
         pb_utils.Logger.log_info(
             f"{args.get('model_name', '')}: loaded {weights} on {placement.device} ({placement.dtype}), "
             f"{'SDXL' if components.is_sdxl else 'SD'}, "
@@ -84,6 +99,10 @@ class TritonPythonModel:
     @property
     def step_batching(self) -> bool:
         return self.step_batcher is not None
+
+    def capabilities(self) -> dict[str, Any]:
+        """What this model declares in its LoadResponse (docs/backend-protocol.md, "Capabilities")."""
+        return self.declared
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
         if self.step_batcher is None:
@@ -100,13 +119,20 @@ class TritonPythonModel:
     def _submit(self, batcher: StepBatcher, request: Any, sender: Any) -> "Future[Any]":
         """Check and prepare one request and queue it; a bad one is answered at once."""
         answer: Future[Any] = Future()
+        job = self._parse(request)
 
-        def on_done(outcome: np.ndarray | Exception) -> None:
-            response = _response(outcome)
+        def send(outcome: np.ndarray | Exception) -> None:
+            response = self._response(job, outcome)
             answer.set_result(response)
             sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-        job = self._parse(request)
+        def on_done(outcome: np.ndarray | Exception) -> None:
+            # Called on the batcher's decoder thread: files are encoded on the encoder's.
+            if isinstance(job, Job) and job.encoding is not None and isinstance(outcome, np.ndarray):
+                self.encoder.submit(send, outcome)
+            else:
+                send(outcome)
+
         if isinstance(job, Exception):
             on_done(job)
             return answer
@@ -135,14 +161,44 @@ class TritonPythonModel:
             return bool(check()) if check is not None else False
 
         outcomes = run_jobs(self.pipeline, jobs, on_step=report_progress, is_cancelled=is_cancelled)
-        return [_response(outcome) for outcome in outcomes]
+        answers = [self.encoder.submit(self._response, job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)]
+        return [answer.result() for answer in answers]
 
     def finalize(self) -> None:
         if self.step_batcher is not None:
             # Requests already handed over still get their images.
             self.step_batcher.close()
             self.step_batcher = None
+        self.encoder.shutdown(wait=True)
         self.pipeline = None
+
+    def _response(self, job: Job | Exception, outcome: np.ndarray | Exception) -> Any:
+        """The request's answer: its images (and their files when it asked), or its error."""
+        if isinstance(outcome, Exception):
+            return _error_response(outcome)
+        assert isinstance(job, Job)
+        outputs = [pb_utils.Tensor(OUTPUT_NAME, outcome)]
+        if job.encoding is not None:
+            files = [encode_image(image, job.encoding, self._info(job, index)) for index, image in enumerate(outcome)]
+            outputs.append(pb_utils.Tensor(ENCODED_OUTPUT_NAME, np.array(files, dtype=np.object_).reshape(-1, 1)))
+        return pb_utils.InferenceResponse(output_tensors=outputs, parameters={"seed": job.request.seed})
+
+    def _info(self, job: Job, index: int) -> GenerationInfo:
+        request, settings = job.request, job.settings
+        scheduler = resolve_scheduler_class(settings.scheduler, self.pipeline.components.scheduler_class)
+        return GenerationInfo(
+            prompt=request.prompts[index],
+            negative_prompt=request.negatives()[index],
+            steps=settings.steps,
+            scheduler_class=scheduler.__name__,
+            guidance_scale=settings.guidance_scale,
+            seed=request.seed,
+            width=settings.width,
+            height=settings.height,
+            model=self.model_name,
+            batch_size=len(request.prompts),
+            batch_position=index,
+        )
 
     def _parse(self, request: Any) -> Job | Exception:
         try:
@@ -164,10 +220,18 @@ class TritonPythonModel:
                         f"got {len(negatives)}"
                     )
             settings, seed = model_settings.read_request_overrides(request.parameters(), self.defaults)
+            encoding = model_settings.read_output_encoding(
+                request.parameters(), ENCODED_OUTPUT_NAME in _requested_output_names(request)
+            )
         except ValueError as error:
             return error
         generation = GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None)
-        return Job(generation, settings)
+        return Job(generation, settings, encoding)
+
+
+def _requested_output_names(request: Any) -> list[str]:
+    names = getattr(request, "requested_output_names", None)
+    return list(names()) if callable(names) else []
 
 
 def _texts(name: str, array: np.ndarray) -> list[str]:
@@ -185,9 +249,7 @@ def _texts(name: str, array: np.ndarray) -> list[str]:
     return texts
 
 
-def _response(outcome: np.ndarray | Exception) -> Any:
-    if isinstance(outcome, np.ndarray):
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, outcome)])
+def _error_response(outcome: Exception) -> Any:
     if isinstance(outcome, RequestCancelled):
         code = pb_utils.TritonError.CANCELLED
     elif isinstance(outcome, ValueError):

@@ -7,6 +7,7 @@ names the parameter and the value it got.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import secrets
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdserve_backend.booleans import parse_bool
+from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS, OutputEncoding
 from sdserve_backend.pipelines import GenerationSettings
 from sdserve_backend.pipelines.text_to_image import DEFAULT_PROMPT_CACHE_SIZE
 
@@ -25,6 +28,39 @@ MAX_IMAGE_SIDE = 4096
 MAX_STEPS = 1000
 # Per-request parameters that override the config; the config spells the image size differently.
 REQUEST_OVERRIDES = ("steps", "guidance_scale", "seed", "scheduler", "height", "width")
+
+# Every config.pbtxt parameter a diffusion model may set, and what it does; any other name fails
+# the load. A feature that reads a new config parameter adds it here (one place).
+CONFIG_PARAMETERS: dict[str, str] = {
+    "image_height": "default image height (a multiple of 8); also the size the GPU engine captures",
+    "image_width": "default image width (a multiple of 8); also the size the GPU engine captures",
+    "steps": "default number of denoising steps",
+    "guidance_scale": "default classifier-free guidance scale",
+    "scheduler": 'default scheduler ("" is the model\'s own)',
+    "seed": "default seed (empty: a fresh random seed per request)",
+    "version": "the Stable Diffusion version the weights should be (1.5, 2.1, xl-1.0); a warning when they differ",
+    "weights": "where the weights are, relative to the version folder",
+    "weights_config": "the local diffusers config folder a single-file checkpoint needs",
+    "step_batching": "true: requests join and leave the UNet batch per step; false: whole requests",
+    "prompt_cache_size": "how many prompts' text embeddings are kept for reuse",
+    "force_engine_build": "true: rebuild the GPU engine at load",
+    "engine_compile": "true: torch.compile the UNet into the GPU engine",
+    "onnx_opset": "ignored: accepted so that configs written for the ONNX/TensorRT tutorial load",
+}
+
+
+def check_config_parameter_names(parameters: Mapping[str, str]) -> None:
+    """Raise ValueError naming the first config parameter the backend does not read."""
+    for name in parameters:
+        if name not in CONFIG_PARAMETERS:
+            raise ValueError(unknown_name_message("config parameter", name, CONFIG_PARAMETERS))
+
+
+def unknown_name_message(what: str, name: str, accepted: Mapping[str, object] | list[str]) -> str:
+    """"config parameter 'stepz' is not known (did you mean 'steps'?); known: ..." """
+    close = difflib.get_close_matches(name, list(accepted), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{what} {name!r} is not known{hint}; known: {', '.join(sorted(accepted))}"
 
 
 @dataclass(frozen=True)
@@ -53,7 +89,9 @@ def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
 
 
 def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) -> ModelDefaults:
-    """Check the config parameters; raises ValueError naming the first bad one."""
+    """Check the config parameters; raises ValueError naming the first bad one (an unknown name
+    included)."""
+    check_config_parameter_names(parameters)
     source = "config parameter"
     settings = GenerationSettings(
         height=parse_image_side("image_height", parameters.get("image_height", ""), default_image_size, source),
@@ -106,6 +144,8 @@ def read_preview_every(parameters_json: str) -> int:
     """The request parameter `preview`: a preview image every N steps (true: every 5; absent,
     false or 0: none)."""
     value = json.loads(parameters_json or "{}").get("preview", 0)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        value = parse_bool("preview", value, False, "parameter")
     if value is True:
         return 5
     if value is False or value is None:
@@ -113,6 +153,25 @@ def read_preview_every(parameters_json: str) -> int:
     if isinstance(value, int) and value >= 0:
         return value
     raise ValueError(f"parameter 'preview' must be true, false or a non-negative number of steps, got {value!r}")
+
+
+def read_output_encoding(parameters_json: str, encoded_output_requested: bool) -> OutputEncoding | None:
+    """The request parameters `output_format` and `output_compression`; None when the request
+    asks for no encoded image (neither parameter, nor the encoded output by name)."""
+    parameters = json.loads(parameters_json or "{}")
+    given_format = parameters.get("output_format")
+    given_compression = parameters.get("output_compression")
+    if given_format is None and given_compression is None and not encoded_output_requested:
+        return None
+    output_format = "png" if given_format is None else given_format
+    if not isinstance(output_format, str) or output_format.strip().lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"parameter 'output_format' must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    compression = DEFAULT_COMPRESSION
+    if given_compression is not None:
+        compression = _parse_int("output_compression", given_compression, None, "parameter")
+        if not 0 <= compression <= 100:
+            raise ValueError(f"parameter 'output_compression' must be an integer from 0 to 100, got {given_compression!r}")
+    return OutputEncoding(format=output_format.strip().lower(), compression=compression)
 
 
 def locate_weights(version_dir: Path, parameters: dict[str, str]) -> tuple[Path, Path | None]:
@@ -198,15 +257,6 @@ def parse_guidance_scale(value: Any, default: float, source: str) -> float:
     if not math.isfinite(scale) or scale < 0:
         raise ValueError(f"{source} 'guidance_scale' must be a finite number >= 0, got {value!r}")
     return scale
-
-
-def parse_bool(name: str, value: Any, default: bool, source: str) -> bool:
-    text = str(value).strip().lower()
-    if text == "":
-        return default
-    if text in ("true", "false"):
-        return text == "true"
-    raise ValueError(f"{source} '{name}' must be \"true\" or \"false\", got {value!r}")
 
 
 def parse_seed(value: Any, source: str) -> int:

@@ -1,0 +1,56 @@
+"""What a loaded diffusion model declares to the core in its LoadResponse (docs/backend-protocol.md,
+"Capabilities"): its tasks, how it batches, and every request parameter it reads, with the type,
+range and default that this model's config gives it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdserve_backend.backends.diffusion import settings as model_settings
+from sdserve_backend.backends.diffusion.settings import ModelDefaults
+from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS
+from sdserve_backend.pipelines.schedulers import SCHEDULER_SHORT_NAMES, supported_scheduler_names
+
+TASKS = ("text_to_image",)
+# Shapes without the batch dimension, as config.pbtxt writes them.
+INPUTS = (
+    {"name": "prompt", "datatype": "BYTES", "dims": [1]},
+    {"name": "negative_prompt", "datatype": "BYTES", "dims": [1], "optional": True},
+)
+OUTPUTS = (
+    {"name": "generated_image", "datatype": "UINT8", "dims": [-1, -1, 3]},
+    # Sent when the request names it or sets `output_format`: one file per image.
+    {"name": "generated_image_encoded", "datatype": "BYTES", "dims": [1]},
+)
+
+
+def declare(defaults: ModelDefaults, max_images: int, max_steps: int) -> dict[str, Any]:
+    """The `capabilities` object of the LoadResponse for a model loaded with `defaults`."""
+    base = defaults.settings
+    side = {"type": "integer", "minimum": 8, "maximum": model_settings.MAX_IMAGE_SIDE, "multiple_of": 8}
+    seed: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": model_settings.MAX_SEED}
+    if defaults.seed is not None:
+        seed["default"] = defaults.seed
+    parameters: dict[str, dict[str, Any]] = {
+        "steps": {"type": "integer", "minimum": 1, "maximum": max_steps, "default": base.steps},
+        "guidance_scale": {"type": "number", "minimum": 0, "default": base.guidance_scale},
+        "seed": seed,
+        "scheduler": {"type": "string", "enum": ["", *SCHEDULER_SHORT_NAMES, *supported_scheduler_names()],
+                      "default": base.scheduler},
+        "height": {**side, "default": base.height},
+        "width": {**side, "default": base.width},
+        "preview": {"type": ["boolean", "integer"], "minimum": 0, "default": False},
+        "output_format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": OUTPUT_FORMATS[0]},
+        "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "default": DEFAULT_COMPRESSION},
+    }
+    return {
+        "tasks": list(TASKS),
+        "batching": "step" if defaults.step_batching else "request",
+        "max_images": max(1, max_images),
+        "inputs": [dict(tensor) for tensor in INPUTS],
+        "outputs": [dict(tensor) for tensor in OUTPUTS],
+        "image_output": OUTPUTS[0]["name"],
+        "encoded_output": OUTPUTS[1]["name"],
+        "parameters": parameters,
+        "config_parameters": sorted(model_settings.CONFIG_PARAMETERS),
+    }
