@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { DataPlane, detectGpuCount, formatModelTable, ModelManager, type ModelControlMode } from './core/index.js';
 import type { Logger } from './logger.js';
 import { startMetricsServer } from './metrics/index.js';
+import path from 'node:path';
 import { PROJECT_ROOT } from './paths.js';
 import { startGrpcServer } from './protocol/grpc/index.js';
 import { buildHttpServer } from './protocol/http/index.js';
@@ -23,6 +24,10 @@ export interface ServerOptions {
   exitOnError: boolean;
   backendStartTimeoutMs: number;
   backendLoadTimeoutMs: number;
+  /** `--backend-directory`: folders of more backends (`<name>/model.py`) besides the built-in ones. */
+  backendDirectories?: string[];
+  /** `--allowed-path`: folders outside the model folders that model configs may name. */
+  allowedPaths?: string[];
   logger: Logger;
   /** Where the start-up lines (model table, service addresses) go. */
   print: (line: string) => void;
@@ -54,6 +59,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     loadTimeoutMs: options.backendLoadTimeoutMs,
     stopGraceMs: STOP_GRACE_MS,
     logger: options.logger,
+  }, {
+    builtInBackends: path.join(PROJECT_ROOT, 'python', 'sdserve_backend', 'backends'),
+    backendDirectories: (options.backendDirectories ?? []).map((dir) => path.resolve(dir)),
+    allowedPaths: (options.allowedPaths ?? []).map((dir) => path.resolve(dir)),
   });
   await models.start(options.modelControlMode, options.loadModels);
   if (options.modelControlMode === 'poll') models.startPolling(options.repositoryPollSecs * 1000);

@@ -18,6 +18,8 @@ interface ServeOptions {
   backendPython: string;
   backendLoadTimeout: number;
   exitTimeoutSecs: number;
+  backendDirectory: string[];
+  allowedPath: string[];
 }
 
 function port(value: string): number {
@@ -63,6 +65,10 @@ export function registerServeCommand(program: Command): void {
     .option('--backend-load-timeout <seconds>', 'how long a backend may take to load its model', nonNegativeInteger, 600)
     .option('--exit-timeout-secs <seconds>',
       'on SIGTERM/SIGINT: how long requests in flight may take to finish before the server exits anyway', nonNegativeInteger, 30)
+    .option('--backend-directory <path>',
+      'folder of more backends, one <name>/model.py each, that model configs may name (repeatable)', collect, [])
+    .option('--allowed-path <path>',
+      'folder outside the model folders whose files model configs may name as weights (repeatable)', collect, [])
     .action(async (options: ServeOptions & { modelStore: string[] }) => {
       const repositories = [...options.modelRepository, ...options.modelStore];
       if (repositories.length === 0) throw new InvalidArgumentError('--model-repository is required');
@@ -79,6 +85,8 @@ export function registerServeCommand(program: Command): void {
         exitOnError: options.exitOnError,
         backendStartTimeoutMs: 60_000,
         backendLoadTimeoutMs: options.backendLoadTimeout * 1000,
+        backendDirectories: options.backendDirectory,
+        allowedPaths: options.allowedPath,
         logger: createLogger(options.logVerbose, options.logFormat),
         print: (line) => process.stdout.write(`${line}\n`),
       });

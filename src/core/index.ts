@@ -6,3 +6,4 @@ export type { BackendRuntime } from './served-model.js';
 export type { InferenceCore } from './inference-core.js';
 export * from './types.js';
 export * from './statistics.js';
+export type { ModelFilePolicy } from './model-files.js';

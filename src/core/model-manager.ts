@@ -1,6 +1,7 @@
 import { SdserveError } from '../errors.js';
 import { modelConfigFromJson, resolveVersions, scanRepository, type ModelEntry } from '../repository/index.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
+import { resolveModelFiles, type ModelFilePolicy } from './model-files.js';
 import { notReady, ServedModel, type BackendRuntime } from './served-model.js';
 import type { ModelStatistics } from './statistics.js';
 import type { ModelStatus } from './types.js';
@@ -31,6 +32,7 @@ export class ModelManager {
   constructor(
     private readonly repositoryPaths: string[],
     private readonly runtime: BackendRuntime,
+    private readonly filePolicy: ModelFilePolicy,
   ) {}
 
   /** Scans the repository and loads the startup models: all of them in 'none' mode, else those named ('*': all). */
@@ -194,9 +196,9 @@ export class ModelManager {
     record.entry = entry;
     record.fingerprint = fingerprint(entry);
     let config: ModelConfig;
-    let versions: number[];
+    let versions: Array<{ version: number; modelFile: string }>;
     try {
-      ({ config, versions } = checkedConfig(entry, configOverride));
+      ({ config, versions } = await checkedConfig(entry, this.filePolicy, configOverride));
     } catch (err) {
       // What is being served keeps serving (as in Triton) until a config that loads comes.
       const reason = err instanceof SyntaxError ? `invalid config override: ${err.message}` : (err as Error).message;
@@ -205,7 +207,9 @@ export class ModelManager {
     }
     await this.doUnload(name);
     record.reason = '';
-    for (const version of versions) record.versions.set(version, new ServedModel(config, entry.dir, version, this.runtime));
+    for (const { version, modelFile } of versions) {
+      record.versions.set(version, new ServedModel(config, entry.dir, version, modelFile, this.runtime));
+    }
     const served = [...record.versions.values()];
     await Promise.all(served.map((s) => s.load()));
     const failed = served.find((s) => s.state !== 'READY');
@@ -218,14 +222,18 @@ export class ModelManager {
   }
 }
 
-function checkedConfig(entry: ModelEntry, configOverride?: string): { config: ModelConfig; versions: number[] } {
+/** The config to load (the override, else the one on disk) and each version's checked model file. */
+async function checkedConfig(entry: ModelEntry, filePolicy: ModelFilePolicy, configOverride?: string): Promise<{
+  config: ModelConfig; versions: Array<{ version: number; modelFile: string }>;
+}> {
   const config = configOverride === undefined ? entry.config : modelConfigFromJson(JSON.parse(configOverride), entry.name);
   if (!config) throw new SdserveError('SDS_ERR_CONFIG', entry.error ?? `model '${entry.name}' has no usable config.pbtxt`);
   const versions = resolveVersions(config, entry.versions);
   if (versions.length === 0) {
     throw new SdserveError('SDS_ERR_CONFIG', `no version folder of model '${entry.name}' matches its version policy`);
   }
-  return { config, versions };
+  const modelFiles = await Promise.all(versions.map((version) => resolveModelFiles(config, entry.dir, version, filePolicy)));
+  return { config, versions: versions.map((version, i) => ({ version, modelFile: modelFiles[i] })) };
 }
 
 function fingerprint(entry: ModelEntry): string {

@@ -51,6 +51,8 @@ export class ServedModel {
     private readonly repositoryConfig: ModelConfig,
     readonly modelDir: string,
     readonly version: number,
+    /** The checked model file this version runs (see model-files.ts). */
+    private readonly modelFile: string,
     private readonly runtime: BackendRuntime,
   ) {
     this.config = repositoryConfig;
@@ -70,9 +72,8 @@ export class ServedModel {
   async load(): Promise<void> {
     this.state = 'LOADING';
     this.reason = '';
-    const modelFile = this.modelFile();
     const instances = this.instanceSpecs().map((spec) => new ModelInstance(
-      spec.label, { ...this.startOptions(modelFile, spec.args), label: spec.label }, this.runtime.logger,
+      spec.label, { ...this.startOptions(this.modelFile, spec.args), label: spec.label }, this.runtime.logger,
       () => this.scheduler.notifyAvailable(),
     ));
     const results = await Promise.allSettled(instances.map((instance) => instance.start()));
@@ -135,13 +136,6 @@ export class ServedModel {
       this.stats.recordFailure(elapsedNs());
       throw err;
     }
-  }
-
-  private modelFile(): string {
-    if (this.config.backend === 'python') {
-      return path.join(this.modelDir, String(this.version), this.config.default_model_filename || 'model.py');
-    }
-    return path.join(this.runtime.projectRoot, 'python', 'sdserve_backend', 'backends', this.config.backend, 'model.py');
   }
 
   private instanceSpecs(): Array<{ label: string; args: Record<string, string> }> {

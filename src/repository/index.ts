@@ -10,3 +10,4 @@ export type {
 } from './pbtxt.js';
 export { scanRepository, resolveVersions, CONFIG_FILE_NAME } from './scan.js';
 export type { ModelEntry } from './scan.js';
+export { resolveConfinedPath, isInside } from './confined-path.js';

@@ -13,6 +13,11 @@ import { parsePbtxt, type PbtxtMessage } from './pbtxt.js';
 export const INSTANCE_KINDS: readonly InstanceKind[] = ['KIND_AUTO', 'KIND_GPU', 'KIND_CPU', 'KIND_MODEL'];
 
 const INT32_MAX = 0x7fffffff;
+/**
+ * Instances per group: each is a process holding its own copy of the model, so a count in the
+ * millions would exhaust the host long before it did anything useful.
+ */
+export const MAX_INSTANCE_COUNT = 64;
 
 /** model_config.proto `oneof scheduling_choice`. */
 const SCHEDULING_CHOICES = ['dynamic_batching', 'sequence_batching', 'ensemble_scheduling'];
@@ -107,7 +112,7 @@ function readInstanceGroups(config: MessageReader, modelName: string): InstanceG
   // Without instance_group Triton places one instance per GPU; the core falls back to CPU.
   if (groups.length === 0) return [{ name: `${modelName}_0`, kind: 'KIND_GPU', count: 1, gpus: [] }];
 
-  return groups.map((group, index) => {
+  const read = groups.map((group, index) => {
     const kind = group.enumValue('kind', INSTANCE_KINDS, 'KIND_AUTO');
     const gpus = group.intList('gpus', { min: 0, max: INT32_MAX });
     if (gpus.length > 0 && (kind === 'KIND_CPU' || kind === 'KIND_MODEL')) {
@@ -117,10 +122,18 @@ function readInstanceGroups(config: MessageReader, modelName: string): InstanceG
     return {
       name: group.string('name') || `${modelName}_${index}`,
       kind,
-      count: group.int('count', 1, { min: 1, max: INT32_MAX }),
+      count: group.int('count', 1, { min: 1, max: MAX_INSTANCE_COUNT }),
       gpus,
     };
   });
+  // Listed GPUs multiply the count; unlisted ones are bounded by the host's GPUs.
+  const total = read.reduce((sum, group) => sum + group.count * Math.max(1, group.gpus.length), 0);
+  if (total > MAX_INSTANCE_COUNT) {
+    throw configError(config.context, 'instance_group',
+      `asks for ${total} instances in all (count times listed gpus, over every group); at most ${MAX_INSTANCE_COUNT} are allowed`,
+      config.position('instance_group'));
+  }
+  return read;
 }
 
 function readParameters(config: MessageReader): Record<string, ModelParameter> {
