@@ -4,3 +4,4 @@ export {
   decodeInferRequest, encodeInferResponse, wantsBinary,
   type DecodedInferRequest, type EncodedInferResponse, type OutputFormat, type WireInferRequest,
 } from './infer-codec.js';
+export { OPENAPI_DOCUMENT, OPENAPI_PATH, registeredRoutes, type RouteEntry } from './openapi.js';

@@ -33,7 +33,8 @@ interface ImagesBody {
   scheduler?: string;
 }
 
-const imagesBodySchema = {
+/** The body of `POST /v1/images/generations` (also in the OpenAPI document). */
+export const imagesBodySchema = {
   type: 'object',
   required: ['prompt'],
   properties: {

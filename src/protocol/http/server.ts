@@ -12,6 +12,7 @@ import { registerHealthRoutes } from './health-routes.js';
 import { inferRoutes } from './infer-route.js';
 import { registerModelRoutes } from './model-routes.js';
 import { openAiRoutes } from './openai-routes.js';
+import { recordRoutes, registerOpenApiRoute } from './openapi.js';
 import { registerPlaygroundRoute } from './playground-route.js';
 import { registerRepositoryRoutes } from './repository-routes.js';
 
@@ -41,11 +42,13 @@ export function buildHttpServer(core: InferenceCore, options: HttpServerOptions 
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' },
     async (request: FastifyRequest, raw: Buffer) => parseOptionalJsonBody(request, raw, bodyLimitBytes));
+  recordRoutes(app);
   registerHealthRoutes(app, core);
   registerModelRoutes(app, core);
   registerRepositoryRoutes(app, core);
   registerGenerateRoutes(app, core);
   registerPlaygroundRoute(app);
+  registerOpenApiRoute(app);
   app.register(inferRoutes, { core, bodyLimitBytes });
   app.register(openAiRoutes, { core, prefix: '/v1' });
   return app;
