@@ -44,21 +44,25 @@ export async function decodeContentEncoding(
 }
 
 /** Parses JSON text, naming what it was in the 400 message. */
-export function parseJson(text: Buffer, what: string): unknown {
+export function parseJson(text: Buffer | string, what: string): unknown {
   try {
-    return JSON.parse(text.toString('utf8'));
+    return JSON.parse(typeof text === 'string' ? text : text.toString('utf8'));
   } catch (err) {
     throw invalidArg(`malformed JSON in ${what}: ${(err as Error).message}`);
   }
 }
 
-/** A JSON body that may be empty (then `{}`), for the non-infer routes. */
+/** JSON's own whitespace (RFC 8259 §2); String.prototype.trim also strips form feeds and more. */
+const JSON_WHITESPACE = /^[ \t\n\r]*$/;
+
+/** A JSON body that may be empty or whitespace (then `{}`), for the non-infer routes. */
 export async function parseOptionalJsonBody(
   request: FastifyRequest, raw: Buffer, limitBytes: number,
 ): Promise<unknown> {
   const body = await decodeContentEncoding(request, raw, limitBytes);
-  if (body.toString('utf8').trim() === '') return {};
-  return parseJson(body, 'request body');
+  const text = body.toString('utf8');
+  if (JSON_WHITESPACE.test(text)) return {};
+  return parseJson(text, 'request body');
 }
 
 /**

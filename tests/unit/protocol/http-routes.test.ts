@@ -121,6 +121,21 @@ describe('HTTP repository routes', () => {
     assert.match(res.json().error, /^malformed JSON in request body: /);
   });
 
+  it('rejects a body of non-JSON whitespace (a form feed) as malformed JSON, not as an empty body', async (t) => {
+    const { app } = setup(t);
+    for (const payload of ['\f', ' \v ', '\u00a0']) {
+      const res = await app.inject({
+        method: 'POST', url: '/v2/repository/index', headers: { 'content-type': 'application/json' }, payload,
+      });
+      assert.equal(res.statusCode, 400, JSON.stringify(payload));
+      assert.match(res.json().error, /^malformed JSON in request body: /);
+    }
+    const whitespace = await app.inject({
+      method: 'POST', url: '/v2/repository/index', headers: { 'content-type': 'application/json' }, payload: ' \r\n\t',
+    });
+    assert.equal(whitespace.statusCode, 200);
+  });
+
   it('loads a model, passing a config override through', async (t) => {
     const { app, core } = setup(t);
     const plain = await app.inject({ method: 'POST', url: '/v2/repository/models/echo/load' });
