@@ -3,6 +3,7 @@ import type { ModelConfig } from '../repository/model-config-types.js';
 import { toKServeDatatype } from './datatypes.js';
 import type { InferenceCore } from './inference-core.js';
 import type { ModelManager } from './model-manager.js';
+import { checkRequestLimits } from './request-limits.js';
 import type { ModelStatistics } from './statistics.js';
 import type {
   InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, ServerMetadata,
@@ -34,7 +35,8 @@ export class DataPlane implements InferenceCore {
 
   /** Ready when live and every model the server was asked to load is ready (Triton's strict readiness). */
   isReady(): boolean {
-    return this.live && !this.draining && this.models.attemptedStatuses().every((row) => row.state === 'READY');
+    return this.live && !this.draining && this.models.attemptedStatuses()
+      .every((row) => row.state === 'READY' && this.models.isReady(row.name, row.version));
   }
 
   isModelReady(name: string, version?: string): boolean {
@@ -62,12 +64,13 @@ export class DataPlane implements InferenceCore {
     return this.models.resolve(name, version).config;
   }
 
-  /** 1. refuse while draining  2. resolve the model  3. validate against its config, queue, await the result. */
+  /** 1. refuse while draining  2. resolve the model  3. bound its cost  4. validate against its config, queue, await the result. */
   infer(request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback): Promise<InferResponse> {
     if (this.draining) return Promise.reject(shuttingDown());
     let served;
     try {
       served = this.models.resolve(request.model_name, request.model_version);
+      checkRequestLimits(request, served.config);
     } catch (err) {
       return Promise.reject(err);
     }

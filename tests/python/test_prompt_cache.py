@@ -10,6 +10,7 @@ import torch
 
 from sdserve_backend.pipelines import TextToImagePipeline, load_components
 from sdserve_backend.pipelines.prompt_cache import PromptCache
+from sdserve_backend.pipelines.text_to_image import MAX_CHARS_PER_TOKEN
 
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
@@ -77,3 +78,33 @@ def test_a_cache_of_size_zero_encodes_every_time() -> None:
     assert calls == [["same"], ["same"]]
     with pytest.raises(ValueError, match="capacity must be >= 0"):
         PromptCache(-1)
+
+
+def test_the_cache_keys_prompts_by_hash_and_keeps_no_prompt_text() -> None:
+    cache = PromptCache(4)
+    huge = "a castle " * 200_000
+    cache.encode([huge, "a cat"], lambda texts: (torch.zeros(len(texts), 1),))
+    assert huge in cache and "a cat" in cache
+    assert all(isinstance(key, bytes) and len(key) == 32 for key in cache._entries)
+
+
+def test_a_long_prompt_is_cut_before_the_tokenizer_sees_it(variant_components: Any) -> None:
+    pipeline = TextToImagePipeline(variant_components, prompt_cache_size=0)
+    tokenizer = variant_components.tokenizer
+    seen: list[int] = []
+    original = type(tokenizer).__call__
+
+    def recording(self: Any, texts: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.extend(len(text) for text in texts)
+        return original(self, texts, *args, **kwargs)
+
+    limit = tokenizer.model_max_length * MAX_CHARS_PER_TOKEN
+    huge = "a castle on a hill " * 500_000
+    type(tokenizer).__call__ = recording
+    try:
+        long_embedding = pipeline.encode_prompts([huge], [None], classifier_free_guidance=False).positive
+        short_embedding = pipeline.encode_prompts([huge[:limit]], [None], classifier_free_guidance=False).positive
+    finally:
+        type(tokenizer).__call__ = original
+    assert max(seen) <= limit
+    torch.testing.assert_close(long_embedding, short_embedding, rtol=0, atol=0)

@@ -9,6 +9,7 @@ that differs between batch sizes).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ class PromptCache:
         if capacity < 0:
             raise ValueError(f"the prompt cache's capacity must be >= 0, got {capacity}")
         self.capacity = capacity
-        self._entries: OrderedDict[str, Embeddings] = OrderedDict()
+        self._entries: OrderedDict[bytes, Embeddings] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -37,20 +38,29 @@ class PromptCache:
         """`encode_batch(texts)`, computed only for the texts not cached (each once, in one batch)."""
         if self.capacity == 0 or not texts:
             return encode_batch(list(texts))
+        keys = [prompt_key(text) for text in texts]
         with self._lock:
-            missing = list(dict.fromkeys(text for text in texts if text not in self._entries))
-            fresh: dict[str, Embeddings] = {}
+            missing = list(dict.fromkeys((key, text) for key, text in zip(keys, texts) if key not in self._entries))
+            fresh: dict[bytes, Embeddings] = {}
             if missing:
-                outputs = encode_batch(missing)
+                outputs = encode_batch([text for _, text in missing])
                 # Each row cloned, so that an entry does not keep its whole batch alive.
-                fresh = {text: tuple(output[index].clone() for output in outputs) for index, text in enumerate(missing)}
-            rows = [fresh[text] if text in fresh else self._touch(text) for text in texts]
-            for text, row in fresh.items():
-                self._entries[text] = row
+                fresh = {key: tuple(output[index].clone() for output in outputs) for index, (key, _) in enumerate(missing)}
+            rows = [fresh[key] if key in fresh else self._touch(key) for key in keys]
+            for key, row in fresh.items():
+                self._entries[key] = row
                 if len(self._entries) > self.capacity:
                     self._entries.popitem(last=False)
         return tuple(torch.stack([row[part] for row in rows]) for part in range(len(rows[0])))
 
-    def _touch(self, text: str) -> Embeddings:
-        self._entries.move_to_end(text)
-        return self._entries[text]
+    def __contains__(self, text: str) -> bool:
+        return prompt_key(text) in self._entries
+
+    def _touch(self, key: bytes) -> Embeddings:
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+
+def prompt_key(text: str) -> bytes:
+    """The cache key of a prompt: its SHA-256, so the cache holds no prompt texts, however long."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()

@@ -46,6 +46,13 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "force_engine_build": "true: rebuild the GPU engine at load",
     "engine_compile": "true: torch.compile the UNet into the GPU engine",
     "onnx_opset": "ignored: accepted so that configs written for the ONNX/TensorRT tutorial load",
+    # Read and enforced by the core before a request reaches the backend (src/core/request-limits.ts,
+    # src/core/execution-deadline.ts; README "Security").
+    "max_image_pixels": "most pixels (height x width) of one image; 0: no limit",
+    "max_request_cost": "most images x pixels x steps of one request; 0: no limit",
+    "max_prompt_chars": "most characters of one prompt or negative prompt; 0: no limit",
+    "max_execution_secs": "a request running longer is cancelled, its backend restarted if stuck; 0: no limit",
+    "execution_grace_secs": "how long a request past max_execution_secs may take to stop before its backend is killed",
 }
 
 

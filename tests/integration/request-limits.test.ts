@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { bytesTensor } from './support/binary-infer.js';
+import { makeRepository, startServerProcess, type ServerProcess } from './support/server-process.js';
+
+/** A binary infer request to tiny_sd with the given text inputs and parameters. */
+async function infer(url: string, texts: Record<string, string[]>, parameters: Record<string, unknown>) {
+  const payloads = Object.entries(texts).map(([name, values]) => ({ name, values, data: bytesTensor(values) }));
+  const header = Buffer.from(JSON.stringify({
+    inputs: payloads.map(({ name, values, data }) => ({
+      name, datatype: 'BYTES', shape: [values.length, 1], parameters: { binary_data_size: data.length },
+    })),
+    parameters,
+  }));
+  const response = await fetch(`${url}/v2/models/tiny_sd/infer`, {
+    method: 'POST',
+    headers: { 'Inference-Header-Content-Length': String(header.length), 'content-type': 'application/octet-stream' },
+    body: Buffer.concat([header, ...payloads.map((p) => p.data)]),
+  });
+  const text = await response.text();
+  return { status: response.status, error: response.status === 200 ? undefined : JSON.parse(text).error as string };
+}
+
+describe('a request costs no more than its model allows', () => {
+  let server: ServerProcess;
+  let repository: ReturnType<typeof makeRepository>;
+
+  before(async () => {
+    repository = makeRepository();
+    server = await startServerProcess(['--model-repository', repository.dir, '--model-control-mode', 'explicit',
+      '--load-model', 'tiny_sd']);
+  });
+  after(async () => {
+    await server?.stop();
+    repository?.remove();
+  });
+
+  test('a 1 MB prompt is a fast 400 naming max_prompt_chars, and so is a long negative prompt', async () => {
+    const started = Date.now();
+    const huge = await infer(server.url, { prompt: ['x'.repeat(1024 * 1024)] }, { steps: 1 });
+    assert.equal(huge.status, 400);
+    assert.match(huge.error as string, /input 'prompt' has an element of 1048576 characters, over the limit of 4000 \(config parameter max_prompt_chars\)/);
+    assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
+    const fourLarge = await infer(server.url, { prompt: Array(4).fill('é'.repeat(2 * 1024 * 1024)) }, { steps: 1 });
+    assert.equal(fourLarge.status, 400);
+    const negative = await infer(server.url, { prompt: ['a cat'], negative_prompt: ['blurry '.repeat(700)] }, { steps: 1 });
+    assert.equal(negative.status, 400);
+    assert.match(negative.error as string, /input 'negative_prompt' has an element of 4900 characters/);
+  });
+
+  test('an image over max_image_pixels and a request over max_request_cost are 400s', async () => {
+    const big = await infer(server.url, { prompt: ['a cat'] }, { height: 4096, width: 4096, steps: 1 });
+    assert.equal(big.status, 400);
+    assert.match(big.error as string, /an image of 4096x4096 has 16777216 pixels, over the limit of 2097152 \(config parameter max_image_pixels\)/);
+    const long = await infer(server.url, { prompt: ['a cat', 'a dog'] }, { height: 1024, width: 1024, steps: 1000 });
+    assert.equal(long.status, 400);
+    assert.match(long.error as string, /a request of 2 image\(s\) x 1048576 pixels x 1000 steps costs 2097152000, over the limit of 419430400 \(config parameter max_request_cost\)/);
+  });
+
+  test('a prompt of 4,000 characters is served', async () => {
+    const ok = await infer(server.url, { prompt: ['a'.repeat(4000)] }, { steps: 1, height: 64, width: 64 });
+    assert.equal(ok.status, 200, ok.error);
+    assert.equal((await fetch(`${server.url}/v2/models/tiny_sd/ready`)).status, 200);
+  });
+
+  test('a limit that is not a non-negative integer is a config error', async () => {
+    const config = await (await fetch(`${server.url}/v2/models/tiny_sd/config`)).json() as any;
+    config.parameters.max_prompt_chars = { string_value: 'lots' };
+    const response = await fetch(`${server.url}/v2/repository/models/tiny_sd/load`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ parameters: { config: JSON.stringify(config) } }),
+    });
+    assert.equal(response.status, 400);
+    assert.match((await response.json() as any).error, /config parameter 'max_prompt_chars' must be a non-negative integer/);
+  });
+});
