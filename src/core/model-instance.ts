@@ -2,6 +2,7 @@ import { BackendProcess, type CapabilitiesMeta } from '../backend/index.js';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { BatchExecutor, StepListener } from '../scheduler/index.js';
+import { ExecutionWatch, type ExecutionDeadline } from './execution-deadline.js';
 import type { InferRequest, InferResponse } from './types.js';
 
 export type BackendStartOptions = Parameters<typeof BackendProcess.start>[0];
@@ -36,6 +37,7 @@ export class ModelInstance implements BatchExecutor {
   // A process being killed for missing health probes takes no more requests.
   private condemned: BackendProcess | undefined;
   restarts = 0;
+  private readonly executions: ExecutionWatch;
 
   constructor(
     readonly label: string,
@@ -43,7 +45,10 @@ export class ModelInstance implements BatchExecutor {
     private readonly logger: Logger,
     private readonly onAvailable: () => void,
     private readonly healthWatch: HealthWatch = DEFAULT_HEALTH_WATCH,
-  ) {}
+    deadline: ExecutionDeadline = { deadlineMs: 0, graceMs: 0 },
+  ) {
+    this.executions = new ExecutionWatch(deadline, (ids) => this.cancel(ids), () => this.killStuck(deadline));
+  }
 
   get isAvailable(): boolean {
     return this.process?.isAlive === true && this.process !== this.condemned;
@@ -54,6 +59,11 @@ export class ModelInstance implements BatchExecutor {
     return this.process?.loaded?.capabilities;
   }
 
+  /** Whether a request has run past its execution deadline and is still running. */
+  get isStuck(): boolean {
+    return this.executions.isStuck;
+  }
+
   /** First start: a failure here is the model's load failure, reported to the caller. */
   async start(): Promise<void> {
     this.process = await BackendProcess.start(this.startOptions);
@@ -61,11 +71,12 @@ export class ModelInstance implements BatchExecutor {
   }
 
   execute(requests: InferRequest[], onProgress?: StepListener): Promise<Array<InferResponse | SdserveError>> {
-    return this.backendFor(requests).execute(requests, onProgress);
+    return this.executions.track(requestIds(requests), this.backendFor(requests).execute(requests, onProgress));
   }
 
   executeEach(requests: InferRequest[], onProgress?: StepListener): Array<Promise<InferResponse>> {
-    return this.backendFor(requests).executeEach(requests, onProgress);
+    return this.backendFor(requests).executeEach(requests, onProgress)
+      .map((work, index) => this.executions.track(requestIds([requests[index]]), work));
   }
 
   /** The current process (a dead one rejects the requests itself). */
@@ -88,6 +99,16 @@ export class ModelInstance implements BatchExecutor {
   /** The current process id, for logs and tests. */
   get pid(): number | undefined {
     return this.process?.pid;
+  }
+
+  /** Cancellation cannot reach a request stuck inside one step: only killing the process can. */
+  private killStuck(deadline: ExecutionDeadline): void {
+    const process = this.process;
+    if (process === undefined || !process.isAlive || this.stopping) return;
+    this.logger.error(`backend ${this.label} (pid ${process.pid}) still runs a request ${(deadline.deadlineMs + deadline.graceMs) / 1000} s `
+      + 'after it started, past its execution deadline and grace; killing it');
+    this.condemned = process;
+    void process.kill();
   }
 
   private watch(process: BackendProcess): void {
@@ -148,4 +169,8 @@ export class ModelInstance implements BatchExecutor {
       this.scheduleRestart();
     }
   }
+}
+
+function requestIds(requests: InferRequest[]): string[] {
+  return requests.map((request) => request.id ?? '').filter((id) => id !== '');
 }

@@ -6,6 +6,7 @@ import type { InstanceGroup, ModelConfig, ModelOutput, QueuePolicy } from '../re
 import {
   RequestScheduler, type QueuePolicyLimits, type RequestProgress, type SchedulerPolicy,
 } from '../scheduler/index.js';
+import { executionDeadline } from './execution-deadline.js';
 import { ModelInstance, type BackendStartOptions } from './model-instance.js';
 import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
 import type { InferRequest, InferResponse, ModelState, ProgressCallback } from './types.js';
@@ -64,6 +65,11 @@ export class ServedModel {
     return `${this.config.name} (version ${this.version})`;
   }
 
+  /** READY with an instance that can take a request now: not every one dead, restarting or stuck past its deadline. */
+  get isServing(): boolean {
+    return this.state === 'READY' && this.instances.some((instance) => instance.isAvailable && !instance.isStuck);
+  }
+
   get backendRestarts(): number {
     return this.instances.reduce((n, instance) => n + instance.restarts, 0);
   }
@@ -74,7 +80,7 @@ export class ServedModel {
     this.reason = '';
     const instances = this.instanceSpecs().map((spec) => new ModelInstance(
       spec.label, { ...this.startOptions(this.modelFile, spec.args), label: spec.label }, this.runtime.logger,
-      () => this.scheduler.notifyAvailable(),
+      () => this.scheduler.notifyAvailable(), undefined, executionDeadline(this.config),
     ));
     const results = await Promise.allSettled(instances.map((instance) => instance.start()));
     const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
