@@ -2,6 +2,8 @@ import { SdserveError } from '../errors.js';
 import { modelConfigFromJson, resolveVersions, scanRepository, type ModelEntry } from '../repository/index.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import { resolveModelFiles, type ModelFilePolicy } from './model-files.js';
+import { requestLimits } from './request-limits.js';
+import { executionDeadline } from './execution-deadline.js';
 import { notReady, ServedModel, type BackendRuntime } from './served-model.js';
 import type { ModelStatistics } from './statistics.js';
 import type { ModelStatus } from './types.js';
@@ -129,10 +131,10 @@ export class ModelManager {
     return ready[0];
   }
 
+  /** Whether `name` can serve a request now: a stuck or restarting backend makes it not ready. */
   isReady(name: string, version?: string): boolean {
     try {
-      this.resolve(name, version);
-      return true;
+      return this.resolve(name, version).isServing;
     } catch {
       return false;
     }
@@ -185,7 +187,11 @@ export class ModelManager {
     await Promise.all(versions.map((served) => served.unload()));
   }
 
-  /** 1. find and check the new config  2. stop the old versions  3. start the new ones. */
+  /**
+   * 1. find and check the new config  2. start the new versions beside the served ones  3. swap
+   * them in when all are READY, then let the old ones drain and stop. A reload that fails at any
+   * point leaves the served versions serving, as in Triton.
+   */
   private async doLoad(name: string, configOverride?: string): Promise<void> {
     const entry = (await this.scan()).find((e) => e.name === name);
     if (!entry) {
@@ -200,20 +206,30 @@ export class ModelManager {
     try {
       ({ config, versions } = await checkedConfig(entry, this.filePolicy, configOverride));
     } catch (err) {
-      // What is being served keeps serving (as in Triton) until a config that loads comes.
       const reason = err instanceof SyntaxError ? `invalid config override: ${err.message}` : (err as Error).message;
       if (record.versions.size === 0) record.reason = reason;
       throw new SdserveError('SDS_ERR_CONFIG', `failed to load '${name}': ${reason}`);
     }
-    await this.doUnload(name);
-    record.reason = '';
-    for (const { version, modelFile } of versions) {
-      record.versions.set(version, new ServedModel(config, entry.dir, version, modelFile, this.runtime));
+    const previous = [...record.versions.values()];
+    const fresh = new Map(versions.map(({ version, modelFile }) => [
+      version, new ServedModel(config, entry.dir, version, modelFile, this.runtime),
+    ]));
+    // A first load shows its versions LOADING; a reload shows the served ones until the swap.
+    if (previous.length === 0) {
+      record.reason = '';
+      record.versions = fresh;
     }
-    const served = [...record.versions.values()];
-    await Promise.all(served.map((s) => s.load()));
-    const failed = served.find((s) => s.state !== 'READY');
-    if (failed) throw new SdserveError('SDS_ERR_BACKEND', `failed to load '${name}' version ${failed.version}: ${failed.reason}`);
+    await Promise.all([...fresh.values()].map((served) => served.load()));
+    const failed = [...fresh.values()].find((served) => served.state !== 'READY');
+    if (failed) {
+      const failure = `failed to load '${name}' version ${failed.version}: ${failed.reason}`;
+      if (previous.length === 0) throw new SdserveError('SDS_ERR_BACKEND', failure);
+      await Promise.all([...fresh.values()].map((served) => served.unload()));
+      throw new SdserveError('SDS_ERR_BACKEND', `${failure}; the versions loaded before keep serving`);
+    }
+    record.reason = '';
+    record.versions = fresh;
+    await Promise.all(previous.map((served) => served.unload()));
   }
 
   private async scan(): Promise<ModelEntry[]> {
@@ -232,6 +248,8 @@ async function checkedConfig(entry: ModelEntry, filePolicy: ModelFilePolicy, con
   if (versions.length === 0) {
     throw new SdserveError('SDS_ERR_CONFIG', `no version folder of model '${entry.name}' matches its version policy`);
   }
+  requestLimits(config);
+  executionDeadline(config);
   const modelFiles = await Promise.all(versions.map((version) => resolveModelFiles(config, entry.dir, version, filePolicy)));
   return { config, versions: versions.map((version, i) => ({ version, modelFile: modelFiles[i] })) };
 }

@@ -113,3 +113,52 @@ test('explicit mode loads and unloads through the repository API, with a config 
   assert.equal(unload.status, 200);
   assert.equal((await fetch(`${server.url}/v2/models/add_sub/ready`)).status, 400);
 });
+
+test('a reload serves the old version until the new one is ready, and a failed reload keeps it serving', async (t) => {
+  const repository = mkdtempSync(path.join(os.tmpdir(), 'sdserve-reload-'));
+  cpSync(ADD_SUB, path.join(repository, 'add_sub'), { recursive: true });
+  const server = await startServerProcess(['--model-repository', repository, '--model-control-mode', 'explicit',
+    '--load-model', 'add_sub']);
+  t.after(async () => {
+    await server.stop();
+    rmSync(repository, { recursive: true, force: true });
+  });
+  const config = await (await fetch(`${server.url}/v2/models/add_sub/config`)).json() as any;
+  const reload = (override: object) => fetch(`${server.url}/v2/repository/models/add_sub/load`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ parameters: { config: JSON.stringify(override) } }),
+  });
+
+  // 1. traffic all through a successful reload: every request answered
+  const statuses: number[] = [];
+  let reloading = true;
+  const traffic = (async () => {
+    while (reloading) {
+      const [infer, ready] = await Promise.all([
+        fetch(`${server.url}/v2/models/add_sub/infer`, addSubRequest()),
+        fetch(`${server.url}/v2/models/add_sub/ready`),
+      ]);
+      await infer.arrayBuffer();
+      statuses.push(infer.status, ready.status);
+    }
+  })();
+  const reloaded = await reload({ ...config, instance_group: [{ kind: 'KIND_CPU', count: 2 }] });
+  reloading = false;
+  await traffic;
+  assert.equal(reloaded.status, 200, await reloaded.clone().text());
+  assert.ok(statuses.length > 4, `only ${statuses.length} requests during the reload`);
+  assert.deepEqual(statuses.filter((status) => status !== 200), [], 'requests failed during the reload');
+  const served = await (await fetch(`${server.url}/v2/models/add_sub/config`)).json() as any;
+  assert.equal(served.instance_group[0].count, 2);
+
+  // 2. a reload whose backend fails to load reports why and leaves the old version serving
+  const failed = await reload({ ...config, default_model_filename: 'missing.py' });
+  assert.ok(failed.status >= 400, `status ${failed.status}`);
+  assert.match((await failed.json() as any).error, /missing\.py.*keep serving/s);
+  assert.equal((await fetch(`${server.url}/v2/models/add_sub/ready`)).status, 200);
+  const sum = await fetch(`${server.url}/v2/models/add_sub/infer`, addSubRequest());
+  assert.equal(sum.status, 200);
+  assert.deepEqual((await sum.json() as any).outputs[0].data, [2, 3, 4, 5]);
+  const after = await (await fetch(`${server.url}/v2/models/add_sub/config`)).json() as any;
+  assert.equal(after.instance_group[0].count, 2, 'the config served is the one that loaded');
+});
