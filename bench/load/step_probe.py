@@ -34,7 +34,7 @@ from sdserve_backend.engine.prepare import prepare_with_report  # noqa: E402
 from sdserve_backend.pipelines import GenerationRequest, TextToImagePipeline  # noqa: E402
 from sdserve_backend.pipelines import step_batcher as step_batcher_module  # noqa: E402
 from sdserve_backend.pipelines.device import Placement  # noqa: E402
-from sdserve_backend.pipelines.text_to_image import GenerationSettings  # noqa: E402
+from sdserve_backend.pipelines.requests import GenerationSettings  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -45,10 +45,7 @@ def states_for(pipeline: TextToImagePipeline, settings: GenerationSettings, coun
     states = []
     for index in range(count):
         request = GenerationRequest(prompts=[gpu_bench.PROMPT], seed=index)
-        embeddings = pipeline.encode_prompts(request.prompts, request.negatives(), True)
-        scheduler = pipeline.make_scheduler(settings)
-        noise = pipeline.prepare_latents([request], settings, scheduler)
-        states.append(pipeline.start_denoising(embeddings, noise, settings, scheduler))
+        states.append(pipeline.task.prepare(request, settings))
     return states
 
 

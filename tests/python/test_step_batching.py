@@ -15,6 +15,8 @@ import pytest
 import triton_python_backend_utils as pb_utils
 
 from sdserve_backend.backends.diffusion.model import TritonPythonModel
+from sdserve_backend.pipelines.components import DiffusionComponents
+from sdserve_backend.pipelines.tasks.text_to_image import TextToImage
 from sdserve_backend.pipelines import (
     GenerationRequest,
     GenerationSettings,
@@ -148,8 +150,8 @@ def test_a_cancelled_request_leaves_at_the_next_step_and_the_others_finish(sd_ru
     assert calls_with == {staying_key: 4, leaving_key: 2, never_key: 0}
 
 
-class EncoderFailingOn(TextToImagePipeline):
-    """The tiny pipeline, with a text encoder that fails on one prompt."""
+class EncoderFailingOn(TextToImage):
+    """The text-to-image task, with a text encoder that fails on one prompt."""
 
     FAILING_PROMPT = "the prompt that fails"
 
@@ -159,11 +161,17 @@ class EncoderFailingOn(TextToImagePipeline):
         return super().encode_prompts(prompts, negative_prompts, classifier_free_guidance)
 
 
+def failing_pipeline(components: DiffusionComponents) -> TextToImagePipeline:
+    pipeline = TextToImagePipeline(components)
+    pipeline.task = EncoderFailingOn(components, pipeline.prompt_encoder)
+    return pipeline
+
+
 def test_a_request_whose_preparation_fails_gets_the_error_and_the_others_finish(
     load_tiny_pipeline: PipelineLoader,
 ) -> None:
     """Requests are prepared by the engine when it admits them (submit only checks them)."""
-    for runner in make_runner(EncoderFailingOn(load_tiny_pipeline("sd").components)):
+    for runner in make_runner(failing_pipeline(load_tiny_pipeline("sd").components)):
         _, first = runner.submit(CAT, EULER)
         _, failing = runner.submit(GenerationRequest([EncoderFailingOn.FAILING_PROMPT], seed=4), EULER)
         _, last = runner.submit(GenerationRequest(["a dog"], seed=2), EULER)

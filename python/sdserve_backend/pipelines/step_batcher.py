@@ -2,8 +2,10 @@
 step and leaves when its own steps are done, so a new request never waits for a whole batch.
 
 Every request keeps what makes its image its own: its scheduler instance, step count, guidance
-scale, and seeded CPU generator. Only the UNet call is shared (`TextToImagePipeline.denoise_batch`),
-so a request's image does not depend on what else was in the batch.
+scale, and seeded CPU generator. Only the UNet call is shared (`denoise.denoise_step`, the step
+every way of running a task uses), so a request's image does not depend on what else was in the
+batch. Requests are prepared and finished by their task (`pipelines/tasks/`); those with the same
+batch key (the latent size, for text-to-image) share UNet calls.
 
 Threads: `submit` runs on the caller's thread and only checks the request (no GPU work); one
 engine thread prepares admitted requests (prompt encoding, initial latents) and runs the
@@ -29,19 +31,16 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from sdserve_backend.pipelines.text_to_image import (
-    DenoisingState,
-    GenerationRequest,
-    GenerationSettings,
-    TextToImagePipeline,
-    split_per_request,
-)
+from sdserve_backend.pipelines.denoise import DenoisingState
+from sdserve_backend.pipelines.requests import GenerationRequest, GenerationSettings
+from sdserve_backend.pipelines.tasks import Task
+from sdserve_backend.pipelines.text_to_image import TextToImagePipeline, split_per_request
 
 log = logging.getLogger("sdserve.step_batcher")
 
@@ -77,6 +76,7 @@ class InFlight:
     """One request inside the batcher."""
 
     key: int
+    task: Task
     request: GenerationRequest
     settings: GenerationSettings
     on_done: Callable[[Outcome], None]
@@ -101,6 +101,10 @@ class InFlight:
     @property
     def size(self) -> tuple[int, int]:
         return (self.settings.height, self.settings.width)
+
+    @property
+    def batch_key(self) -> Hashable:
+        return self.task.batch_key(self.request, self.settings)
 
 
 class StepBatcher:
@@ -133,6 +137,7 @@ class StepBatcher:
         on_step: Callable[..., None] | None = None,
         is_cancelled: Callable[[], bool] = lambda: False,
         preview_every: int = 0,
+        task: Task | None = None,
     ) -> int:
         """Check `request` on this thread and queue it for the engine; returns its key.
 
@@ -141,10 +146,11 @@ class StepBatcher:
         (an error preparing it included).
         `on_step(step, steps)` reports progress in the request's own steps (1-based); every
         `preview_every`-th step (and the last) it gets a third argument, a callable returning a
-        rough preview image (see `_preview`).
+        rough preview image (see `_preview`). `task`: the pipeline's text-to-image task unless given.
         """
-        self.pipeline.check_inputs([request], settings)
-        item = InFlight(next(self._keys), request, settings, on_done, on_step, is_cancelled, preview_every)
+        task = task if task is not None else self.pipeline.task
+        task.check(request, settings)
+        item = InFlight(next(self._keys), task, request, settings, on_done, on_step, is_cancelled, preview_every)
         with self._wake:
             if self._closing:
                 raise RuntimeError("the step batcher is closed")
@@ -225,7 +231,7 @@ class StepBatcher:
             self._bound_lookahead()
             # 4. Progress, in each request's own steps (Heun takes two UNet calls per step)
             for item in self._running:
-                step = item.denoising.step_index * item.settings.steps // len(item.denoising.timesteps)
+                step = item.denoising.completed_steps(item.settings.steps)
                 if item.on_step is not None and step > item.reported:
                     item.reported = step
                     every, steps = item.preview_every, item.settings.steps
@@ -259,9 +265,10 @@ class StepBatcher:
         """Move waiting requests into the batch, oldest first; returns the cancelled waiting ones
         and the admitted ones (to be prepared before the next step).
 
-        The batch keeps one image size: when it is empty it takes the oldest waiting request's.
-        Admission stops at the first request that does not fit (other size, or too many images),
-        so a request never waits behind ones that came after it.
+        The batch keeps one batch key (for text-to-image, the image size): when it is empty it
+        takes the oldest waiting request's. Admission stops at the first request that does not
+        fit (another key, or too many images), so a request never waits behind ones that came
+        after it.
         """
         cancelled = [item for item in self._waiting if item.is_cancelled()]
         for item in cancelled:
@@ -270,8 +277,8 @@ class StepBatcher:
         images = sum(item.images for item in self._running)
         while self._waiting:
             candidate = self._waiting[0]
-            size = self._running[0].size if self._running else candidate.size
-            if candidate.size != size or (self._running and images + candidate.images > self.max_images):
+            key = self._running[0].batch_key if self._running else candidate.batch_key
+            if candidate.batch_key != key or (self._running and images + candidate.images > self.max_images):
                 break
             self._running.append(self._waiting.popleft())
             admitted.append(candidate)
@@ -279,14 +286,8 @@ class StepBatcher:
         return cancelled, admitted
 
     def _prepare(self, item: InFlight) -> DenoisingState:
-        """The request's prompt embeddings, its own scheduler and its latents from its own seed."""
-        request, settings = item.request, item.settings
-        embeddings = self.pipeline.encode_prompts(
-            request.prompts, request.negatives(), settings.uses_classifier_free_guidance
-        )
-        scheduler = self.pipeline.make_scheduler(settings)
-        noise = self.pipeline.prepare_latents([request], settings, scheduler)
-        return self.pipeline.start_denoising(embeddings, noise, settings, scheduler)
+        """The request's conditioning, its own scheduler and its latents from its own seed."""
+        return item.task.prepare(item.request, item.settings)
 
     def _leave(self, items: Sequence[InFlight], error: Exception) -> None:
         if not items:
@@ -301,17 +302,24 @@ class StepBatcher:
 
     def _run_decoder(self) -> None:
         while (finished := self._decodes.get()) is not None:
-            try:
-                # Requests that finished at the same step share one VAE call.
-                images = self.pipeline.decode(torch.cat([item.denoising.latents for item in finished]))
-                outcomes: Sequence[Outcome] = split_per_request(images, [item.request for item in finished])
-            except Exception as error:  # noqa: BLE001 - answer the requests, keep decoding others
-                log.exception("decoding %d request(s) failed", len(finished))
-                outcomes = [error] * len(finished)
-            for item, outcome in zip(finished, outcomes, strict=True):
-                # Drop the latents and conditioning now: the answer may be sent long after.
-                item.denoising.latents = torch.empty(0)
-                _call_safely(item.on_done, outcome)
+            # Requests of one task that finished at the same step share one VAE call.
+            by_task: dict[int, list[InFlight]] = {}
+            for item in finished:
+                by_task.setdefault(id(item.task), []).append(item)
+            for items in by_task.values():
+                self._finish(items)
+
+    def _finish(self, items: list[InFlight]) -> None:
+        try:
+            images = items[0].task.finish(torch.cat([item.denoising.latents for item in items]))
+            outcomes: Sequence[Outcome] = split_per_request(images, [item.request for item in items])
+        except Exception as error:  # noqa: BLE001 - answer the requests, keep decoding others
+            log.exception("decoding %d request(s) failed", len(items))
+            outcomes = [error] * len(items)
+        for item, outcome in zip(items, outcomes, strict=True):
+            # Drop the latents and conditioning now: the answer may be sent long after.
+            item.denoising.latents = torch.empty(0)
+            _call_safely(item.on_done, outcome)
 
 
 def _preview(latents: torch.Tensor) -> Callable[[], np.ndarray]:

@@ -19,7 +19,7 @@ from typing import Any
 from sdserve_backend.booleans import parse_bool
 from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS, OutputEncoding
 from sdserve_backend.pipelines import GenerationSettings
-from sdserve_backend.pipelines.text_to_image import DEFAULT_PROMPT_CACHE_SIZE
+from sdserve_backend.pipelines.prompts import DEFAULT_PROMPT_CACHE_SIZE
 
 README_HINT = 'see README "Serving real weights"'
 KNOWN_VERSIONS = ("1.5", "2.1", "xl-1.0")

@@ -1,0 +1,36 @@
+"""What a client asks the pipelines for: its prompts and seed, and the settings of its run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One client request: its prompts (one image each) and the seed for all of them."""
+
+    prompts: list[str]
+    seed: int
+    # One per prompt; None means "no negative prompt" (for SDXL: zero embeddings).
+    negative_prompts: list[str | None] | None = None
+
+    def negatives(self) -> list[str | None]:
+        return self.negative_prompts if self.negative_prompts is not None else [None] * len(self.prompts)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What every request of one pipeline batch shares."""
+
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float
+    # "" is the model's own scheduler; else a short name ("euler") or a diffusers class name.
+    scheduler: str = ""
+
+    @property
+    def uses_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 1.0

@@ -1,0 +1,155 @@
+"""Text-to-image: prompts and a seed into latents drawn from that seed, denoised under the
+prompts' conditioning, decoded by the VAE (Stable Diffusion 1.x / 2.x and XL).
+
+Each request keeps its own seed: its initial latents (and any noise an ancestral scheduler adds)
+come from its own `torch.Generator`, drawn exactly as diffusers draws them for a call with that
+request alone. So an image does not depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+
+import numpy as np
+import torch
+from diffusers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from sdserve_backend.pipelines import schedulers
+from sdserve_backend.pipelines.components import DiffusionComponents
+from sdserve_backend.pipelines.denoise import DenoisingState, start_denoising
+from sdserve_backend.pipelines.prompts import PromptEmbeddings, PromptEncoder
+from sdserve_backend.pipelines.requests import MAX_SEED, GenerationRequest, GenerationSettings
+from sdserve_backend.pipelines.vae import decode_latents
+
+# SDXL micro-conditioning: no crop (Podell et al. 2023, "SDXL", section 2.2).
+CROP_TOP_LEFT = (0, 0)
+
+
+class TextToImage:
+    """The text-to-image task over loaded `DiffusionComponents` and a shared prompt encoder."""
+
+    name = "text_to_image"
+
+    def __init__(self, components: DiffusionComponents, prompt_encoder: PromptEncoder) -> None:
+        self.components = components
+        self.prompt_encoder = prompt_encoder
+        if components.is_sdxl:
+            self._check_sdxl_time_embedding()
+
+    def check(self, request: GenerationRequest, settings: GenerationSettings) -> None:
+        """Raise ValueError naming the argument and its value for anything this model cannot run."""
+        factor = self.components.vae_scale_factor
+        for name, value in (("height", settings.height), ("width", settings.width)):
+            if not isinstance(value, int) or value <= 0 or value % factor != 0:
+                raise ValueError(f"{name} must be a positive multiple of {factor}, got {value!r}")
+        max_steps = int(self.components.scheduler_config.get("num_train_timesteps", 1000))
+        if not isinstance(settings.steps, int) or not 1 <= settings.steps <= max_steps:
+            raise ValueError(f"steps must be an integer from 1 to {max_steps}, got {settings.steps!r}")
+        if not math.isfinite(settings.guidance_scale) or settings.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {settings.guidance_scale!r}")
+        schedulers.resolve_scheduler_class(settings.scheduler, self.components.scheduler_class)
+        if len(request.prompts) == 0:
+            raise ValueError("prompt must hold at least one prompt, got none")
+        if not all(isinstance(prompt, str) for prompt in request.prompts):
+            raise ValueError(f"prompt must be text, got {request.prompts!r}")
+        if request.negative_prompts is not None and len(request.negative_prompts) != len(request.prompts):
+            raise ValueError(
+                f"negative_prompt must hold one entry per prompt ({len(request.prompts)}), "
+                f"got {len(request.negative_prompts)}"
+            )
+        if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {request.seed!r}")
+
+    def batch_key(self, request: GenerationRequest, settings: GenerationSettings) -> Hashable:
+        # Rows of one UNet call share the latent size; everything else is per request.
+        return ("unet", settings.height, settings.width)
+
+    @torch.inference_mode()
+    def prepare(self, request: GenerationRequest, settings: GenerationSettings) -> DenoisingState:
+        """The request's prompt embeddings, its own scheduler and its latents from its own seed."""
+        # 1. Encode the prompts
+        embeddings = self.encode_prompts(request.prompts, request.negatives(), settings.uses_classifier_free_guidance)
+        # 2. Prepare the scheduler and its timesteps
+        scheduler = self.make_scheduler(settings)
+        # 3. Draw the initial latents from the request's seed
+        latents, generator = self.prepare_latents(request, settings, scheduler)
+        # 4. Bundle the UNet conditioning (negative half first under guidance) with the latents
+        guided = settings.uses_classifier_free_guidance
+        added_cond_kwargs = None
+        if self.components.is_sdxl:
+            assert embeddings.pooled_positive is not None
+            rows = embeddings.positive.shape[0] * (2 if guided else 1)
+            added_cond_kwargs = {
+                "text_embeds": _with_negative_first(embeddings.pooled_positive, embeddings.pooled_negative, guided),
+                "time_ids": self._sdxl_time_ids(settings).repeat(rows, 1),
+            }
+        return start_denoising(
+            scheduler,
+            latents,
+            [generator] * len(request.prompts),
+            encoder_hidden_states=_with_negative_first(embeddings.positive, embeddings.negative, guided),
+            added_cond_kwargs=added_cond_kwargs,
+            guidance_scale=settings.guidance_scale,
+        )
+
+    def finish(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents -> uint8 images [B, H, W, 3] on the host."""
+        return decode_latents(self.components.vae, latents)
+
+    # -----------------------------------------------------------------------------------------
+    # Stages
+
+    def encode_prompts(
+        self, prompts: list[str], negative_prompts: list[str | None], classifier_free_guidance: bool
+    ) -> PromptEmbeddings:
+        return self.prompt_encoder.encode(prompts, negative_prompts, classifier_free_guidance)
+
+    def make_scheduler(self, settings: GenerationSettings) -> SchedulerMixin:
+        """A fresh scheduler for one request, its timesteps set for `settings.steps`."""
+        scheduler = schedulers.make_scheduler(
+            settings.scheduler, self.components.scheduler_class, self.components.scheduler_config
+        )
+        scheduler.set_timesteps(settings.steps, device=self.components.device)
+        # Text-to-image always starts at the first timestep; telling the scheduler so spares it
+        # looking the timestep up (a device-to-host sync) on the first step.
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        return scheduler
+
+    def prepare_latents(
+        self, request: GenerationRequest, settings: GenerationSettings, scheduler: SchedulerMixin
+    ) -> tuple[torch.Tensor, torch.Generator]:
+        """Initial latents drawn from `Generator("cpu").manual_seed(seed)` as one
+        [len(prompts), C, H/8, W/8] tensor, as diffusers draws a batch from one generator."""
+        factor = self.components.vae_scale_factor
+        channels = int(self.components.unet.config.in_channels)
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        shape = (len(request.prompts), channels, settings.height // factor, settings.width // factor)
+        latents = randn_tensor(shape, generator=generator, device=self.components.device, dtype=self.components.dtype)
+        return latents * scheduler.init_noise_sigma, generator
+
+    def _sdxl_time_ids(self, settings: GenerationSettings) -> torch.Tensor:
+        # original size, crop top-left, target size: the image is generated at its native size.
+        size = (settings.height, settings.width)
+        time_ids = [*size, *CROP_TOP_LEFT, *size]
+        return torch.tensor([time_ids], dtype=self.components.dtype, device=self.components.device)
+
+    def _check_sdxl_time_embedding(self) -> None:
+        unet, encoder_2 = self.components.unet, self.components.text_encoder_2
+        assert encoder_2 is not None
+        given = int(unet.config.addition_time_embed_dim) * 6 + int(encoder_2.config.projection_dim)
+        expected = unet.add_embedding.linear_1.in_features
+        if given != expected:
+            raise ValueError(
+                f"the UNet expects added conditioning of width {expected}, but its time embedding and "
+                f"text_encoder_2.projection_dim give {given}; the model configs disagree"
+            )
+
+
+def _with_negative_first(positive: torch.Tensor, negative: torch.Tensor | None, guided: bool) -> torch.Tensor:
+    if not guided:
+        return positive
+    assert negative is not None
+    return torch.cat([negative, positive])
