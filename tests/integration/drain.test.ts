@@ -64,6 +64,8 @@ test('SIGTERM: readiness 503 at once, new requests UNAVAILABLE, requests in flig
   const running = server.waitForLog(/executing 1 request/);
   const requestA = httpInfer(server.url, 2);
   await running;
+  // the channel connects before B is sent, so B is queued before the SIGTERM below
+  assert.deepEqual(await grpc.call('ServerReady', {}), { ready: true });
   const requestB = grpc.infer(1);
   assert.equal((await fetch(`${server.url}/v2/health/ready`)).status, 200);
 
