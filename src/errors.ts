@@ -12,6 +12,8 @@ export type GrpcStatusName =
   | 'DEADLINE_EXCEEDED'
   | 'CANCELLED'
   | 'UNIMPLEMENTED'
+  | 'UNAUTHENTICATED'
+  | 'PERMISSION_DENIED'
   | 'INTERNAL';
 
 interface CatalogEntry {
@@ -38,6 +40,14 @@ export const ERROR_CATALOG = {
   SDS_ERR_BACKEND: { http: 500, grpc: 'INTERNAL' },
   SDS_ERR_BACKEND_DIED: { http: 500, grpc: 'INTERNAL' },
   SDS_ERR_INTERNAL: { http: 500, grpc: 'INTERNAL' },
+  // Access control (src/protocol/access-policy.ts). Triton answers a restricted API with HTTP 403
+  // but gRPC UNAVAILABLE; sdserve says PERMISSION_DENIED, since UNAVAILABLE tells clients to retry.
+  SDS_ERR_UNAUTHENTICATED: { http: 401, grpc: 'UNAUTHENTICATED' },
+  SDS_ERR_RESTRICTED: { http: 403, grpc: 'PERMISSION_DENIED' },
+  SDS_ERR_FORBIDDEN_ORIGIN: { http: 403, grpc: 'PERMISSION_DENIED' },
+  SDS_ERR_UNSUPPORTED_MEDIA_TYPE: { http: 415, grpc: 'INVALID_ARGUMENT' },
+  // A request larger than a configured limit (bytes, message size, parameter count).
+  SDS_ERR_TOO_LARGE: { http: 413, grpc: 'RESOURCE_EXHAUSTED' },
 } as const satisfies Record<string, CatalogEntry>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOG;

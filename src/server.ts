@@ -1,12 +1,21 @@
 import type { FastifyInstance } from 'fastify';
+import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { DataPlane, detectGpuCount, formatModelTable, ModelManager, type ModelControlMode } from './core/index.js';
 import type { Logger } from './logger.js';
 import { startMetricsServer } from './metrics/index.js';
 import path from 'node:path';
 import { PROJECT_ROOT } from './paths.js';
-import { startGrpcServer } from './protocol/grpc/index.js';
-import { buildHttpServer } from './protocol/http/index.js';
+import { OPEN_POLICY, type AccessPolicy } from './protocol/access-policy.js';
+import { startGrpcServer, type GrpcTlsFiles } from './protocol/grpc/index.js';
+import { buildHttpServer, type HttpLimits } from './protocol/http/index.js';
+import { exposureLines } from './server-exposure.js';
+
+/** PEM files of the HTTP (and metrics) certificate. */
+export interface HttpTlsFiles {
+  certFile: string;
+  keyFile: string;
+}
 
 /** How long a backend process may take to finalize when stopped before it is killed. */
 export const STOP_GRACE_MS = 10_000;
@@ -16,7 +25,11 @@ export interface ServerOptions {
   modelControlMode: ModelControlMode;
   loadModels: string[];
   repositoryPollSecs: number;
+  /** Address the HTTP service binds. */
   host: string;
+  /** Addresses of the gRPC and metrics services (default: `host`). */
+  grpcHost?: string;
+  metricsHost?: string;
   httpPort: number;
   grpcPort: number;
   metricsPort: number;
@@ -28,6 +41,15 @@ export interface ServerOptions {
   backendDirectories?: string[];
   /** `--allowed-path`: folders outside the model folders that model configs may name. */
   allowedPaths?: string[];
+  /** Access control per front end (metrics takes the HTTP policy's API key). Default: open. */
+  httpAccess?: AccessPolicy;
+  grpcAccess?: AccessPolicy;
+  /** Origins whose web pages may call the HTTP API. */
+  corsOrigins?: string[];
+  httpTls?: HttpTlsFiles;
+  grpcTls?: GrpcTlsFiles;
+  httpLimits?: HttpLimits;
+  grpcMaxMessageBytes?: number;
   logger: Logger;
   /** Where the start-up lines (model table, service addresses) go. */
   print: (line: string) => void;
@@ -49,7 +71,10 @@ export interface RunningServer {
 
 /** Wiring only: repository and backends, the data plane, then the front ends. */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
-  // 1. models
+  // 1. certificates first: a bad path should stop the server before models load
+  const httpTls = options.httpTls && { cert: readFileSync(options.httpTls.certFile), key: readFileSync(options.httpTls.keyFile) };
+
+  // 2. models
   const gpuCount = detectGpuCount();
   const models = new ModelManager(options.modelRepositories, {
     pythonExecutable: options.pythonExecutable,
@@ -74,24 +99,36 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     throw new Error('failed to load all models');
   }
 
-  // 2. front ends (a front end that cannot start stops what already runs)
+  // 3. front ends (a front end that cannot start stops what already runs)
   const closers: Array<() => Promise<unknown>> = [];
   const closeAll = async () => {
     await Promise.all(closers.map((close) => close()));
     await core.shutdown();
   };
+  const httpAccess = options.httpAccess ?? OPEN_POLICY;
+  const grpcAccess = options.grpcAccess ?? OPEN_POLICY;
+  const grpcHost = options.grpcHost ?? options.host;
+  const metricsHost = options.metricsHost ?? options.host;
   try {
-    const http: FastifyInstance = buildHttpServer(core, { logger: false });
+    const http: FastifyInstance = buildHttpServer(core, {
+      logger: false, access: httpAccess, corsOrigins: options.corsOrigins ?? [], tls: httpTls, limits: options.httpLimits,
+    });
     closers.push(() => http.close());
     await http.listen({ host: options.host, port: options.httpPort });
     const httpPort = (http.server.address() as AddressInfo).port;
-    const grpc = await startGrpcServer(core, { host: options.host, port: options.grpcPort });
+    const grpc = await startGrpcServer(core, {
+      host: grpcHost, port: options.grpcPort, access: grpcAccess, tls: options.grpcTls, maxMessageBytes: options.grpcMaxMessageBytes,
+    });
     closers.push(() => grpc.close());
-    options.print(`Started GRPCInferenceService at ${options.host}:${grpc.port}`);
+    options.print(`Started GRPCInferenceService at ${grpcHost}:${grpc.port}`);
     options.print(`Started HTTPService at ${options.host}:${httpPort}`);
-    const metrics = await startMetricsServer(core, { host: options.host, port: options.metricsPort });
+    const metrics = await startMetricsServer(core, { host: metricsHost, port: options.metricsPort, apiKey: httpAccess.apiKey, tls: httpTls });
     closers.push(() => metrics.close());
-    options.print(`Started Metrics Service at ${options.host}:${metrics.port}`);
+    options.print(`Started Metrics Service at ${metricsHost}:${metrics.port}`);
+    for (const line of exposureLines([
+      { name: 'HTTP', flag: '--http-address', host: options.host, access: httpAccess, restrictFlag: '--http-restricted-api' },
+      { name: 'gRPC', flag: '--grpc-address', host: grpcHost, access: grpcAccess, restrictFlag: '--grpc-restricted-protocol' },
+    ])) options.print(line);
     const drainAndClose = async (exitTimeoutMs: number) => {
       const drained = await core.drain(exitTimeoutMs);
       await closeAll();

@@ -14,6 +14,8 @@ input [ { name: "prompt" data_type: TYPE_STRIN dims: [1] } ]
 `;
 const NO_WEIGHTS_CONFIG = readFileSync(path.join('model_repository', 'stable_diffusion_1_5', 'config.pbtxt'), 'utf8');
 
+const JSON_TYPE = { 'content-type': 'application/json' };
+
 async function postJson(url: string, body: unknown): Promise<{ status: number; json: any }> {
   const response = await fetch(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
   return { status: response.status, json: await response.json() };
@@ -161,11 +163,11 @@ describe('sdserve serve on the built-in tiny model', () => {
     });
     const leaving = new AbortController();
     const firstRunning = server.waitForLog(/executing 1 request/);
-    const abandoned = fetch(`${server.url}/v2/models/tiny_sd/infer`, { method: 'POST', body: body(300), signal: leaving.signal })
+    const abandoned = fetch(`${server.url}/v2/models/tiny_sd/infer`, { method: 'POST', headers: JSON_TYPE, body: body(300), signal: leaving.signal })
       .catch((err: Error) => err);
     await firstRunning;
     const secondRunning = server.waitForLog(/executing 1 request/);
-    const kept = fetch(`${server.url}/v2/models/tiny_sd/infer`, { method: 'POST', body: body(60) });
+    const kept = fetch(`${server.url}/v2/models/tiny_sd/infer`, { method: 'POST', headers: JSON_TYPE, body: body(60) });
     await secondRunning;
     leaving.abort();
     assert.ok(await abandoned instanceof Error);

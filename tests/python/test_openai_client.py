@@ -46,7 +46,8 @@ def decoded(b64_png: str | None) -> np.ndarray:
 
 def http_json(server: ServerAddresses, method: str, path: str, body: object = None) -> tuple[int, object]:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(f"http://{server.http}{path}", data=data, method=method)
+    request = urllib.request.Request(f"http://{server.http}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.load(response)

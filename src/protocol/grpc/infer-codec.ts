@@ -11,6 +11,7 @@ import {
 } from '../../core/types.js';
 import { invalidArg, SdserveError } from '../../errors.js';
 import { elementCount, joinBytesElements, shapeString, tensorBytesProblem } from '../binary-tensor.js';
+import { checkEntryCount } from '../request-shape.js';
 import type {
   WireInferInputTensor, WireInferParameter, WireModelInferRequest, WireModelInferResponse,
   WireParameters, WireTensorContents,
@@ -20,6 +21,7 @@ const DATATYPES: ReadonlySet<string> = new Set(KSERVE_DATATYPES);
 
 /** InferParameter map -> plain values. `where` names the owner in messages. */
 export function decodeParameters(wire: WireParameters | undefined, where: string): Parameters {
+  checkEntryCount(wire, `${where}: 'parameters'`);
   const out: Parameters = {};
   for (const [key, param] of Object.entries(wire ?? {})) {
     const choice = param.parameter_choice;

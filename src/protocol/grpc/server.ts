@@ -2,6 +2,7 @@
  * Starts the gRPC front end: loads proto/grpc_service.proto at run time and serves
  * inference.GRPCInferenceService over an InferenceCore.
  */
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   loadPackageDefinition, Server, ServerCredentials, type GrpcObject, type ServiceClientConstructor,
@@ -9,6 +10,8 @@ import {
 import { load } from '@grpc/proto-loader';
 import type { InferenceCore } from '../../core/inference-core.js';
 import { PROJECT_ROOT } from '../../paths.js';
+import { OPEN_POLICY, type AccessPolicy } from '../access-policy.js';
+import { accessInterceptor } from './access-interceptor.js';
 import { createServicer } from './servicer.js';
 
 /** The .proto files, found from the project root (this file runs from dist/src/protocol/grpc/). */
@@ -22,9 +25,45 @@ export const PROTO_LOADER_OPTIONS = {
 /** Force-closes connections still open this long after `close()` (e.g. idle streams). */
 const SHUTDOWN_GRACE_MS = 5000;
 
+/**
+ * Largest request message by default: the HTTP front end's body limit. grpc-js would take 1 GB
+ * with -1 (Triton sets no limit either); images in requests are megabytes.
+ */
+export const DEFAULT_GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/** An idle connection (no call in flight) is closed after this long by default. */
+export const DEFAULT_GRPC_IDLE_TIMEOUT_MS = 5 * 60_000;
+
+/** PEM files for TLS (Triton's --grpc-use-ssl, --grpc-server-cert, ...). */
+export interface GrpcTlsFiles {
+  certFile: string;
+  keyFile: string;
+  /** CA certificate the clients' certificates must chain to (mutual TLS). */
+  rootCertFile?: string;
+  /** Require a client certificate (Triton's --grpc-use-ssl-mutual). */
+  mutual?: boolean;
+}
+
 export interface GrpcServerOptions {
   host: string;
   port: number;
+  /** API key and restricted protocol groups. Default: open. */
+  access?: AccessPolicy;
+  /** Serve TLS from these files; absent: plaintext. */
+  tls?: GrpcTlsFiles;
+  /** Largest request message in bytes (larger ones: RESOURCE_EXHAUSTED). */
+  maxMessageBytes?: number;
+  /** Idle connections are closed after this many ms. */
+  idleTimeoutMs?: number;
+}
+
+function serverCredentials(tls: GrpcTlsFiles | undefined): ServerCredentials {
+  if (tls === undefined) return ServerCredentials.createInsecure();
+  const root = tls.rootCertFile === undefined ? null : readFileSync(tls.rootCertFile);
+  if (tls.mutual === true && root === null) throw new Error('mutual TLS needs --grpc-root-cert (the CA of the client certificates)');
+  return ServerCredentials.createSsl(
+    root, [{ cert_chain: readFileSync(tls.certFile), private_key: readFileSync(tls.keyFile) }], tls.mutual === true,
+  );
 }
 
 export interface GrpcServerHandle {
@@ -54,11 +93,17 @@ export async function startGrpcServer(
   core: InferenceCore, options: GrpcServerOptions,
 ): Promise<GrpcServerHandle> {
   const constructor = await loadInferenceService();
-  // Images exceed grpc's 4 MiB default; Triton does not cap message sizes either.
-  const server = new Server({ 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 });
+  const credentials = serverCredentials(options.tls);
+  const server = new Server({
+    // Images exceed grpc's 4 MiB default; responses are the server's own, so only requests are capped.
+    'grpc.max_receive_message_length': options.maxMessageBytes ?? DEFAULT_GRPC_MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': -1,
+    'grpc.max_connection_idle_ms': options.idleTimeoutMs ?? DEFAULT_GRPC_IDLE_TIMEOUT_MS,
+    interceptors: [accessInterceptor(options.access ?? OPEN_POLICY)],
+  });
   server.addService(constructor.service, createServicer(core));
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(bindAddress(options.host, options.port), ServerCredentials.createInsecure(),
+    server.bindAsync(bindAddress(options.host, options.port), credentials,
       (err, bound) => (err ? reject(err) : resolve(bound)));
   });
   return {

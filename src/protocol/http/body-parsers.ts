@@ -9,6 +9,7 @@ import zlib from 'node:zlib';
 import { errorCodes, type FastifyRequest } from 'fastify';
 import { invalidArg, SdserveError } from '../../errors.js';
 import { parseHeaderLength, splitInferBody } from '../binary-tensor.js';
+import { checkJsonText } from '../request-shape.js';
 import type { WireInferRequest } from './infer-codec.js';
 
 /** The infer route's parsed body. */
@@ -43,8 +44,9 @@ export async function decodeContentEncoding(
   }
 }
 
-/** Parses JSON text, naming what it was in the 400 message. */
+/** Parses JSON text, naming what it was in the 400 message; its shape is bounded (request-shape.ts). */
 export function parseJson(text: Buffer | string, what: string): unknown {
+  checkJsonText(typeof text === 'string' ? Buffer.from(text, 'utf8') : text, what);
   try {
     return JSON.parse(typeof text === 'string' ? text : text.toString('utf8'));
   } catch (err) {

@@ -16,6 +16,8 @@ export function httpStatusOf(err: unknown): number {
 
 function sendWith(status: number, body: object, err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   if (status >= 500) request.log.error({ err }, 'request failed');
+  // RFC 6750 section 3: a 401 names the scheme the client should use.
+  if (status === 401) reply.header('www-authenticate', 'Bearer');
   return reply.code(status).type('application/json').send(body);
 }
 

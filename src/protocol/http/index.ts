@@ -1,4 +1,4 @@
-export { buildHttpServer, DEFAULT_BODY_LIMIT_BYTES, type HttpServerOptions } from './server.js';
+export { buildHttpServer, DEFAULT_BODY_LIMIT_BYTES, DEFAULT_HTTP_LIMITS, type HttpLimits, type HttpServerOptions } from './server.js';
 export { httpStatusOf } from './error-reply.js';
 export {
   decodeInferRequest, encodeInferResponse, wantsBinary,

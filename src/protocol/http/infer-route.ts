@@ -9,6 +9,7 @@ import { disconnectSignal } from './disconnect-signal.js';
 import { parseInferBody, requireInferBody, type InferBody } from './body-parsers.js';
 import { decodeInferRequest, encodeInferResponse } from './infer-codec.js';
 import { MODEL_PATHS, type ModelParams } from './model-routes.js';
+import type { MediaTypeConfig } from './request-guard.js';
 import { sendInferResponse } from './response-encoding.js';
 import { inferBodySchema } from './schemas.js';
 
@@ -23,7 +24,11 @@ export async function inferRoutes(
   for (const base of MODEL_PATHS) {
     app.post<{ Params: ModelParams; Body: InferBody }>(
       `${base}/infer`,
-      { schema: { body: inferBodySchema }, preValidation: requireInferBody },
+      {
+        schema: { body: inferBodySchema },
+        preValidation: requireInferBody,
+        config: { acceptMediaTypes: ['application/octet-stream'] } satisfies MediaTypeConfig,
+      },
       async (request, reply) => {
         // 1. decode  2. infer  3. encode  4. send
         const { model, version } = request.params;
