@@ -34,6 +34,7 @@ export interface ServerOptions {
   grpcPort: number;
   metricsPort: number;
   pythonExecutable: string;
+  engineCacheDir: string;
   exitOnError: boolean;
   backendStartTimeoutMs: number;
   backendLoadTimeoutMs: number;
@@ -79,6 +80,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const models = new ModelManager(options.modelRepositories, {
     pythonExecutable: options.pythonExecutable,
     projectRoot: PROJECT_ROOT,
+    engineCacheDir: path.resolve(options.engineCacheDir),
     gpuCount,
     startTimeoutMs: options.backendStartTimeoutMs,
     loadTimeoutMs: options.backendLoadTimeoutMs,

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { Command } from 'commander';
-import { defaultPythonExecutable, PROJECT_ROOT } from '../paths.js';
+import { defaultEngineCacheDir, defaultPythonExecutable, PROJECT_ROOT } from '../paths.js';
 import { resolveVersions, scanRepository } from '../repository/index.js';
 
 interface BuildOptions {
@@ -9,12 +9,13 @@ interface BuildOptions {
   model: string;
   version?: string;
   force?: boolean;
+  engineCacheDir: string;
 }
 
 /**
  * `sdserve build`: builds the GPU engine of a model's versions ahead of serving, so that a start
  * only captures its CUDA graphs. Runs `python -m sdserve_backend.engine.build` per version, which
- * prints each stage and its time and writes `<version>/engine/engine.json`. With no GPU it says
+ * prints each stage and its time and writes `<engine cache>/<model>/<version>/engine.json`. With no GPU it says
  * there is nothing to build and exits 0.
  */
 export function registerBuildCommand(program: Command): void {
@@ -24,6 +25,7 @@ export function registerBuildCommand(program: Command): void {
     .requiredOption('--model-repository <dir>', 'model repository folder')
     .requiredOption('--model <name>', 'model to build')
     .option('--version <n>', 'version folder (default: the versions the config\'s version_policy serves)')
+    .option('--engine-cache-dir <dir>', 'the engine cache folder the server will use (serve\'s --engine-cache-dir)', defaultEngineCacheDir())
     .option('--force', 'rebuild even when the engine is current (like force_engine_build)')
     .action(async (options: BuildOptions) => {
       process.exitCode = await buildModel(options);
@@ -56,7 +58,7 @@ async function buildModel(options: BuildOptions): Promise<number> {
     process.stdout.write(`building ${options.model} version ${version}\n`);
     const args = [
       '-m', 'sdserve_backend.engine.build', '--model-dir', entry.dir, '--version', String(version),
-      '--model-config', JSON.stringify(entry.config),
+      '--model-config', JSON.stringify(entry.config), '--engine-cache-dir', path.resolve(options.engineCacheDir),
     ];
     if (options.force) args.push('--force');
     const status = await runPython(args);

@@ -1,6 +1,6 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, type LogFormat } from '../logger.js';
-import { defaultPythonExecutable } from '../paths.js';
+import { defaultEngineCacheDir, defaultPythonExecutable } from '../paths.js';
 import { parseRestrictedApis } from '../protocol/access-policy.js';
 import { startServer, STOP_GRACE_MS } from '../server.js';
 
@@ -19,6 +19,7 @@ interface ServeOptions {
   logFormat: LogFormat;
   exitOnError: boolean;
   backendPython: string;
+  engineCacheDir: string;
   backendLoadTimeout: number;
   exitTimeoutSecs: number;
   backendDirectory: string[];
@@ -144,6 +145,8 @@ export function registerServeCommand(program: Command): void {
     .addOption(new Option('--log-format <format>', 'log line format').choices(['default', 'json']).default('default'))
     .option('--exit-on-error', 'exit when a model fails to load at start', false)
     .option('--backend-python <path>', 'Python interpreter for backend processes', defaultPythonExecutable())
+    .option('--engine-cache-dir <dir>',
+      'where GPU engines and compiled kernels are kept, per model and version (the repository may be read-only)', defaultEngineCacheDir())
     .option('--backend-load-timeout <seconds>', 'how long a backend may take to load its model', nonNegativeInteger, 600)
     .option('--exit-timeout-secs <seconds>',
       'on SIGTERM/SIGINT: how long requests in flight may take to finish before the server exits anyway', nonNegativeInteger, 30)
@@ -190,6 +193,7 @@ export function registerServeCommand(program: Command): void {
         grpcPort: options.grpcPort,
         metricsPort: options.metricsPort,
         pythonExecutable: options.backendPython,
+        engineCacheDir: options.engineCacheDir,
         exitOnError: options.exitOnError,
         backendStartTimeoutMs: 60_000,
         backendLoadTimeoutMs: options.backendLoadTimeout * 1000,

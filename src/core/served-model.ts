@@ -29,6 +29,8 @@ const BACKEND_ENV = {
 export interface BackendRuntime {
   pythonExecutable: string;
   projectRoot: string;
+  /** Engines and compiled kernels go under `<engineCacheDir>/<model>/<version>/`. */
+  engineCacheDir: string;
   gpuCount: number;
   startTimeoutMs: number;
   loadTimeoutMs: number;
@@ -178,6 +180,7 @@ export class ServedModel {
       model_repository: this.modelDir,
       model_version: String(this.version),
       model_name: this.config.name,
+      engine_cache_dir: this.runtime.engineCacheDir,
     };
   }
 
@@ -189,7 +192,9 @@ export class ServedModel {
       args,
       startTimeoutMs: this.runtime.startTimeoutMs,
       loadTimeoutMs: this.runtime.loadTimeoutMs,
-      env: BACKEND_ENV,
+      // Bytecode of a repository's Python models goes to the cache too: nothing is written into
+      // the repository, which may be a read-only volume.
+      env: { ...BACKEND_ENV, PYTHONPYCACHEPREFIX: path.join(this.runtime.engineCacheDir, 'python-bytecode') },
       logger: this.runtime.logger,
     };
   }

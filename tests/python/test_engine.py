@@ -23,7 +23,7 @@ import torch
 from sdserve_backend.engine import ENGINE_FILE, bucket_sizes, pick_bucket, prepare, prepare_with_report
 from sdserve_backend.engine import build as engine_build
 from sdserve_backend.engine import metadata
-from sdserve_backend.engine.backend import prepare_for_model
+from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
 from sdserve_backend.engine.buckets import chunks
 from sdserve_backend.engine.prepare import EngineOptions, vae_decode_dtype
 from sdserve_backend.engine.runners import UNetRunner, VaeRunner
@@ -360,20 +360,51 @@ def test_a_missing_or_unreadable_engine_is_stale(tmp_path: Path) -> None:
     assert metadata.read_metadata(tmp_path) is None
 
 
-def test_weights_fingerprint_follows_size_and_mtime(tmp_path: Path) -> None:
+def test_weights_fingerprint_follows_names_sizes_and_contents_not_path_or_mtime(tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     (weights / "unet").mkdir(parents=True)
     model = weights / "unet" / "model.safetensors"
-    model.write_bytes(b"1234")
+    model.write_bytes(b"header" + bytes(300_000) + b"tail")
     first = metadata.weights_fingerprint(weights)
     assert metadata.weights_fingerprint(weights) == first
-    os.utime(model, ns=(1, 1))
-    second = metadata.weights_fingerprint(weights)
-    assert second != first
-    model.write_bytes(b"12345")
-    os.utime(model, ns=(1, 1))
-    assert metadata.weights_fingerprint(weights) not in (first, second)
+    # the same weights elsewhere, with other modification times: the same engine
+    elsewhere = tmp_path / "mounted" / "somewhere" / "else"
+    shutil.copytree(weights, elsewhere)
+    os.utime(elsewhere / "unet" / "model.safetensors", ns=(1, 1))
+    assert metadata.weights_fingerprint(elsewhere) == first
+    # a changed head, tail, size or name is other weights
+    model.write_bytes(b"HEADER" + bytes(300_000) + b"tail")
+    assert metadata.weights_fingerprint(weights) != first
+    model.write_bytes(b"header" + bytes(300_000) + b"TAIL")
+    assert metadata.weights_fingerprint(weights) != first
+    model.write_bytes(b"header" + bytes(300_001) + b"tail")
+    assert metadata.weights_fingerprint(weights) != first
+    model.write_bytes(b"header" + bytes(300_000) + b"tail")
+    assert metadata.weights_fingerprint(weights) == first
+    model.rename(weights / "unet" / "other.safetensors")
+    assert metadata.weights_fingerprint(weights) != first
+    # one checkpoint file: by its name and contents, wherever it is
+    single = tmp_path / "a" / "model.safetensors"
+    single.parent.mkdir()
+    single.write_bytes(b"1234")
+    copied = tmp_path / "b" / "model.safetensors"
+    copied.parent.mkdir()
+    shutil.copy(single, copied)
+    assert metadata.weights_fingerprint(single) == metadata.weights_fingerprint(copied)
     assert metadata.weights_fingerprint(None) == "unknown"
+
+
+def test_engine_dir_is_per_model_and_version_under_the_cache_folder(tmp_path: Path) -> None:
+    version_dir = tmp_path / "repository" / "sd" / "1"
+    cache = tmp_path / "cache"
+    assert engine_dir_for("sd", "1", version_dir, {}, cache) == cache / "sd" / "1"
+    assert engine_dir_for("sd", "1", version_dir, {"engine_cache_dir": ""}, str(cache)) == cache / "sd" / "1"
+    # the model's parameter wins: absolute as it is, relative under the server's folder
+    own = tmp_path / "own"
+    assert engine_dir_for("sd", "2", version_dir, {"engine_cache_dir": str(own)}, cache) == own / "sd" / "2"
+    assert engine_dir_for("sd", "2", version_dir, {"engine_cache_dir": "fast"}, cache) == cache / "fast" / "sd" / "2"
+    # neither: inside the version folder, as before the cache folder existed
+    assert engine_dir_for("sd", "1", version_dir, {}, None) == version_dir / "engine"
 
 
 def test_weights_fingerprint_leaves_out_the_engine_folder_inside_the_weights(tmp_path: Path) -> None:

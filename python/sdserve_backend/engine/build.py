@@ -1,7 +1,7 @@
 """`python -m sdserve_backend.engine.build`: build (or check) the GPU engine of one model version.
 
     python -m sdserve_backend.engine.build --model-dir model_repository/stable_diffusion_1_5 \
-        --version 1 --model-config '<config.pbtxt as JSON>' [--force]
+        --version 1 --model-config '<config.pbtxt as JSON>' [--engine-cache-dir DIR] [--force]
 
 Loads the weights as the backend does, runs `engine.prepare` and prints each stage's time. On a
 machine with no CUDA GPU there is nothing to build: it says so and exits 0.
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True, help="the model's folder in the repository")
     parser.add_argument("--version", default="1", help="version folder (default 1)")
     parser.add_argument("--model-config", default="", help="the model config as JSON (default: {})")
+    parser.add_argument("--engine-cache-dir", default="", help="the server's --engine-cache-dir (default: inside the version folder)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the engine is current")
     args = parser.parse_args(argv)
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported after the GPU check: the backend settings pull in diffusers and transformers.
     from sdserve_backend.backends.diffusion import settings as model_settings
+    from sdserve_backend.engine.backend import engine_dir_for
     from sdserve_backend.pipelines import load_components
 
     # 1. Read the config as the backend does
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     _, report = prepare_with_report(
         components,
         placement,
-        engine_dir=version_dir / ENGINE_SUBDIR,
+        engine_dir=engine_dir_for(args.model_dir.name, str(args.version), version_dir, parameters, args.engine_cache_dir or None),
         max_rows=2 * max_batch_size,
         height=defaults.settings.height,
         width=defaults.settings.width,

@@ -43,11 +43,19 @@ def config_fields(config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
-def weights_fingerprint(weights: Path | None, ignore: Path | None = None) -> str:
-    """A hash over path, size and mtime of every file of the weights (a folder or one file),
-    leaving out the folder `ignore` (the engine's own, which may sit inside the weights folder).
+# How much of each weights file's head and tail the fingerprint reads (a safetensors file starts
+# with its header: every tensor's name, dtype, shape and offsets).
+SAMPLE_BYTES = 64 * 1024
 
-    File contents are not read: a 7 GB checkpoint would take longer to hash than to capture."""
+
+def weights_fingerprint(weights: Path | None, ignore: Path | None = None) -> str:
+    """A hash over the relative name, size, first and last `SAMPLE_BYTES` of every file of the
+    weights (a folder or one file), leaving out the folder `ignore` (the engine's own, which may
+    sit inside the weights folder).
+
+    Neither the absolute path nor the modification times take part: the same weights mounted
+    elsewhere (another volume, a container, a fresh download) keep their engine. Whole contents
+    are not read: a 7 GB checkpoint would take longer to hash than to capture."""
     if weights is None:
         return "unknown"
     weights = Path(weights)
@@ -57,9 +65,20 @@ def weights_fingerprint(weights: Path | None, ignore: Path | None = None) -> str
         files = [p for p in files if not p.resolve().is_relative_to(skipped)]
     entries = []
     for path in files:
-        stat = path.stat()
-        entries.append([str(path.relative_to(weights)) if weights.is_dir() else path.name, stat.st_size, stat.st_mtime_ns])
-    return stable_hash([str(weights.resolve()), entries])
+        name = path.relative_to(weights).as_posix() if weights.is_dir() else path.name
+        entries.append([name, path.stat().st_size, _sample_hash(path)])
+    return stable_hash(entries)
+
+
+def _sample_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        digest.update(file.read(SAMPLE_BYTES))
+        size = file.seek(0, os.SEEK_END)
+        if size > SAMPLE_BYTES:
+            file.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+            digest.update(file.read(SAMPLE_BYTES))
+    return digest.hexdigest()
 
 
 def read_metadata(engine_dir: Path) -> dict[str, Any] | None:

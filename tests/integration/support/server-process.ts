@@ -18,11 +18,17 @@ export interface ServerProcess {
   stop(): Promise<void>;
 }
 
+/** Runs the server's command line some other way (e.g. in its own mount namespace). */
+export type Launcher = (command: string, args: string[]) => { command: string; args: string[] };
+
 /** Starts `bin/sdserve serve` on a free port and resolves once it prints its HTTP address. */
-export async function startServerProcess(args: string[], timeoutMs = 240_000): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [SDSERVE_BIN, 'serve', '--http-port', '0', '--grpc-port', '0', '--metrics-port', '0', '--http-address', '127.0.0.1', ...args], {
-    cwd: PROJECT_ROOT, stdio: ['ignore', 'pipe', 'pipe'],
-  });
+export async function startServerProcess(args: string[], timeoutMs = 240_000, launcher?: Launcher): Promise<ServerProcess> {
+  const direct = {
+    command: process.execPath,
+    args: [SDSERVE_BIN, 'serve', '--http-port', '0', '--grpc-port', '0', '--metrics-port', '0', '--http-address', '127.0.0.1', ...args],
+  };
+  const launch = launcher ? launcher(direct.command, direct.args) : direct;
+  const child = spawn(launch.command, launch.args, { cwd: PROJECT_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   const listeners = new Set<(chunk: string) => void>();

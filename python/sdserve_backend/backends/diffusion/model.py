@@ -27,7 +27,7 @@ import triton_python_backend_utils as pb_utils
 from sdserve_backend.backends.diffusion import capabilities
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.batching import Job, run_jobs
-from sdserve_backend.engine.backend import prepare_for_model
+from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
 from sdserve_backend.image_encoding import GenerationInfo, encode_image
 from sdserve_backend.pipelines import (
     GenerationRequest,
@@ -68,7 +68,9 @@ class TritonPythonModel:
         started = time.perf_counter()
         components = load_components(weights, placement.device, placement.dtype, config_dir)
         loaded = time.perf_counter()
-        components = prepare_for_model(components, placement, version_dir, model_config, parameters, weights, pb_utils.Logger.log_info)
+        engine_dir = engine_dir_for(args.get("model_name", ""), str(args.get("model_version", "1")), version_dir,
+                                    parameters, args.get("engine_cache_dir"))
+        components = prepare_for_model(components, placement, engine_dir, model_config, parameters, weights, pb_utils.Logger.log_info)
         seconds = f"weights {loaded - started:.1f} s, engine {time.perf_counter() - loaded:.1f} s"
         mismatch = model_settings.version_mismatch(version, detect_version(components), components.is_sdxl)
         if mismatch is not None:

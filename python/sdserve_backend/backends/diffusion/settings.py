@@ -45,6 +45,7 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "prompt_cache_size": "how many prompts' text embeddings are kept for reuse",
     "force_engine_build": "true: rebuild the GPU engine at load",
     "engine_compile": "true: torch.compile the UNet into the GPU engine",
+    "engine_cache_dir": "where this model's GPU engine is kept (absolute, or relative to the server's --engine-cache-dir)",
     "onnx_opset": "ignored: accepted so that configs written for the ONNX/TensorRT tutorial load",
     # Read and enforced by the core before a request reaches the backend (src/core/request-limits.ts,
     # src/core/execution-deadline.ts; README "Security").
