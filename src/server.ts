@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { DataPlane, detectGpuCount, formatModelTable, ModelManager, type ModelControlMode } from './core/index.js';
+import { DataPlane, detectGpus, formatModelTable, ModelManager, type ModelControlMode } from './core/index.js';
 import type { Logger } from './logger.js';
 import { startMetricsServer } from './metrics/index.js';
 import path from 'node:path';
@@ -76,12 +76,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const httpTls = options.httpTls && { cert: readFileSync(options.httpTls.certFile), key: readFileSync(options.httpTls.keyFile) };
 
   // 2. models
-  const gpuCount = detectGpuCount();
+  const gpus = detectGpus();
   const models = new ModelManager(options.modelRepositories, {
     pythonExecutable: options.pythonExecutable,
     projectRoot: PROJECT_ROOT,
     engineCacheDir: path.resolve(options.engineCacheDir),
-    gpuCount,
+    gpus,
     startTimeoutMs: options.backendStartTimeoutMs,
     loadTimeoutMs: options.backendLoadTimeoutMs,
     stopGraceMs: STOP_GRACE_MS,

@@ -1,5 +1,5 @@
 export { DataPlane, SERVER_NAME, SERVER_VERSION } from './data-plane.js';
-export { detectGpuCount } from './gpu.js';
+export { detectGpus } from './gpu.js';
 export { ModelManager, type ModelControlMode } from './model-manager.js';
 export { formatModelTable } from './model-table.js';
 export type { BackendRuntime } from './served-model.js';

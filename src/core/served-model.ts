@@ -2,11 +2,12 @@ import path from 'node:path';
 import type { CapabilitiesMeta } from '../backend/index.js';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { InstanceGroup, ModelConfig, ModelOutput, QueuePolicy } from '../repository/model-config-types.js';
+import type { ModelConfig, ModelOutput, QueuePolicy } from '../repository/model-config-types.js';
 import {
   RequestScheduler, type QueuePolicyLimits, type RequestProgress, type SchedulerPolicy,
 } from '../scheduler/index.js';
 import { executionDeadline } from './execution-deadline.js';
+import { placeInstances } from './instance-placement.js';
 import { ModelInstance, type BackendStartOptions } from './model-instance.js';
 import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
 import type { InferRequest, InferResponse, ModelState, ProgressCallback } from './types.js';
@@ -31,7 +32,8 @@ export interface BackendRuntime {
   projectRoot: string;
   /** Engines and compiled kernels go under `<engineCacheDir>/<model>/<version>/`. */
   engineCacheDir: string;
-  gpuCount: number;
+  /** The GPUs backends may use, as CUDA_VISIBLE_DEVICES names them (detectGpus). */
+  gpus: readonly string[];
   startTimeoutMs: number;
   loadTimeoutMs: number;
   stopGraceMs: number;
@@ -80,8 +82,16 @@ export class ServedModel {
   async load(): Promise<void> {
     this.state = 'LOADING';
     this.reason = '';
-    const instances = this.instanceSpecs().map((spec) => new ModelInstance(
-      spec.label, { ...this.startOptions(this.modelFile, spec.args), label: spec.label }, this.runtime.logger,
+    let specs;
+    try {
+      specs = this.instanceSpecs();
+    } catch (err) {
+      this.state = 'UNAVAILABLE';
+      this.reason = (err as Error).message;
+      return;
+    }
+    const instances = specs.map((spec) => new ModelInstance(
+      spec.label, { ...this.startOptions(this.modelFile, spec.args, spec.env), label: spec.label }, this.runtime.logger,
       () => this.scheduler.notifyAvailable(), undefined, executionDeadline(this.config),
     ));
     const results = await Promise.allSettled(instances.map((instance) => instance.start()));
@@ -146,29 +156,14 @@ export class ServedModel {
     }
   }
 
-  private instanceSpecs(): Array<{ label: string; args: Record<string, string> }> {
-    const specs: Array<{ label: string; args: Record<string, string> }> = [];
-    this.config.instance_group.forEach((group, groupIndex) => {
-      const kind = this.instanceKind(group);
-      const devices = kind === 'GPU' ? (group.gpus.length > 0 ? group.gpus : [...Array(this.runtime.gpuCount).keys()]) : [0];
-      const name = group.name || `${this.config.name}_${groupIndex}`;
-      for (const device of devices) {
-        for (let i = 0; i < group.count; i += 1) {
-          const label = `${name}_${specs.length}`;
-          specs.push({ label, args: this.initializeArgs(label, kind, device) });
-        }
-      }
-    });
-    return specs;
-  }
-
-  private instanceKind(group: InstanceGroup): 'GPU' | 'CPU' {
-    if (group.kind === 'KIND_CPU' || group.kind === 'KIND_MODEL') return 'CPU';
-    if (this.runtime.gpuCount > 0) return 'GPU';
-    if (group.kind === 'KIND_GPU') {
-      this.runtime.logger.warn(`model '${this.config.name}': instance_group KIND_GPU but no GPU found; running on CPU`);
-    }
-    return 'CPU';
+  private instanceSpecs(): Array<{ label: string; args: Record<string, string>; env: Record<string, string> }> {
+    const placements = placeInstances(this.config, this.runtime.gpus, () => this.runtime.logger.warn(
+      `model '${this.config.name}': instance_group KIND_GPU but no GPU found; running on CPU`));
+    return placements.map((placement) => ({
+      label: placement.label,
+      args: this.initializeArgs(placement.label, placement.kind, placement.deviceId),
+      env: placement.cudaVisibleDevices === undefined ? {} as Record<string, string> : { CUDA_VISIBLE_DEVICES: placement.cudaVisibleDevices },
+    }));
   }
 
   private initializeArgs(instanceName: string, kind: string, device: number): Record<string, string> {
@@ -184,7 +179,7 @@ export class ServedModel {
     };
   }
 
-  private startOptions(modelFile: string, args: Record<string, string>): Omit<BackendStartOptions, 'label'> {
+  private startOptions(modelFile: string, args: Record<string, string>, env: Record<string, string>): Omit<BackendStartOptions, 'label'> {
     return {
       pythonExecutable: this.runtime.pythonExecutable,
       pythonPath: [path.join(this.runtime.projectRoot, 'python')],
@@ -194,7 +189,7 @@ export class ServedModel {
       loadTimeoutMs: this.runtime.loadTimeoutMs,
       // Bytecode of a repository's Python models goes to the cache too: nothing is written into
       // the repository, which may be a read-only volume.
-      env: { ...BACKEND_ENV, PYTHONPYCACHEPREFIX: path.join(this.runtime.engineCacheDir, 'python-bytecode') },
+      env: { ...BACKEND_ENV, PYTHONPYCACHEPREFIX: path.join(this.runtime.engineCacheDir, 'python-bytecode'), ...env },
       logger: this.runtime.logger,
     };
   }
