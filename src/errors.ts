@@ -46,8 +46,6 @@ export const ERROR_CATALOG = {
   SDS_ERR_RESTRICTED: { http: 403, grpc: 'PERMISSION_DENIED' },
   SDS_ERR_FORBIDDEN_ORIGIN: { http: 403, grpc: 'PERMISSION_DENIED' },
   SDS_ERR_UNSUPPORTED_MEDIA_TYPE: { http: 415, grpc: 'INVALID_ARGUMENT' },
-  // A request larger than a configured limit (bytes, message size, parameter count).
-  SDS_ERR_TOO_LARGE: { http: 413, grpc: 'RESOURCE_EXHAUSTED' },
 } as const satisfies Record<string, CatalogEntry>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOG;

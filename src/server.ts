@@ -51,6 +51,7 @@ export interface ServerOptions {
   grpcTls?: GrpcTlsFiles;
   httpLimits?: HttpLimits;
   grpcMaxMessageBytes?: number;
+  grpcMaxConnections?: number;
   logger: Logger;
   /** Where the start-up lines (model table, service addresses) go. */
   print: (line: string) => void;
@@ -120,6 +121,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const httpPort = (http.server.address() as AddressInfo).port;
     const grpc = await startGrpcServer(core, {
       host: grpcHost, port: options.grpcPort, access: grpcAccess, tls: options.grpcTls, maxMessageBytes: options.grpcMaxMessageBytes,
+      maxConnections: options.grpcMaxConnections,
     });
     closers.push(() => grpc.close());
     options.print(`Started GRPCInferenceService at ${grpcHost}:${grpc.port}`);

@@ -39,6 +39,7 @@ interface ServeOptions {
   httpMaxInputSize: number;
   grpcMaxMessageSize: number;
   httpMaxConnections: number;
+  grpcMaxConnections: number;
   httpHeaderTimeoutSecs: number;
   httpKeepaliveTimeoutSecs: number;
 }
@@ -139,6 +140,7 @@ export function registerServeCommand(program: Command): void {
     .option('--http-max-input-size <bytes>', 'largest HTTP request body, raw or inflated', positiveInteger, 64 * MIB)
     .option('--grpc-max-message-size <bytes>', 'largest gRPC request message', positiveInteger, 64 * MIB)
     .option('--http-max-connections <count>', 'open HTTP connections beyond this are refused', positiveInteger, 1024)
+    .option('--grpc-max-connections <count>', 'open gRPC connections beyond this are refused', positiveInteger, 1024)
     .option('--http-header-timeout-secs <seconds>', 'time a client has to send its request headers', positiveInteger, 30)
     .option('--http-keepalive-timeout-secs <seconds>', 'how long an idle keep-alive connection stays open', positiveInteger, 72)
     .option('--log-verbose <level>', 'verbose logging level', nonNegativeInteger, 0)
@@ -182,6 +184,7 @@ export function registerServeCommand(program: Command): void {
           keepAliveTimeoutMs: options.httpKeepaliveTimeoutSecs * 1000,
         },
         grpcMaxMessageBytes: options.grpcMaxMessageSize,
+        grpcMaxConnections: options.grpcMaxConnections,
         ...(options.grpcAddress !== undefined && { grpcHost: options.grpcAddress }),
         ...(options.metricsAddress !== undefined && { metricsHost: options.metricsAddress }),
         modelRepositories: repositories,

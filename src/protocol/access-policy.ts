@@ -109,6 +109,3 @@ export function checkAccess(
   checkApiKey(policy, headerOf('authorization'));
   checkRestriction(policy, group, headerOf, prefix);
 }
-
-/** True when the policy asks nothing of anyone. */
-export const isOpen = (policy: AccessPolicy) => policy.apiKey === undefined && policy.restrictions.size === 0;

@@ -3,6 +3,7 @@
  * inference.GRPCInferenceService over an InferenceCore.
  */
 import { readFileSync } from 'node:fs';
+import { createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import path from 'node:path';
 import {
   loadPackageDefinition, Server, ServerCredentials, type GrpcObject, type ServiceClientConstructor,
@@ -33,6 +34,10 @@ export const DEFAULT_GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
 /** An idle connection (no call in flight) is closed after this long by default. */
 export const DEFAULT_GRPC_IDLE_TIMEOUT_MS = 5 * 60_000;
+/** Open connections beyond this are closed on accept, by default. */
+export const DEFAULT_GRPC_MAX_CONNECTIONS = 1024;
+/** A connection that has sent no byte by then is closed, by default. */
+export const DEFAULT_GRPC_SILENT_TIMEOUT_MS = 30_000;
 
 /** PEM files for TLS (Triton's --grpc-use-ssl, --grpc-server-cert, ...). */
 export interface GrpcTlsFiles {
@@ -55,6 +60,10 @@ export interface GrpcServerOptions {
   maxMessageBytes?: number;
   /** Idle connections are closed after this many ms. */
   idleTimeoutMs?: number;
+  /** Open connections beyond this are closed on accept. */
+  maxConnections?: number;
+  /** A connection that sends nothing for this many ms after connecting is closed. */
+  silentTimeoutMs?: number;
 }
 
 function serverCredentials(tls: GrpcTlsFiles | undefined): ServerCredentials {
@@ -84,8 +93,20 @@ export function loadInferenceService(): Promise<ServiceClientConstructor> {
   return service;
 }
 
-function bindAddress(host: string, port: number): string {
-  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+/**
+ * Hands a connection to grpc-js once the client has sent its first bytes, and closes it if it
+ * sends none within `timeoutMs`. (Once grpc-js holds a connection it keeps a silent one open;
+ * after the first bytes, HTTP/2 session idleness, grpc.max_connection_idle_ms, takes over.)
+ */
+function injectWhenSpoken(socket: Socket, inject: (socket: Socket) => void, timeoutMs: number): void {
+  const timer = setTimeout(() => socket.destroy(), timeoutMs).unref();
+  socket.once('close', () => clearTimeout(timer));
+  socket.once('data', (first: Buffer) => {
+    clearTimeout(timer);
+    socket.pause();
+    socket.unshift(first);
+    inject(socket);
+  });
 }
 
 /** Serves the KServe v2 / Triton gRPC protocol over `core` on `options.host:options.port`. */
@@ -102,13 +123,23 @@ export async function startGrpcServer(
     interceptors: [accessInterceptor(options.access ?? OPEN_POLICY)],
   });
   server.addService(constructor.service, createServicer(core));
-  const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(bindAddress(options.host, options.port), credentials,
-      (err, bound) => (err ? reject(err) : resolve(bound)));
+  // sdserve accepts the TCP connections itself and hands them to grpc-js, which has no
+  // connection cap and keeps a silent connection open forever.
+  const injector = server.createConnectionInjector(credentials);
+  const silentTimeoutMs = options.silentTimeoutMs ?? DEFAULT_GRPC_SILENT_TIMEOUT_MS;
+  const listener = createTcpServer((socket) => {
+    socket.on('error', () => undefined);
+    injectWhenSpoken(socket, (spoken) => injector.injectConnection(spoken), silentTimeoutMs);
+  });
+  listener.maxConnections = options.maxConnections ?? DEFAULT_GRPC_MAX_CONNECTIONS;
+  await new Promise<void>((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen(options.port, options.host, () => resolve());
   });
   return {
-    port,
+    port: (listener.address() as AddressInfo).port,
     close: () => new Promise<void>((resolve) => {
+      listener.close();
       const force = setTimeout(() => server.forceShutdown(), SHUTDOWN_GRACE_MS).unref();
       server.tryShutdown(() => { clearTimeout(force); resolve(); });
     }),

@@ -1,24 +1,28 @@
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import { credentials, Metadata, status, type Client, type ServiceError } from '@grpc/grpc-js';
+import { once } from 'node:events';
+import { connect, type Socket } from 'node:net';
+import { credentials, Metadata, status, type ChannelCredentials, type Client, type ServiceError } from '@grpc/grpc-js';
 import { parseRestrictedApis, type AccessPolicy } from '../../../src/protocol/access-policy.js';
 import { loadInferenceService, startGrpcServer, type GrpcServerOptions } from '../../../src/protocol/grpc/index.js';
 import { FakeGrpcCore } from '../../fixtures/grpc-fake-core.js';
+import { makeSelfSignedCertificate } from '../../fixtures/self-signed-cert.js';
 
 type AnyClient = Client & Record<string, (...args: unknown[]) => unknown>;
 const KEY = 'sk-grpc-test';
 
-async function setup(t: TestContext, options: Partial<GrpcServerOptions> = {}, clientOptions: object = {}) {
+async function setup(t: TestContext, options: Partial<GrpcServerOptions> = {}, clientOptions: object = {},
+  channel: ChannelCredentials = credentials.createInsecure()) {
   const server = await startGrpcServer(new FakeGrpcCore(), { host: '127.0.0.1', port: 0, ...options });
   const Service = await loadInferenceService();
-  const client = new Service(`127.0.0.1:${server.port}`, credentials.createInsecure(), clientOptions) as unknown as AnyClient;
+  const client = new Service(`127.0.0.1:${server.port}`, channel, clientOptions) as unknown as AnyClient;
   t.after(async () => { client.close(); await server.close(); });
   const call = (rpc: string, request: object, headers: Record<string, string> = {}) => new Promise<any>((resolve, reject) => {
     const metadata = new Metadata();
     for (const [key, value] of Object.entries(headers)) metadata.set(key, value);
     client[rpc](request, metadata, (err: ServiceError | null, response: unknown) => (err ? reject(err) : resolve(response)));
   });
-  return { call };
+  return { call, port: server.port };
 }
 
 const grpcError = (code: status, pattern: RegExp) => (err: unknown) => {
@@ -74,5 +78,43 @@ describe('gRPC message size', () => {
     await assert.rejects(call('ModelInfer', {
       model_name: 'echo', inputs: [{ name: 'a', datatype: 'UINT8', shape: [big.length] }], raw_input_contents: [big],
     }), grpcError(status.RESOURCE_EXHAUSTED, /larger than max/));
+  });
+});
+
+describe('gRPC over TLS', () => {
+  it('serves calls over TLS with the given certificate (Triton\'s --grpc-use-ssl)', async (t) => {
+    const certificate = makeSelfSignedCertificate();
+    t.after(() => certificate.remove());
+    const { call } = await setup(t, { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } }, {},
+      credentials.createSsl(certificate.cert));
+    assert.deepEqual(await call('ServerLive', {}), { live: true });
+  });
+
+  it('refuses a plaintext client on the TLS port', async (t) => {
+    const certificate = makeSelfSignedCertificate();
+    t.after(() => certificate.remove());
+    const { call } = await setup(t, { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } });
+    await assert.rejects(call('ServerLive', {}), (err: ServiceError) => err.code === status.UNAVAILABLE);
+  });
+});
+
+describe('gRPC connections', () => {
+  const idle = async (port: number): Promise<Socket> => {
+    const socket = connect(port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    await once(socket, 'connect');
+    return socket;
+  };
+
+  // Issue 13 #6: idle connections held file descriptors without bound.
+  it('closes connections over the cap and silent ones, then serves a fresh client', async (t) => {
+    const { call, port } = await setup(t, { maxConnections: 4, silentTimeoutMs: 500 });
+    const sockets = await Promise.all(Array.from({ length: 6 }, () => idle(port)));
+    t.after(() => sockets.forEach((socket) => socket.destroy()));
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error('silent connections still open')), 10_000); });
+    await Promise.race([Promise.all(sockets.map((socket) => (socket.destroyed ? undefined : once(socket, 'close')))), bound])
+      .finally(() => clearTimeout(timer));
+    assert.deepEqual(await call('ServerLive', {}), { live: true });
   });
 });
