@@ -378,8 +378,10 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
       return;
     }
     this.socket = socket;
-    // One backend, one connection: stop listening so nothing else can connect.
+    // One backend, one connection: stop listening so nothing else can connect, and remove the
+    // socket's folder now that nothing needs it.
     this.server.close();
+    void this.removeSocketDir();
     const decoder = new FrameDecoder({
       onFrame: (frame) => this.onFrame(frame),
       onError: (error) => this.onMalformedFrame(error),
@@ -500,9 +502,17 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
     this.pending.clear();
     this.socket?.destroy();
     this.server.close();
-    void rm(this.socketDir, { recursive: true, force: true }).catch(() => undefined);
-    this.exited.resolve();
+    // Resolved only once the socket's folder is gone, so that a server exiting right after
+    // stopping its backends leaves nothing behind in the temporary folder.
+    void this.removeSocketDir().then(() => this.exited.resolve());
     this.emit('exit', code, signal);
+  }
+
+  private socketDirRemoved: Promise<void> | undefined;
+
+  private removeSocketDir(): Promise<void> {
+    this.socketDirRemoved ??= rm(this.socketDir, { recursive: true, force: true }).catch(() => undefined);
+    return this.socketDirRemoved;
   }
 
   private forwardLines(stream: Readable, defaultLevel: keyof BackendLogger, keepTail: boolean): void {
