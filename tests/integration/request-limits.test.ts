@@ -63,6 +63,14 @@ describe('a request costs no more than its model allows', () => {
     assert.equal((await fetch(`${server.url}/v2/models/tiny_sd/ready`)).status, 200);
   });
 
+  test('1000 steps with PNDM, DDIM or DDPM is a 400 naming the range, not an IndexError', async () => {
+    for (const scheduler of ['pndm', 'ddim', 'ddpm']) {
+      const response = await infer(server.url, { prompt: ['a cat'] }, { steps: 1000, scheduler, height: 64, width: 64 });
+      assert.equal(response.status, 400, `${scheduler}: ${response.error}`);
+      assert.match(response.error as string, /steps.*999/);
+    }
+  });
+
   test('a limit that is not a non-negative integer is a config error', async () => {
     const config = await (await fetch(`${server.url}/v2/models/tiny_sd/config`)).json() as any;
     config.parameters.max_prompt_chars = { string_value: 'lots' };

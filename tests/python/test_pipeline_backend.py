@@ -81,7 +81,7 @@ def test_request_parameters_override_the_config_whatever_their_json_type() -> No
     ("parameters", "message"),
     [
         ({"width": 130}, "parameter 'width' must be a multiple of 8 from 8 to 4096, got 130"),
-        ({"steps": 0}, "parameter 'steps' must be an integer from 1 to 1000, got 0"),
+        ({"steps": 0}, "parameter 'steps' must be an integer from 1 to 999, got 0"),
         ({"seed": 1.5}, "parameter 'seed' must be an integer, got 1.5"),
         ({"steps": True}, "parameter 'steps' must be an integer, got True"),
     ],

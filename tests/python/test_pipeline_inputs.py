@@ -29,7 +29,8 @@ GOOD = GenerationSettings(height=128, width=128, steps=4, guidance_scale=7.5)
     [
         (GenerationSettings(100, 128, 4, 7.5), "height must be a positive multiple of 8, got 100"),
         (GenerationSettings(128, 0, 4, 7.5), "width must be a positive multiple of 8, got 0"),
-        (GenerationSettings(128, 128, 0, 7.5), "steps must be an integer from 1 to 1000, got 0"),
+        (GenerationSettings(128, 128, 0, 7.5), "steps must be an integer from 1 to 999, got 0"),
+        (GenerationSettings(128, 128, 1000, 7.5, "pndm"), "steps must be an integer from 1 to 999, got 1000"),
         (GenerationSettings(128, 128, 4, float("nan")), "guidance_scale must be a finite number >= 0, got nan"),
         (GenerationSettings(128, 128, 4, 7.5, "warp"), "scheduler 'warp' is not supported"),
     ],

@@ -64,6 +64,14 @@ def supported_scheduler_names() -> list[str]:
     return names
 
 
+def max_inference_steps(scheduler_config: Mapping[str, Any]) -> int:
+    """The most denoising steps every scheduler runs: one less than the training timesteps. With
+    the SD configs' "leading" spacing and steps_offset 1, as many steps as training timesteps puts
+    the last timestep one past the end of DDIM's, PNDM's and DDPM's tables (and DPM-Solver's,
+    UniPC's and DEIS's sigmas)."""
+    return int(scheduler_config.get("num_train_timesteps", 1000)) - 1
+
+
 def make_scheduler(
     name: str, default_class: type[SchedulerMixin], model_config: Mapping[str, Any]
 ) -> SchedulerMixin:

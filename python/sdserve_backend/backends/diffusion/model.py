@@ -39,6 +39,7 @@ from sdserve_backend.pipelines import (
     load_components,
     resolve_scheduler_class,
 )
+from sdserve_backend.pipelines.schedulers import max_inference_steps
 
 OUTPUT_NAME = "generated_image"
 ENCODED_OUTPUT_NAME = "generated_image_encoded"
@@ -84,7 +85,7 @@ class TritonPythonModel:
             raise ValueError(f"config parameter {error}") from None
         self.pipeline = TextToImagePipeline(components, prompt_cache_size=self.defaults.prompt_cache_size)
         max_images = int(model_config.get("max_batch_size", 0) or 0)
-        max_steps = min(model_settings.MAX_STEPS, int(components.scheduler_config.get("num_train_timesteps", 1000)))
+        max_steps = min(model_settings.MAX_STEPS, max_inference_steps(components.scheduler_config))
         self.declared = capabilities.declare(self.defaults, max_images, max_steps)
         self.encoder = ThreadPoolExecutor(max_workers=ENCODER_THREADS, thread_name_prefix="sdserve-encoder")
 

@@ -25,7 +25,8 @@ README_HINT = 'see README "Serving real weights"'
 KNOWN_VERSIONS = ("1.5", "2.1", "xl-1.0")
 MAX_SEED = 2**64 - 1
 MAX_IMAGE_SIDE = 4096
-MAX_STEPS = 1000
+# One less than the 1000 training timesteps of every SD model: see max_inference_steps.
+MAX_STEPS = 999
 # Per-request parameters that override the config; the config spells the image size differently.
 REQUEST_OVERRIDES = ("steps", "guidance_scale", "seed", "scheduler", "height", "width")
 

@@ -44,7 +44,7 @@ class TextToImage:
         for name, value in (("height", settings.height), ("width", settings.width)):
             if not isinstance(value, int) or value <= 0 or value % factor != 0:
                 raise ValueError(f"{name} must be a positive multiple of {factor}, got {value!r}")
-        max_steps = int(self.components.scheduler_config.get("num_train_timesteps", 1000))
+        max_steps = schedulers.max_inference_steps(self.components.scheduler_config)
         if not isinstance(settings.steps, int) or not 1 <= settings.steps <= max_steps:
             raise ValueError(f"steps must be an integer from 1 to {max_steps}, got {settings.steps!r}")
         if not math.isfinite(settings.guidance_scale) or settings.guidance_scale < 0:
