@@ -34,7 +34,10 @@ const INFERENCE_ERRORS = {
   413: errorReply('The body, raw or inflated, is larger than the body limit.'),
   500: errorReply('The backend failed while running the request, or exited while running it.'),
   503: errorReply('The model has no ready version, or its queue is full.'),
-  504: errorReply("The request's queue timeout (parameter `timeout`, µs) expired before it ran."),
+  400: errorReply('Malformed request, unknown model, inputs or parameters the model does not take, or a request over '
+    + "the model's cost limits (max_image_pixels, max_request_cost, max_prompt_chars)."),
+  504: errorReply("The request's queue timeout (parameter `timeout`, µs) expired before it ran, or it ran past the "
+    + "model's execution deadline (max_execution_secs)."),
 };
 
 const modelParam = {
@@ -363,6 +366,31 @@ const components = {
 
 const optionalJsonBody = (schema: string) => ({ required: false, content: json(ref(schema)) });
 
+type Operation = { requestBody?: object; responses: Record<string, object> };
+
+/**
+ * The answers of the request guard (request-guard.ts), which runs before every route: 401 without
+ * the API key (`--api-key`), 403 for a restricted API group without its header
+ * (`--http-restricted-api`) or a cross-origin write, 415 for a body that is not JSON (the infer
+ * route also takes application/octet-stream). /playground is public.
+ */
+function withGuardAnswers(paths: Record<string, Record<string, unknown>>): Record<string, Record<string, unknown>> {
+  for (const [path, item] of Object.entries(paths)) {
+    const reply = path.startsWith('/v1/') ? openAiErrorReply : errorReply;
+    for (const operation of Object.values(item).filter((value): value is Operation => (value as Operation).responses !== undefined)) {
+      if (path !== '/playground') {
+        operation.responses[401] ??= reply('The server has an API key (--api-key) and the request does not send it as `Authorization: Bearer <key>`.');
+        operation.responses[403] ??= reply("The route's API group is restricted (--http-restricted-api) and the request lacks its header, "
+          + 'or a write comes from a web page of another origin.');
+      }
+      if (operation.requestBody !== undefined) {
+        operation.responses[415] ??= reply('A body whose Content-Type is not JSON (the infer route also takes application/octet-stream).');
+      }
+    }
+  }
+  return paths;
+}
+
 /** The document. Every route registered by buildHttpServer appears here (HEAD routes are fastify's own for each GET). */
 export const OPENAPI_DOCUMENT = {
   openapi: '3.1.0',
@@ -370,10 +398,10 @@ export const OPENAPI_DOCUMENT = {
     title: 'sdserve HTTP API',
     version: SERVER_VERSION,
     description: 'KServe v2 inference protocol with Triton\'s extensions, an OpenAI-style images API and a web playground. '
-      + 'Bodies are JSON whatever their Content-Type (gzip or deflate Content-Encoding accepted); '
-      + 'a route that does not exist answers 404 with an error body.',
+      + 'Bodies are JSON (gzip or deflate Content-Encoding accepted); a JSON object may have at most 128 members and '
+      + 'JSON may nest 32 levels (400). A route that does not exist answers 404 with an error body.',
   },
-  paths: {
+  paths: withGuardAnswers({
     '/v2/health/live': {
       get: {
         operationId: 'serverLive', summary: 'Liveness: 200 when live, 400 otherwise; empty body.',
@@ -472,7 +500,7 @@ export const OPENAPI_DOCUMENT = {
         responses: { 200: { description: 'The page.', content: { 'text/html': { schema: { type: 'string' } } } } },
       },
     },
-  },
+  }),
   components,
 };
 
