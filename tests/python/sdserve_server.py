@@ -33,6 +33,8 @@ class ServerAddresses:
     http: str
     grpc: str
     metrics: str
+    pid: int = 0
+    """The server process (`node bin/sdserve serve`)."""
 
 
 def make_repository(root: Path, models: dict[str, Path]) -> Path:
@@ -73,7 +75,7 @@ def serving(repository: Path, *extra_args: str, timeout_s: float = 240.0) -> Ite
     try:
         if not started.wait(timeout_s) or len(addresses) != len(SERVICE_LINES):
             raise RuntimeError("server did not start:\n" + "".join(lines))
-        yield ServerAddresses(**addresses)
+        yield ServerAddresses(**addresses, pid=process.pid)
     finally:
         process.terminate()
         try:
