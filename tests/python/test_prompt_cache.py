@@ -10,7 +10,7 @@ import torch
 
 from sdserve_backend.pipelines import TextToImagePipeline, load_components
 from sdserve_backend.pipelines.prompt_cache import PromptCache
-from sdserve_backend.pipelines.text_to_image import MAX_CHARS_PER_TOKEN
+from sdserve_backend.pipelines.prompts import MAX_CHARS_PER_TOKEN, MAX_PROMPT_CHUNKS
 
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
@@ -95,16 +95,21 @@ def test_a_long_prompt_is_cut_before_the_tokenizer_sees_it(variant_components: A
     original = type(tokenizer).__call__
 
     def recording(self: Any, texts: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.extend(len(text) for text in texts)
+        seen.extend(len(text) for text in ([texts] if isinstance(texts, str) else texts))
         return original(self, texts, *args, **kwargs)
 
     limit = tokenizer.model_max_length * MAX_CHARS_PER_TOKEN
     huge = "a castle on a hill " * 500_000
     type(tokenizer).__call__ = recording
     try:
-        long_embedding = pipeline.encode_prompts([huge], [None], classifier_free_guidance=False).positive
-        short_embedding = pipeline.encode_prompts([huge[:limit]], [None], classifier_free_guidance=False).positive
+        long_embedding = pipeline.encode_prompts([huge], [None], classifier_free_guidance=False, chunked=False).positive
+        short_embedding = pipeline.encode_prompts([huge[:limit]], [None], classifier_free_guidance=False, chunked=False).positive
+        seen_unchunked = list(seen)
+        chunked_embedding = pipeline.encode_prompts([huge], [None], classifier_free_guidance=False).positive
     finally:
         type(tokenizer).__call__ = original
-    assert max(seen) <= limit
+    assert 0 < max(seen_unchunked) <= limit
     torch.testing.assert_close(long_embedding, short_embedding, rtol=0, atol=0)
+    # Chunked, it reads only what its most chunks can hold.
+    assert max(seen) <= limit * MAX_PROMPT_CHUNKS
+    assert chunked_embedding.shape[1] == tokenizer.model_max_length * MAX_PROMPT_CHUNKS

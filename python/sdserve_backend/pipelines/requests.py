@@ -15,6 +15,8 @@ class GenerationRequest:
     seed: int
     # One per prompt; None means "no negative prompt" (for SDXL: zero embeddings).
     negative_prompts: list[str | None] | None = None
+    # Prompts longer than CLIP's 75 tokens: chunked and concatenated (True) or cut (False).
+    chunk_prompts: bool = True
 
     def negatives(self) -> list[str | None]:
         return self.negative_prompts if self.negative_prompts is not None else [None] * len(self.prompts)

@@ -84,6 +84,8 @@ class InFlight:
     is_cancelled: Callable[[], bool]
     # Send a preview image with every `preview_every`-th step's progress (0: never).
     preview_every: int = 0
+    # Requests with equal keys may share UNet calls (the task's `batch_key`, computed once).
+    batch_key: Hashable = None
     # The last step told to `on_step`.
     reported: int = 0
     # Set by the engine thread when it admits the request (`_prepare`).
@@ -102,9 +104,6 @@ class InFlight:
     def size(self) -> tuple[int, int]:
         return (self.settings.height, self.settings.width)
 
-    @property
-    def batch_key(self) -> Hashable:
-        return self.task.batch_key(self.request, self.settings)
 
 
 class StepBatcher:
@@ -150,7 +149,8 @@ class StepBatcher:
         """
         task = task if task is not None else self.pipeline.task
         task.check(request, settings)
-        item = InFlight(next(self._keys), task, request, settings, on_done, on_step, is_cancelled, preview_every)
+        item = InFlight(next(self._keys), task, request, settings, on_done, on_step, is_cancelled, preview_every,
+                        batch_key=task.batch_key(request, settings))
         with self._wake:
             if self._closing:
                 raise RuntimeError("the step batcher is closed")

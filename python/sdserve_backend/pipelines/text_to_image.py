@@ -9,7 +9,7 @@ by request, so the three give the same image for the same request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -68,10 +68,14 @@ class TextToImagePipeline:
         # 2. Prepare each request: its conditioning, its own scheduler, its latents from its seed
         states = [self.task.prepare(request, settings) for request in requests]
 
-        # 3. Denoise all of them together, one UNet call per step
+        # 3. Denoise them together, one UNet call per step for each group that can share one
+        groups: dict[Hashable, list[DenoisingState]] = {}
+        for request, state in zip(requests, states, strict=True):
+            groups.setdefault(self.task.batch_key(request, settings), []).append(state)
         reported = 0
         while not all(state.done for state in states):
-            self.denoise_batch(states)
+            for group in groups.values():
+                self.denoise_batch(group)
             step = states[0].completed_steps(settings.steps)
             if on_step is not None and step > reported:
                 reported = step
@@ -89,10 +93,14 @@ class TextToImagePipeline:
             self.task.check(request, settings)
 
     def encode_prompts(
-        self, prompts: list[str], negative_prompts: list[str | None], classifier_free_guidance: bool
+        self,
+        prompts: list[str],
+        negative_prompts: list[str | None],
+        classifier_free_guidance: bool,
+        chunked: bool = True,
     ) -> PromptEmbeddings:
         """Text embeddings for `prompts`, plus those of the negatives when guidance is on."""
-        return self.task.encode_prompts(prompts, negative_prompts, classifier_free_guidance)
+        return self.task.encode_prompts(prompts, negative_prompts, classifier_free_guidance, chunked)
 
     def denoise_batch(self, states: Sequence[DenoisingState]) -> None:
         """One step of each of `states`, with one UNet call for all (`denoise.denoise_step`)."""

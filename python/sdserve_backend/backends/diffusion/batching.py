@@ -34,6 +34,8 @@ class Job:
     settings: GenerationSettings
     # The file format its images are also sent in; None: the raw pixels only.
     encoding: OutputEncoding | None = None
+    # What the client should know about how its request was read (a prompt cut, say).
+    warnings: tuple[str, ...] = ()
 
 
 # Per job: its images (uint8 [B, H, W, 3]) or the error to answer it with.

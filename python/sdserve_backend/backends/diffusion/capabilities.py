@@ -42,6 +42,7 @@ def declare(defaults: ModelDefaults, max_images: int, max_steps: int) -> dict[st
         "preview": {"type": ["boolean", "integer"], "minimum": 0, "default": False},
         "output_format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": OUTPUT_FORMATS[0]},
         "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "default": DEFAULT_COMPRESSION},
+        "prompt_chunking": {"type": "boolean", "default": defaults.prompt_chunking},
     }
     return {
         "tasks": list(TASKS),

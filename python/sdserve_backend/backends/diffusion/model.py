@@ -184,7 +184,10 @@ class TritonPythonModel:
         if job.encoding is not None:
             files = [encode_image(image, job.encoding, self._info(job, index)) for index, image in enumerate(outcome)]
             outputs.append(pb_utils.Tensor(ENCODED_OUTPUT_NAME, np.array(files, dtype=np.object_).reshape(-1, 1)))
-        return pb_utils.InferenceResponse(output_tensors=outputs, parameters={"seed": job.request.seed})
+        parameters: dict[str, Any] = {"seed": job.request.seed}
+        if job.warnings:
+            parameters["warning"] = "; ".join(job.warnings)
+        return pb_utils.InferenceResponse(output_tensors=outputs, parameters=parameters)
 
     def _info(self, job: Job, index: int) -> GenerationInfo:
         request, settings = job.request, job.settings
@@ -226,10 +229,18 @@ class TritonPythonModel:
             encoding = model_settings.read_output_encoding(
                 request.parameters(), ENCODED_OUTPUT_NAME in _requested_output_names(request)
             )
+            chunk_prompts = model_settings.read_prompt_chunking(request.parameters(), self.defaults.prompt_chunking)
         except ValueError as error:
             return error
-        generation = GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None)
-        return Job(generation, settings, encoding)
+        generation = GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None,
+                                       chunk_prompts=chunk_prompts)
+        warnings: tuple[str, ...] = ()
+        if not chunk_prompts:
+            cut = self.pipeline.prompt_encoder.truncated_prompts(prompts + [text for text in negatives or [] if text])
+            if cut:
+                warnings = (f"{len(cut)} prompt(s) longer than CLIP's 75 tokens were cut to their first 75 tokens "
+                            "(prompt_chunking is false)",)
+        return Job(generation, settings, encoding, warnings)
 
 
 def _requested_output_names(request: Any) -> list[str]:

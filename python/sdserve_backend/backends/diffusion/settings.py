@@ -44,6 +44,7 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "weights_config": "the local diffusers config folder a single-file checkpoint needs",
     "step_batching": "true: requests join and leave the UNet batch per step; false: whole requests",
     "prompt_cache_size": "how many prompts' text embeddings are kept for reuse",
+    "prompt_chunking": "default of the request parameter: true: prompts over CLIP's 75 tokens are chunked; false: cut",
     "force_engine_build": "true: rebuild the GPU engine at load",
     "engine_compile": "true: torch.compile the UNet into the GPU engine",
     "engine_cache_dir": "where this model's GPU engine is kept (absolute, or relative to the server's --engine-cache-dir)",
@@ -86,6 +87,8 @@ class ModelDefaults:
     step_batching: bool = True
     # How many prompts' text embeddings are kept for reuse (0: none).
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE
+    # Prompts over CLIP's 75 tokens: chunked (True) or cut with a warning (False).
+    prompt_chunking: bool = True
 
 
 def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
@@ -118,6 +121,7 @@ def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) 
         weights_config=str(parameters.get("weights_config", "")).strip(),
         step_batching=parse_bool("step_batching", parameters.get("step_batching", ""), True, source),
         prompt_cache_size=parse_prompt_cache_size(parameters.get("prompt_cache_size", ""), source),
+        prompt_chunking=parse_bool("prompt_chunking", parameters.get("prompt_chunking", ""), True, source),
     )
 
 
@@ -162,6 +166,12 @@ def read_preview_every(parameters_json: str) -> int:
     if isinstance(value, int) and value >= 0:
         return value
     raise ValueError(f"parameter 'preview' must be true, false or a non-negative number of steps, got {value!r}")
+
+
+def read_prompt_chunking(parameters_json: str, default: bool) -> bool:
+    """The request parameter `prompt_chunking` (a boolean), else the config's default."""
+    value = json.loads(parameters_json or "{}").get("prompt_chunking")
+    return parse_bool("prompt_chunking", value, default, "parameter")
 
 
 def read_output_encoding(parameters_json: str, encoded_output_requested: bool) -> OutputEncoding | None:
