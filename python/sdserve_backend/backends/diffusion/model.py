@@ -182,7 +182,11 @@ class TritonPythonModel:
         assert isinstance(job, Job)
         outputs = [pb_utils.Tensor(OUTPUT_NAME, outcome)]
         if job.encoding is not None:
-            files = [encode_image(image, job.encoding, self._info(job, index)) for index, image in enumerate(outcome)]
+            try:
+                files = [encode_image(image, job.encoding, self._info(job, index)) for index, image in enumerate(outcome)]
+            except Exception as error:  # noqa: BLE001 - the request must still get its final answer
+                pb_utils.Logger.log_error(f"encoding images as {job.encoding.format} failed: {error!r}")
+                return _error_response(RuntimeError(f"encoding the images as {job.encoding.format} failed: {error}"))
             outputs.append(pb_utils.Tensor(ENCODED_OUTPUT_NAME, np.array(files, dtype=np.object_).reshape(-1, 1)))
         parameters: dict[str, Any] = {"seed": job.request.seed}
         if job.warnings:
