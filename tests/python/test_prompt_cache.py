@@ -30,10 +30,10 @@ def test_repeated_prompts_skip_the_text_encoder_and_embed_as_before(variant_comp
     uncached = TextToImagePipeline(variant_components, prompt_cache_size=0)
     rows = count_encoded_rows(variant_components.text_encoder)
     try:
-        first = cached.encode_prompts(["a cat", "a dog"], [None, None], classifier_free_guidance=True)
-        second = cached.encode_prompts(["a dog", "a bird", "a dog"], [None, "blurry", None], classifier_free_guidance=True)
+        first = cached.prompt_encoder.encode(["a cat", "a dog"], [None, None], classifier_free_guidance=True)
+        second = cached.prompt_encoder.encode(["a dog", "a bird", "a dog"], [None, "blurry", None], classifier_free_guidance=True)
         encoded_by_cache = list(rows)
-        expected = uncached.encode_prompts(["a dog", "a bird", "a dog"], [None, "blurry", None], classifier_free_guidance=True)
+        expected = uncached.prompt_encoder.encode(["a dog", "a bird", "a dog"], [None, "blurry", None], classifier_free_guidance=True)
     finally:
         variant_components.text_encoder._forward_hooks.clear()
 
@@ -102,10 +102,10 @@ def test_a_long_prompt_is_cut_before_the_tokenizer_sees_it(variant_components: A
     huge = "a castle on a hill " * 500_000
     type(tokenizer).__call__ = recording
     try:
-        long_embedding = pipeline.encode_prompts([huge], [None], classifier_free_guidance=False, chunked=False).positive
-        short_embedding = pipeline.encode_prompts([huge[:limit]], [None], classifier_free_guidance=False, chunked=False).positive
+        long_embedding = pipeline.prompt_encoder.encode([huge], [None], classifier_free_guidance=False, chunked=False).positive
+        short_embedding = pipeline.prompt_encoder.encode([huge[:limit]], [None], classifier_free_guidance=False, chunked=False).positive
         seen_unchunked = list(seen)
-        chunked_embedding = pipeline.encode_prompts([huge], [None], classifier_free_guidance=False).positive
+        chunked_embedding = pipeline.prompt_encoder.encode([huge], [None], classifier_free_guidance=False).positive
     finally:
         type(tokenizer).__call__ = original
     assert 0 < max(seen_unchunked) <= limit

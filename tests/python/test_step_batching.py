@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from sdserve_backend.backends.diffusion.model import TritonPythonModel
 from sdserve_backend.pipelines.components import DiffusionComponents
+from sdserve_backend.pipelines.prompts import PromptEncoder
 from sdserve_backend.pipelines.tasks.text_to_image import TextToImage
 from sdserve_backend.pipelines import (
     GenerationRequest,
@@ -150,20 +151,20 @@ def test_a_cancelled_request_leaves_at_the_next_step_and_the_others_finish(sd_ru
     assert calls_with == {staying_key: 4, leaving_key: 2, never_key: 0}
 
 
-class EncoderFailingOn(TextToImage):
-    """The text-to-image task, with a text encoder that fails on one prompt."""
+class EncoderFailingOn(PromptEncoder):
+    """The prompt encoder, with a text encoder that fails on one prompt."""
 
     FAILING_PROMPT = "the prompt that fails"
 
-    def encode_prompts(self, prompts, negative_prompts, classifier_free_guidance):  # type: ignore[no-untyped-def]
+    def encode(self, prompts, negative_prompts, classifier_free_guidance, chunked=True):  # type: ignore[no-untyped-def]
         if self.FAILING_PROMPT in prompts:
             raise RuntimeError("the text encoder failed")
-        return super().encode_prompts(prompts, negative_prompts, classifier_free_guidance)
+        return super().encode(prompts, negative_prompts, classifier_free_guidance, chunked)
 
 
 def failing_pipeline(components: DiffusionComponents) -> TextToImagePipeline:
     pipeline = TextToImagePipeline(components)
-    pipeline.task = EncoderFailingOn(components, pipeline.prompt_encoder)
+    pipeline.task = TextToImage(components, EncoderFailingOn(components))
     return pipeline
 
 

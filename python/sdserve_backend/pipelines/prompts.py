@@ -8,7 +8,7 @@ Automatic1111 and compel do; the UNet's cross-attention takes any sequence lengt
 a run is brought to the same number of chunks (the negatives too) with chunks of the empty prompt.
 SDXL's pooled embedding comes from the first chunk. Without chunking a long prompt is cut to its
 first 75 tokens, and `truncated_prompts` tells which were, so that the caller can say so. A prompt
-takes at most MAX_PROMPT_CHUNKS chunks (`too_long` tells which do not fit, for the task's checks).
+takes at most MAX_PROMPT_CHUNKS chunks; `too_long` tells which are cut to those.
 """
 
 from __future__ import annotations

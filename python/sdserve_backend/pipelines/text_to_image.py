@@ -92,16 +92,6 @@ class TextToImagePipeline:
         for request in requests:
             self.task.check(request, settings)
 
-    def encode_prompts(
-        self,
-        prompts: list[str],
-        negative_prompts: list[str | None],
-        classifier_free_guidance: bool,
-        chunked: bool = True,
-    ) -> PromptEmbeddings:
-        """Text embeddings for `prompts`, plus those of the negatives when guidance is on."""
-        return self.task.encode_prompts(prompts, negative_prompts, classifier_free_guidance, chunked)
-
     def denoise_batch(self, states: Sequence[DenoisingState]) -> None:
         """One step of each of `states`, with one UNet call for all (`denoise.denoise_step`)."""
         denoise_step(self.components.unet, states)

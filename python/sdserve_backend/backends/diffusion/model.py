@@ -29,6 +29,7 @@ from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.batching import Job, run_jobs
 from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
 from sdserve_backend.image_encoding import GenerationInfo, encode_image
+from sdserve_backend.pipelines.prompts import MAX_PROMPT_CHUNKS
 from sdserve_backend.pipelines import (
     GenerationRequest,
     RequestCancelled,
@@ -238,13 +239,20 @@ class TritonPythonModel:
             return error
         generation = GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None,
                                        chunk_prompts=chunk_prompts)
-        warnings: tuple[str, ...] = ()
-        if not chunk_prompts:
-            cut = self.pipeline.prompt_encoder.truncated_prompts(prompts + [text for text in negatives or [] if text])
-            if cut:
-                warnings = (f"{len(cut)} prompt(s) longer than CLIP's 75 tokens were cut to their first 75 tokens "
-                            "(prompt_chunking is false)",)
-        return Job(generation, settings, encoding, warnings)
+        return Job(generation, settings, encoding, self._prompt_warnings(generation))
+
+    def _prompt_warnings(self, request: GenerationRequest) -> tuple[str, ...]:
+        """What the client should know of its prompts being cut: never done silently."""
+        encoder = self.pipeline.prompt_encoder
+        texts = request.prompts + [text for text in request.negatives() if text]
+        if not request.chunk_prompts:
+            cut = encoder.truncated_prompts(texts)
+            return (f"{len(cut)} prompt(s) longer than CLIP's 75 tokens were cut to their first 75 tokens "
+                    "(prompt_chunking is false)",) if cut else ()
+        cut = encoder.too_long(texts)
+        tokens = MAX_PROMPT_CHUNKS * 75
+        return (f"{len(cut)} prompt(s) longer than {tokens} tokens ({MAX_PROMPT_CHUNKS} chunks of 75) were cut "
+                f"to their first {tokens} tokens",) if cut else ()
 
 
 def _requested_output_names(request: Any) -> list[str]:

@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from sdserve_backend.pipelines import schedulers
 from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.denoise import DenoisingState, start_denoising
-from sdserve_backend.pipelines.prompts import MAX_PROMPT_CHUNKS, PromptEmbeddings, PromptEncoder
+from sdserve_backend.pipelines.prompts import PromptEncoder
 from sdserve_backend.pipelines.requests import MAX_SEED, GenerationRequest, GenerationSettings
 from sdserve_backend.pipelines.vae import decode_latents
 
@@ -61,11 +61,6 @@ class TextToImage:
             )
         if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {request.seed!r}")
-        if request.chunk_prompts and self.prompt_encoder.too_long([*request.prompts, *(n or "" for n in request.negatives())]):
-            raise ValueError(
-                f"prompt is longer than the {MAX_PROMPT_CHUNKS * 75} tokens this model reads ({MAX_PROMPT_CHUNKS} chunks "
-                "of 75); shorten it, or set prompt_chunking false to use its first 75 tokens"
-            )
 
     def batch_key(self, request: GenerationRequest, settings: GenerationSettings) -> Hashable:
         # Rows of one UNet call share the latent size and the length of the text conditioning
@@ -83,7 +78,7 @@ class TextToImage:
     def prepare(self, request: GenerationRequest, settings: GenerationSettings) -> DenoisingState:
         """The request's prompt embeddings, its own scheduler and its latents from its own seed."""
         # 1. Encode the prompts
-        embeddings = self.encode_prompts(
+        embeddings = self.prompt_encoder.encode(
             request.prompts, request.negatives(), settings.uses_classifier_free_guidance, request.chunk_prompts
         )
         # 2. Prepare the scheduler and its timesteps
@@ -115,15 +110,6 @@ class TextToImage:
 
     # -----------------------------------------------------------------------------------------
     # Stages
-
-    def encode_prompts(
-        self,
-        prompts: list[str],
-        negative_prompts: list[str | None],
-        classifier_free_guidance: bool,
-        chunked: bool = True,
-    ) -> PromptEmbeddings:
-        return self.prompt_encoder.encode(prompts, negative_prompts, classifier_free_guidance, chunked)
 
     def make_scheduler(self, settings: GenerationSettings) -> SchedulerMixin:
         """A fresh scheduler for one request, its timesteps set for `settings.steps`."""
