@@ -94,7 +94,7 @@ def test_the_model_declares_its_tasks_batching_and_parameters_with_the_configs_d
     assert declared["batching"] == "request"
     assert declared["max_images"] == 4
     parameters = declared["parameters"]
-    assert parameters["steps"] == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2}
+    assert parameters["steps"] == {"type": "integer", "minimum": 1, "maximum": 999, "default": 2}
     assert parameters["guidance_scale"] == {"type": "number", "minimum": 0, "default": 6.5}
     assert parameters["seed"]["default"] == 3 and parameters["seed"]["maximum"] == 2**64 - 1
     assert parameters["height"] == {"type": "integer", "minimum": 8, "maximum": 4096, "multiple_of": 8, "default": 64}
