@@ -2,7 +2,8 @@ import { pino } from 'pino';
 import { PinoPretty } from 'pino-pretty';
 
 export interface Logger {
-  info(message: string): void;
+  /** `fields` go into a JSON line as they are (`--log-format json`); readable lines show the message. */
+  info(message: string, fields?: object): void;
   warn(message: string): void;
   error(message: string): void;
   debug(message: string): void;
@@ -20,7 +21,7 @@ export function createLogger(verbosity = 0, format: LogFormat = 'default'): Logg
     : PinoPretty({ destination: 2, sync: true, colorize: false, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' });
   const log = pino({ level: verbosity > 0 ? 'debug' : 'info' }, destination);
   return {
-    info: (m) => log.info(m),
+    info: (m, fields) => (fields === undefined ? log.info(m) : log.info(fields, m)),
     warn: (m) => log.warn(m),
     error: (m) => log.error(m),
     debug: (m) => log.debug(m),

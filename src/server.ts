@@ -54,7 +54,8 @@ export interface ServerOptions {
   grpcMaxConnections?: number;
   logger: Logger;
   /** Where the start-up lines (model table, service addresses) go. */
-  print: (line: string) => void;
+  /** Start-up output: the model table (with its rows as `fields`) and the listening lines. */
+  print: (line: string, fields?: object) => void;
 }
 
 export interface RunningServer {
@@ -95,9 +96,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   await models.start(options.modelControlMode, options.loadModels);
   if (options.modelControlMode === 'poll') models.startPolling(options.repositoryPollSecs * 1000);
   const rows = models.attemptedStatuses();
-  options.print(formatModelTable(rows));
+  options.print(formatModelTable(rows), { models: rows });
   const core = new DataPlane(models);
-  if (options.exitOnError && rows.some((row) => row.state !== 'READY')) {
+  if (options.exitOnError && (rows.some((row) => row.state !== 'READY') || models.startFailures.length > 0)) {
     await core.shutdown();
     throw new Error('failed to load all models');
   }

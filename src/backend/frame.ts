@@ -71,6 +71,11 @@ export class FrameDecoder {
   private buffered = 0;
   /** Bytes still to drop of a frame too large to buffer. */
   private skipping = 0;
+  /**
+   * A frame that spans chunks, filled as they arrive: copying each chunk once on arrival keeps
+   * a large frame (a batch of images) from costing one long copy on the event loop at its end.
+   */
+  private assembling: { frame: Buffer; filled: number } | undefined;
 
   constructor(
     private readonly handlers: FrameHandlers,
@@ -79,6 +84,17 @@ export class FrameDecoder {
 
   push(chunk: Buffer): void {
     let rest = chunk;
+    if (this.assembling !== undefined) {
+      const { frame, filled } = this.assembling;
+      const used = rest.copy(frame, filled);
+      rest = rest.subarray(used);
+      if (filled + used < frame.length) {
+        this.assembling.filled = filled + used;
+        return;
+      }
+      this.assembling = undefined;
+      this.parse(frame);
+    }
     if (this.skipping > 0) {
       const dropped = Math.min(this.skipping, rest.length);
       this.skipping -= dropped;
@@ -99,14 +115,20 @@ export class FrameDecoder {
         this.skipping = length - dropped;
         continue;
       }
-      if (this.buffered < 4 + length) return;
+      if (this.buffered < 4 + length) {
+        const filled = this.buffered;
+        const frame = Buffer.allocUnsafe(4 + length);
+        this.take(filled).copy(frame);
+        this.assembling = { frame, filled };
+        return;
+      }
       this.parse(this.take(4 + length));
     }
   }
 
   /** Bytes received but not yet part of a complete frame. */
   get pendingBytes(): number {
-    return this.buffered;
+    return this.buffered + (this.assembling?.filled ?? 0);
   }
 
   private parse(bytes: Buffer): void {

@@ -8,8 +8,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import type { InferRequest, InferResponse, Parameters, Tensor } from '../core/types.js';
-import { encodeBytesElements, inferOverHttp } from './client-http.js';
+import type { InferRequest, InferResponse, Parameters } from '../core/types.js';
+import { toInferRequest, type ImageModel } from '../protocol/generation/index.js';
+import { inferOverHttp } from './client-http.js';
 import { ImageWriterPool } from './client-image-writer.js';
 import { decodePngToRgb, generateOverSse } from './client-stream.js';
 import { parseServerUrl } from './client-options.js';
@@ -186,20 +187,14 @@ function summaryRecord(summary: ClientSummary, options: ClientOptions): Record<s
   };
 }
 
-/** One request: B copies of the prompt plus any generation parameters given. */
+/** One request: B copies of the prompt plus any generation parameters given, as the server's generate routes map them. */
 export function buildInferRequest(
   options: Omit<ClientOptions, 'steps'> & { steps?: number }, batchSize: number,
 ): InferRequest {
-  const promptTensor = (name: string, text: string): Tensor => ({
-    name,
-    datatype: 'BYTES',
-    shape: [batchSize, 1],
-    data: encodeBytesElements(new Array<string>(batchSize).fill(text)),
-  });
-  const inputs = [promptTensor('prompt', options.prompt ?? DEFAULT_PROMPT)];
-  if (options.negativePrompt !== undefined) {
-    inputs.push(promptTensor('negative_prompt', options.negativePrompt));
-  }
+  // The client saves pixels itself, so it asks for the image output whatever the model encodes.
+  const model: ImageModel = {
+    name: options.model ?? DEFAULT_MODEL, hasNegativePrompt: true, batched: true, imageOutput: IMAGE_OUTPUT, maxImages: batchSize,
+  };
   const candidates: Record<string, string | number | undefined> = {
     steps: options.steps,
     seed: options.seed,
@@ -212,12 +207,11 @@ export function buildInferRequest(
   for (const [name, value] of Object.entries(candidates)) {
     if (value !== undefined) parameters[name] = value;
   }
-  return {
-    model_name: options.model ?? DEFAULT_MODEL,
-    inputs,
-    outputs: [{ name: IMAGE_OUTPUT }],
+  return toInferRequest(model, {
+    prompts: new Array<string>(batchSize).fill(options.prompt ?? DEFAULT_PROMPT),
+    ...(options.negativePrompt !== undefined && { negativePrompts: [options.negativePrompt] }),
     parameters,
-  };
+  });
 }
 
 async function runOneClient(run: ResolvedRun, client: number): Promise<ClientResult> {

@@ -172,6 +172,11 @@ export function registerServeCommand(program: Command): void {
       };
       const httpRestrictions = restriction(options.httpRestrictedApi, '--http-restricted-api');
       const grpcRestrictions = restriction([...options.grpcRestrictedProtocol, ...options.grpcRestrictedApi], '--grpc-restricted-protocol');
+      const logger = createLogger(options.logVerbose, options.logFormat);
+      // With --log-format json every line is JSON: the model table, start and stop lines included.
+      const say = options.logFormat === 'json'
+        ? (line: string, fields?: object) => logger.info(line, fields)
+        : (line: string) => { process.stdout.write(`${line}\n`); };
       const server = await startServer({
         ...tlsFiles(options),
         httpAccess: { ...(apiKey !== undefined && { apiKey }), restrictions: httpRestrictions },
@@ -202,20 +207,20 @@ export function registerServeCommand(program: Command): void {
         backendLoadTimeoutMs: options.backendLoadTimeout * 1000,
         backendDirectories: options.backendDirectory,
         allowedPaths: options.allowedPath,
-        logger: createLogger(options.logVerbose, options.logFormat),
-        print: (line) => process.stdout.write(`${line}\n`),
+        logger,
+        print: say,
       });
       const shutdown = (signal: string) => {
         const inFlight = server.core.requestsInFlight;
-        process.stdout.write(`Shutting down (${signal}): not ready, refusing new requests; waiting up to ${options.exitTimeoutSecs} s `
-          + `for ${inFlight} request(s) in flight\n`);
+        say(`Shutting down (${signal}): not ready, refusing new requests; waiting up to ${options.exitTimeoutSecs} s `
+          + `for ${inFlight} request(s) in flight`);
         // A backend that ignores cancellation must not hold the exit forever.
         const hardStop = () => setTimeout(() => process.exit(1), STOP_GRACE_MS + 5_000).unref();
         const exitTimer = setTimeout(hardStop, options.exitTimeoutSecs * 1000).unref();
         void server.drainAndClose(options.exitTimeoutSecs * 1000).then((drained) => {
           clearTimeout(exitTimer);
-          if (!drained) process.stdout.write(`Exit timeout of ${options.exitTimeoutSecs} s expired with requests in flight; they were aborted\n`);
-          process.stdout.write('Server stopped\n');
+          if (!drained) say(`Exit timeout of ${options.exitTimeoutSecs} s expired with requests in flight; they were aborted`);
+          say('Server stopped');
           process.exit(drained ? 0 : 1);
         }, (err: unknown) => {
           process.stderr.write(`shutdown failed: ${String(err)}\n`);

@@ -1,4 +1,5 @@
 import { SdserveError } from '../errors.js';
+import type { CapabilitiesMeta } from '../backend/messages.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import { toKServeDatatype } from './datatypes.js';
 import type { InferenceCore } from './inference-core.js';
@@ -62,6 +63,10 @@ export class DataPlane implements InferenceCore {
 
   modelConfig(name: string, version?: string): ModelConfig {
     return this.models.resolve(name, version).config;
+  }
+
+  modelCapabilities(name: string, version?: string): CapabilitiesMeta | undefined {
+    return this.models.resolve(name, version).capabilities;
   }
 
   /** 1. refuse while draining  2. resolve the model  3. bound its cost  4. validate against its config, queue, await the result. */

@@ -1,3 +1,4 @@
+import type { CapabilitiesMeta } from '../backend/messages.js';
 import type { ModelStatistics } from './statistics.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import type {
@@ -18,6 +19,8 @@ export interface InferenceCore {
   isModelReady(name: string, version?: string): boolean;
   modelMetadata(name: string, version?: string): ModelMetadata;
   modelConfig(name: string, version?: string): ModelConfig;
+  /** What the model's backend declared it takes; undefined for models that declare nothing. */
+  modelCapabilities(name: string, version?: string): CapabilitiesMeta | undefined;
   /**
    * Resolves when the response is complete; `signal` aborts a request the client gave up on;
    * `onProgress` hears of each denoising step of backends that report them.

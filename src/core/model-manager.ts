@@ -28,6 +28,8 @@ export class ModelManager {
   /** Each model's loads and unloads run one after another, in the order they were asked for. */
   private readonly lifecycles = new Map<string, Promise<unknown>>();
   private mode: ModelControlMode = 'none';
+  /** Why each startup model that failed to load failed (a name not in the repository included). */
+  readonly startFailures: string[] = [];
   private pollTimer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | undefined;
 
@@ -46,6 +48,7 @@ export class ModelManager {
     const names = loadAll ? entries.map((e) => e.name) : startupModels;
     await Promise.all(names.map((name) => this.loadModel(name).catch((err: Error) => {
       this.runtime.logger.error(err.message);
+      this.startFailures.push(err.message);
     })));
   }
 
@@ -127,7 +130,11 @@ export class ModelManager {
       return served;
     }
     const ready = [...record.versions.values()].filter((s) => s.state === 'READY').sort((a, b) => b.version - a.version);
-    if (ready.length === 0) throw notReady(name);
+    if (ready.length === 0) {
+      // Say why, so a client asking for a model whose load failed hears the load's reason.
+      const failed = [...record.versions.values()].find((s) => s.state === 'UNAVAILABLE' && s.reason !== '' && s.reason !== 'unloaded');
+      throw notReady(name, undefined, true, failed?.reason);
+    }
     return ready[0];
   }
 
@@ -193,9 +200,12 @@ export class ModelManager {
    * point leaves the served versions serving, as in Triton.
    */
   private async doLoad(name: string, configOverride?: string): Promise<void> {
-    const entry = (await this.scan()).find((e) => e.name === name);
+    const entries = await this.scan();
+    const entry = entries.find((e) => e.name === name);
     if (!entry) {
-      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to load '${name}', failed to poll from model repository`);
+      const names = entries.map((e) => e.name).sort();
+      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to load '${name}': no model of that name in the repository`
+        + `${names.length > 0 ? `; models there: ${names.join(', ')}` : ' (it holds no models)'}`);
     }
     const record: ModelRecord = this.records.get(name) ?? { entry, versions: new Map(), reason: '' };
     this.records.set(name, record);

@@ -132,6 +132,7 @@ export class ServedModel {
   async infer(request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback): Promise<InferResponse> {
     const startNs = process.hrtime.bigint();
     const elapsedNs = () => Number(process.hrtime.bigint() - startNs);
+    const internalId = `sdserve-${nextRequestNumber++}`;
     try {
       const batchSize = validateRequest(request, this.config);
       const { priority, timeout, ...sent } = request.parameters;
@@ -140,7 +141,7 @@ export class ServedModel {
         ...request,
         // Unique, so that cancelling one request never touches another client's of the same id;
         // the data plane answers with the client's own id.
-        id: `sdserve-${nextRequestNumber++}`,
+        id: internalId,
         model_version: String(this.version),
         parameters,
       };
@@ -149,11 +150,20 @@ export class ServedModel {
         onProgress: onProgress && progressReporter(onProgress),
       });
       this.stats.recordSuccess(batchSize, elapsedNs(), result.queueNs, result.computeNs);
+      this.logAccess(request, internalId, 'OK', result.queueNs, result.computeNs);
       return result.response;
     } catch (err) {
       this.stats.recordFailure(elapsedNs());
+      this.logAccess(request, internalId, err instanceof SdserveError ? err.code : 'SDS_ERR_INTERNAL');
       throw err;
     }
+  }
+
+  /** `--log-verbose 1`: one line per request. */
+  private logAccess(request: InferRequest, internalId: string, status: string, queueNs?: number, computeNs?: number): void {
+    const ms = (ns: number | undefined) => (ns === undefined ? '-' : (ns / 1e6).toFixed(1));
+    this.runtime.logger.debug(`request ${request.id || '-'} (${internalId}) model ${this.config.name} version ${this.version}: `
+      + `${status}, queue ${ms(queueNs)} ms, compute ${ms(computeNs)} ms`);
   }
 
   private instanceSpecs(): Array<{ label: string; args: Record<string, string>; env: Record<string, string> }> {
@@ -257,8 +267,10 @@ function schedulerPolicy(config: ModelConfig): SchedulerPolicy {
 }
 
 /** Triton's answers for a known model: no ready version, the version asked for absent, or not ready. */
-export function notReady(name: string, version?: string, exists = true): SdserveError {
-  if (!version) return new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: '${name}' has no available versions`);
+export function notReady(name: string, version?: string, exists = true, reason?: string): SdserveError {
+  if (!version) {
+    return new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: '${name}' has no available versions${reason ? `: ${reason}` : ''}`);
+  }
   return exists
     ? new SdserveError('SDS_ERR_MODEL_NOT_READY', `Request for unknown model: '${name}' version ${version} is not at ready state`)
     : new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: '${name}' version ${version} is not found`);

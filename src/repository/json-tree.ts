@@ -51,3 +51,35 @@ function jsonKind(value: unknown): string {
   if (Array.isArray(value)) return 'an array';
   return `a ${typeof value}`;
 }
+
+export interface MapEntryJson {
+  key: unknown;
+  value: unknown;
+}
+
+const TRUE_NAMES = new Set(['true', 'True', 't']);
+const FALSE_NAMES = new Set(['false', 'False', 'f']);
+
+/**
+ * A parsed value as protobuf JSON, without the schema: a field written more than once, or in
+ * `[...]`, becomes an array; text-format booleans (`True`, `t`) become JSON booleans; other
+ * identifiers (enum names) stay strings.
+ */
+export function valueToJson(value: PbtxtValue): unknown {
+  switch (value.kind) {
+    case 'message': {
+      const object: Record<string, unknown> = {};
+      const repeated = new Set(value.fields.filter((f, i) => f.inList || value.fields.findIndex((g) => g.name === f.name) !== i).map((f) => f.name));
+      for (const field of value.fields) {
+        const json = valueToJson(field.value);
+        if (repeated.has(field.name)) object[field.name] = [...((object[field.name] as unknown[] | undefined) ?? []), json];
+        else object[field.name] = json;
+      }
+      return object;
+    }
+    case 'integer': return Number.isSafeInteger(Number(value.value)) ? Number(value.value) : String(value.value);
+    case 'float': return value.value;
+    case 'string': return value.value;
+    default: return TRUE_NAMES.has(value.value) ? true : FALSE_NAMES.has(value.value) ? false : value.value;
+  }
+}

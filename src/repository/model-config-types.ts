@@ -77,4 +77,8 @@ export interface ModelConfig {
   dynamic_batching?: DynamicBatching;
   parameters: Record<string, ModelParameter>;
   default_model_filename: string;
+  /** The parser always fills it (Triton's default: not decoupled). */
+  model_transaction_policy?: { decoupled: boolean };
+  /** Fields sdserve does not act on (optimization, model_warmup, ...), kept as protobuf JSON for the backend. */
+  [passedThrough: string]: unknown;
 }

@@ -1,7 +1,7 @@
 import type {
   InstanceGroup, InstanceKind, ModelConfig, ModelParameter, VersionPolicy,
 } from './model-config-types.js';
-import { jsonToMessage } from './json-tree.js';
+import { jsonToMessage, valueToJson, type MapEntryJson } from './json-tree.js';
 import {
   MessageReader, configError, setMapEntry, type MessageSchema, type ReaderContext,
 } from './message-reader.js';
@@ -25,15 +25,19 @@ const SCHEDULING_CHOICES = ['dynamic_batching', 'sequence_batching', 'ensemble_s
 const MODEL_CONFIG_SCHEMA: MessageSchema = {
   known: [
     'name', 'platform', 'backend', 'version_policy', 'max_batch_size', 'input', 'output',
-    'instance_group', 'dynamic_batching', 'parameters', 'default_model_filename',
+    'instance_group', 'dynamic_batching', 'parameters', 'default_model_filename', 'model_transaction_policy',
   ],
   // Valid ModelConfig fields that sdserve does not act on: accepted so Triton configs load as-is.
   ignored: [
     'runtime', 'batch_input', 'batch_output', 'optimization', 'sequence_batching',
     'ensemble_scheduling', 'cc_model_filenames', 'metric_tags', 'model_warmup', 'model_operations',
-    'model_transaction_policy', 'model_repository_agents', 'response_cache', 'model_metrics',
+    'model_repository_agents', 'response_cache', 'model_metrics',
   ],
 };
+
+/** Repeated fields and maps among the fields passed through; the rest are single messages or values. */
+const REPEATED_FIELDS = new Set(['batch_input', 'batch_output', 'model_warmup']);
+const MAP_FIELDS = new Set(['cc_model_filenames', 'metric_tags']);
 
 const VERSION_POLICY_SCHEMA: MessageSchema = { known: ['latest', 'all', 'specific'] };
 const INSTANCE_GROUP_SCHEMA: MessageSchema = {
@@ -77,7 +81,27 @@ function readModelConfig(tree: PbtxtMessage, context: ReaderContext, modelDirNam
     ...(dynamicBatching ? { dynamic_batching: readDynamicBatching(dynamicBatching, maxBatchSize) } : {}),
     parameters: readParameters(config),
     default_model_filename: config.string('default_model_filename'),
+    model_transaction_policy: {
+      decoupled: config.message('model_transaction_policy', { known: ['decoupled'] })?.bool('decoupled') ?? false,
+    },
+    ...passedThrough(config),
   };
+}
+
+/**
+ * The fields sdserve does not act on, as protobuf JSON: backends get the whole config, as
+ * Triton hands it to `initialize`.
+ */
+function passedThrough(config: MessageReader): Record<string, unknown> {
+  const fields: Record<string, unknown> = {};
+  for (const name of MODEL_CONFIG_SCHEMA.ignored ?? []) {
+    const values = config.values(name).map(({ value }) => valueToJson(value));
+    if (values.length === 0) continue;
+    if (REPEATED_FIELDS.has(name)) fields[name] = values;
+    else if (MAP_FIELDS.has(name)) fields[name] = Object.fromEntries(values.map((entry) => [(entry as MapEntryJson).key, (entry as MapEntryJson).value]));
+    else fields[name] = values.at(-1);
+  }
+  return fields;
 }
 
 /** Triton takes the name from the model folder and refuses a config that names another. */

@@ -2,16 +2,19 @@
  * Triton's generate extension: `POST /v2/models/:model[/versions/:version]/generate` and
  * `/generate_stream`. The body is one flat JSON object: keys naming model inputs are inputs (a
  * string, or a list of them, for a batch), `parameters` and every other key are request
- * parameters. The response names each output: images (UINT8 [B,H,W,3|4]) as base64 PNGs, other
- * tensors as flat lists. `generate_stream` answers with server-sent events: one
- * `{"progress": {...}}` per denoising step (with `preview_png` on the steps the request asked
- * previews for, parameter `preview`), then the response, or `{"error": "..."}`.
+ * parameters. The response names each output: images (UINT8 [B,H,W,3|4]) as base64 files
+ * (PNG, or the request's `output_format` where the backend encodes), other tensors as flat
+ * lists, and the response's parameters, if any. `generate_stream` answers with server-sent
+ * events: one `{"progress": {...}}` per denoising step (with `preview_png` on the steps the
+ * request asked previews for, parameter `preview`), then the response, or `{"error": "..."}`.
  */
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
-import type { InferRequest, InferResponse, Parameters, Tensor } from '../../core/types.js';
+import type { InferProgress, InferRequest, InferResponse, ModelMetadata, Parameters, Tensor } from '../../core/types.js';
 import { invalidArg, toSdserveError } from '../../errors.js';
-import { encodePngImages, isImageBatch } from '../image-encoding.js';
+import {
+  describeImageModel, encodePngPreview, imageFiles, requestEncodedImages, type ImageModel,
+} from '../generation/index.js';
 import { decodeJsonTensorData, encodeJsonTensorData } from '../json-tensor.js';
 import { disconnectSignal } from './disconnect-signal.js';
 import { MODEL_PATHS, type ModelParams } from './model-routes.js';
@@ -24,8 +27,7 @@ const generateBodySchema = { type: 'object' } as const;
  * A generate body as an infer request: 1. inputs from the keys naming model inputs
  * 2. parameters from the rest.
  */
-export function generateInferRequest(core: InferenceCore, params: ModelParams, body: GenerateBody): InferRequest {
-  const metadata = core.modelMetadata(params.model, params.version);
+export function generateInferRequest(metadata: ModelMetadata, params: ModelParams, body: GenerateBody): InferRequest {
   const inputNames = new Set(metadata.inputs.map((i) => i.name));
   const inputs: Tensor[] = metadata.inputs.filter((i) => body[i.name] !== undefined).map((input) => {
     const values = Array.isArray(body[input.name]) ? body[input.name] as unknown[] : [body[input.name]];
@@ -46,14 +48,26 @@ export function generateInferRequest(core: InferenceCore, params: ModelParams, b
   };
 }
 
-function toGenerateResponse(response: InferResponse): Record<string, unknown> {
+/** The request, with the backend asked for encoded images where it makes them, and the model's image facts. */
+function generateRequest(core: InferenceCore, params: ModelParams, body: GenerateBody): { request: InferRequest; image?: ImageModel } {
+  const metadata = core.modelMetadata(params.model, params.version);
+  const request = generateInferRequest(metadata, params, body);
+  const image = describeImageModel(core, params.model, params.version, metadata);
+  return image === undefined ? { request } : { request: requestEncodedImages(image, request), image };
+}
+
+async function toGenerateResponse(response: InferResponse, image: ImageModel | undefined): Promise<Record<string, unknown>> {
   const body: Record<string, unknown> = { model_name: response.model_name, model_version: response.model_version };
   if (response.id) body.id = response.id;
   for (const output of response.outputs) {
-    body[output.name] = isImageBatch(output)
-      ? encodePngImages(output).map((png) => png.toString('base64'))
+    const files = image && await imageFiles(image, output);
+    // Encoded files answer under the image output's name, as PNGs always have.
+    const key = image && output.name === image.encodedOutput ? image.imageOutput : output.name;
+    body[key] = files
+      ? files.map((file) => file.toString('base64'))
       : encodeJsonTensorData(output.name, output.datatype, output.shape, output.data);
   }
+  if (response.parameters) body.parameters = response.parameters;
   return body;
 }
 
@@ -61,27 +75,41 @@ function sendEvent(reply: FastifyReply, data: unknown): void {
   reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
 }
 
+/** Progress events in step order, each preview PNG encoded off the event loop first. */
+function progressEvents(reply: FastifyReply): { onProgress: (progress: InferProgress) => void; flushed: () => Promise<void> } {
+  let queue = Promise.resolve();
+  const onProgress = ({ preview, ...progress }: InferProgress) => {
+    const png = preview && encodePngPreview(preview);
+    queue = queue.then(async () => {
+      const previewPng = png && (await png).toString('base64');
+      sendEvent(reply, { progress: previewPng ? { ...progress, preview_png: previewPng } : progress });
+    }).catch(() => undefined);
+  };
+  return { onProgress, flushed: () => queue };
+}
+
 export function registerGenerateRoutes(app: FastifyInstance, core: InferenceCore): void {
   for (const base of MODEL_PATHS) {
     app.post<{ Params: ModelParams; Body: GenerateBody }>(`${base}/generate`, { schema: { body: generateBodySchema } },
       async (request, reply) => {
-        const inferRequest = generateInferRequest(core, request.params, request.body);
-        return toGenerateResponse(await core.infer(inferRequest, disconnectSignal(reply)));
+        const { request: inferRequest, image } = generateRequest(core, request.params, request.body);
+        return toGenerateResponse(await core.infer(inferRequest, disconnectSignal(reply)), image);
       });
     app.post<{ Params: ModelParams; Body: GenerateBody }>(`${base}/generate_stream`, { schema: { body: generateBodySchema } },
       async (request, reply) => {
-        const inferRequest = generateInferRequest(core, request.params, request.body);
+        const { request: inferRequest, image } = generateRequest(core, request.params, request.body);
         reply.hijack();
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
         // Headers now, not with the first event: a queued request still tells its client it is accepted.
         reply.raw.flushHeaders();
+        const events = progressEvents(reply);
         try {
-          const response = await core.infer(inferRequest, disconnectSignal(reply), ({ preview, ...progress }) => {
-            const png = preview && encodePngImages({ name: 'preview', datatype: 'UINT8', shape: [1, ...preview.shape], data: preview.data })[0];
-            sendEvent(reply, { progress: png ? { ...progress, preview_png: png.toString('base64') } : progress });
-          });
-          sendEvent(reply, toGenerateResponse(response));
+          const response = await core.infer(inferRequest, disconnectSignal(reply), events.onProgress);
+          const body = await toGenerateResponse(response, image);
+          await events.flushed();
+          sendEvent(reply, body);
         } catch (err) {
+          await events.flushed();
           sendEvent(reply, { error: toSdserveError(err).message });
         }
         reply.raw.end();

@@ -1,21 +1,22 @@
 /**
  * OpenAI-style images API over the same core, for clients written against OpenAI's SDKs:
  * `POST /v1/images/generations` (`prompt`, `model`, `n`, `size` "WxH", `response_format`
- * "b64_json", plus sdserve's `negative_prompt`, `steps`, `seed`, `guidance_scale`, `scheduler`)
- * answers `{created, data: [{b64_json}]}` with PNG images; `GET /v1/models` lists the ready
+ * "b64_json", `output_format` png | jpeg | webp, `output_compression` 0-100, plus sdserve's
+ * `negative_prompt`, `steps`, `seed`, `guidance_scale`, `scheduler`) answers
+ * `{created, output_format, data: [{b64_json}]}`; `GET /v1/models` lists the ready
  * text-to-image models. Errors take OpenAI's shape (error-reply.ts).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
-import type { InferResponse, ModelMetadata, Parameters } from '../../core/types.js';
-import { invalidArg, SdserveError } from '../../errors.js';
-import { encodePngImages, isImageBatch } from '../image-encoding.js';
+import { closestName } from '../../core/did-you-mean.js';
+import type { Parameters } from '../../core/types.js';
+import { invalidArg } from '../../errors.js';
+import {
+  chooseImageModel, generateImages, OUTPUT_FORMATS, readyImageModels, type ImageRequest, type OutputFormat,
+} from '../generation/index.js';
 import { disconnectSignal } from './disconnect-signal.js';
 import { sendOpenAiError, sendOpenAiNotFound } from './error-reply.js';
-import { generateInferRequest } from './generate-route.js';
 
-const PROMPT_INPUT = 'prompt';
-const NEGATIVE_PROMPT_INPUT = 'negative_prompt';
 /** OpenAI's own limit on `n`; a model's max_batch_size may allow fewer. */
 const MAX_IMAGES = 10;
 
@@ -25,6 +26,8 @@ interface ImagesBody {
   n?: number;
   size?: string;
   response_format?: 'b64_json' | 'url';
+  output_format?: OutputFormat;
+  output_compression?: number;
   user?: string;
   negative_prompt?: string;
   steps?: number;
@@ -43,6 +46,8 @@ export const imagesBodySchema = {
     n: { type: 'integer', minimum: 1, maximum: MAX_IMAGES },
     size: { type: 'string', pattern: '^(auto|[1-9][0-9]*x[1-9][0-9]*)$' },
     response_format: { enum: ['b64_json', 'url'] },
+    output_format: { enum: [...OUTPUT_FORMATS] },
+    output_compression: { type: 'integer', minimum: 0, maximum: 100 },
     user: { type: 'string' },
     negative_prompt: { type: 'string' },
     steps: { type: 'integer', minimum: 1 },
@@ -63,42 +68,15 @@ async function rejectUnknownFields(request: FastifyRequest): Promise<void> {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) return;  // the schema's to report
   const unknown = Object.keys(body).filter((key) => !IMAGES_FIELDS.includes(key));
   if (unknown.length > 0) {
-    throw invalidArg(`unsupported field${unknown.length > 1 ? 's' : ''} ${unknown.map((key) => `"${key}"`).join(', ')}; `
+    const meant = unknown.map((key) => closestName(key, IMAGES_FIELDS)).filter((name) => name !== undefined);
+    throw invalidArg(`unsupported field${unknown.length > 1 ? 's' : ''} ${unknown.map((key) => `"${key}"`).join(', ')}`
+      + `${meant.length > 0 ? ` (did you mean ${meant.map((name) => `"${name}"`).join(', ')}?)` : ''}; `
       + `supported: ${IMAGES_FIELDS.join(', ')}`);
   }
 }
 
-function hasTextInput(metadata: ModelMetadata, name: string): boolean {
-  return metadata.inputs.some((input) => input.name === name && input.datatype === 'BYTES');
-}
-
-/** A prompt in, a batch of images ([B, H, W, C] UINT8) out. */
-function isTextToImage(core: InferenceCore, model: string): boolean {
-  const metadata = core.modelMetadata(model);
-  return hasTextInput(metadata, PROMPT_INPUT)
-    && metadata.outputs.some((output) => output.datatype === 'UINT8' && output.shape.length === 4);
-}
-
-function readyTextToImageModels(core: InferenceCore): string[] {
-  const names = new Set(core.repositoryIndex(true).map((status) => status.name));
-  return [...names].filter((name) => isTextToImage(core, name)).sort();
-}
-
-/** The model a request names, or the only ready text-to-image model when it names none. */
-function chooseModel(core: InferenceCore, model: string | undefined): string {
-  if (model !== undefined) {
-    if (!isTextToImage(core, model)) {
-      throw invalidArg(`model '${model}' is not a text-to-image model (a BYTES input "${PROMPT_INPUT}", an image output)`);
-    }
-    return model;
-  }
-  const ready = readyTextToImageModels(core);
-  if (ready.length === 0) throw new SdserveError('SDS_ERR_MODEL_NOT_READY', 'no text-to-image model is ready');
-  if (ready.length > 1) throw invalidArg(`"model" is required: ready text-to-image models are ${ready.join(', ')}`);
-  return ready[0]!;
-}
-
-function requestParameters(body: ImagesBody): Parameters {
+/** OpenAI's fields in the generation module's terms: `n` copies of the prompt, `size` as width and height. */
+function toImageRequest(body: ImagesBody): ImageRequest {
   const parameters: Parameters = {};
   if (body.size !== undefined && body.size !== 'auto') {
     const [width, height] = body.size.split('x').map(Number);
@@ -108,31 +86,26 @@ function requestParameters(body: ImagesBody): Parameters {
   for (const key of ['steps', 'seed', 'guidance_scale', 'scheduler'] as const) {
     if (body[key] !== undefined) parameters[key] = body[key]!;
   }
-  return parameters;
-}
-
-/** The request as a body of Triton's generate extension: `n` copies of each text. */
-function toGenerateBody(core: InferenceCore, model: string, body: ImagesBody): Record<string, unknown> {
   const copies = (text: string) => Array<string>(body.n ?? 1).fill(text);
-  const generateBody: Record<string, unknown> = { [PROMPT_INPUT]: copies(body.prompt), parameters: requestParameters(body) };
-  if (body.negative_prompt !== undefined) {
-    if (!hasTextInput(core.modelMetadata(model), NEGATIVE_PROMPT_INPUT)) {
-      throw invalidArg(`model '${model}' has no BYTES input "${NEGATIVE_PROMPT_INPUT}"`);
-    }
-    generateBody[NEGATIVE_PROMPT_INPUT] = copies(body.negative_prompt);
-  }
-  return generateBody;
+  return {
+    prompts: copies(body.prompt),
+    ...(body.negative_prompt !== undefined && { negativePrompts: [body.negative_prompt] }),
+    parameters,
+    ...(body.output_format !== undefined && { outputFormat: body.output_format }),
+    ...(body.output_compression !== undefined && { outputCompression: body.output_compression }),
+  };
 }
 
-function toImagesResponse(response: InferResponse): Record<string, unknown> {
-  const images = response.outputs.find(isImageBatch);
-  if (images === undefined) {
-    throw new SdserveError('SDS_ERR_BACKEND', `model '${response.model_name}' returned no [B, H, W, 3|4] UINT8 images`);
-  }
-  return {
-    created: Math.floor(Date.now() / 1000),
-    data: encodePngImages(images).map((png) => ({ b64_json: png.toString('base64') })),
-  };
+/**
+ * OpenAI's SDKs send multipart bodies for images.edit() and create_variation(); without this
+ * they would hear of a JSON syntax error instead of what is supported.
+ */
+async function requireJsonBody(request: FastifyRequest): Promise<void> {
+  const type = request.headers['content-type']?.split(';')[0].trim().toLowerCase();
+  if (type === undefined || type === 'application/json' || type.endsWith('+json')) return;
+  throw invalidArg(`${request.method} ${request.url.split('?')[0]}: the body must be JSON (Content-Type: application/json), `
+    + `got ${type}; sdserve's OpenAI-style API supports POST /v1/images/generations only: `
+    + 'images.edit() and images.create_variation() (multipart uploads) are not supported');
 }
 
 /** Fastify plugin, registered under the prefix /v1 (own context: OpenAI's error shape). */
@@ -141,10 +114,11 @@ export async function openAiRoutes(app: FastifyInstance, options: { core: Infere
   const started = Math.floor(Date.now() / 1000);
   app.setErrorHandler(sendOpenAiError);
   app.setNotFoundHandler(sendOpenAiNotFound);
+  app.addHook('onRequest', requireJsonBody);
 
   app.get('/models', async () => ({
     object: 'list',
-    data: readyTextToImageModels(core).map((id) => ({ id, object: 'model', created: started, owned_by: 'sdserve' })),
+    data: readyImageModels(core).map(({ name: id }) => ({ id, object: 'model', created: started, owned_by: 'sdserve' })),
   }));
 
   app.post<{ Body: ImagesBody }>('/images/generations',
@@ -154,8 +128,12 @@ export async function openAiRoutes(app: FastifyInstance, options: { core: Infere
       if (body.response_format === 'url') {
         throw invalidArg('response_format "url" is not supported: images come back inline; use "b64_json"');
       }
-      const model = chooseModel(core, body.model);
-      const inferRequest = generateInferRequest(core, { model }, toGenerateBody(core, model, body));
-      return toImagesResponse(await core.infer(inferRequest, disconnectSignal(reply)));
+      const model = chooseImageModel(core, body.model);
+      const generated = await generateImages(core, model, toImageRequest(body), disconnectSignal(reply));
+      return {
+        created: Math.floor(Date.now() / 1000),
+        output_format: generated.format,
+        data: generated.images.map((file) => ({ b64_json: file.toString('base64') })),
+      };
     });
 }

@@ -8,6 +8,7 @@
 import type { FastifyInstance } from 'fastify';
 import { KSERVE_DATATYPES } from '../../core/types.js';
 import { SERVER_VERSION } from '../../core/data-plane.js';
+import { txt2imgBodySchema } from './a1111-routes.js';
 import { imagesBodySchema } from './openai-routes.js';
 import {
   inferRequestSchema, loadModelSchema, repositoryIndexSchema, unloadModelSchema,
@@ -338,10 +339,20 @@ const components = {
     LoadRequest: loadModelSchema,
     UnloadRequest: unloadModelSchema,
     ImagesRequest: { ...imagesBodySchema, additionalProperties: false },
+    Txt2ImgRequest: txt2imgBodySchema,
+    Txt2ImgResponse: {
+      type: 'object', required: ['images', 'parameters', 'info'],
+      properties: {
+        images: { type: 'array', items: { type: 'string', contentEncoding: 'base64', contentMediaType: 'image/png' } },
+        parameters: { type: 'object' },
+        info: { type: 'string', description: 'JSON: seeds, prompts and one A1111 infotext per image.' },
+      },
+    },
     ImagesResponse: {
       type: 'object', required: ['created', 'data'],
       properties: {
         created: { type: 'integer' },
+        output_format: { type: 'string', enum: ['png', 'jpeg', 'webp'] },
         data: {
           type: 'array',
           items: { type: 'object', required: ['b64_json'], properties: { b64_json: { type: 'string', contentEncoding: 'base64', contentMediaType: 'image/png' } } },
@@ -397,7 +408,7 @@ export const OPENAPI_DOCUMENT = {
   info: {
     title: 'sdserve HTTP API',
     version: SERVER_VERSION,
-    description: 'KServe v2 inference protocol with Triton\'s extensions, an OpenAI-style images API and a web playground. '
+    description: 'KServe v2 inference protocol with Triton\'s extensions, an OpenAI-style images API, Automatic1111\'s txt2img API and a web playground. '
       + 'Bodies are JSON (gzip or deflate Content-Encoding accepted); a JSON object may have at most 128 members and '
       + 'JSON may nest 32 levels (400). A route that does not exist answers 404 with an error body.',
   },
@@ -493,6 +504,34 @@ export const OPENAPI_DOCUMENT = {
           504: openAiErrorReply('The request timed out in the queue.'),
         },
       },
+    },
+    '/sdapi/v1/txt2img': {
+      post: {
+        operationId: 'a1111Txt2Img',
+        summary: "Automatic1111's txt2img: A1111's request fields; those sdserve does not implement are accepted only at A1111's defaults.",
+        requestBody: { required: true, content: json(ref('Txt2ImgRequest')) },
+        responses: {
+          200: { description: 'PNG images, the request as run, and `info`.', content: json(ref('Txt2ImgResponse')) },
+          400: errorReply('An unknown field or sampler, a value sdserve cannot honour, or a model that is not text-to-image.'),
+          500: errorReply('The backend failed while running the request.'),
+          503: errorReply('No text-to-image model is ready, or the queue is full.'),
+        },
+      },
+    },
+    '/sdapi/v1/sd-models': {
+      get: {
+        operationId: 'a1111SdModels', summary: 'The ready text-to-image models, in A1111\'s shape.',
+        responses: { 200: { description: 'The models.', content: json({ type: 'array', items: { type: 'object' } }) } },
+      },
+    },
+    '/sdapi/v1/samplers': {
+      get: {
+        operationId: 'a1111Samplers', summary: "A1111's sampler names that sdserve's schedulers implement.",
+        responses: { 200: { description: 'The samplers.', content: json({ type: 'array', items: { type: 'object' } }) } },
+      },
+    },
+    '/': {
+      get: { operationId: 'root', summary: 'Redirects a browser to /playground.', responses: { 302: { description: 'To /playground.' } } },
     },
     '/playground': {
       get: {

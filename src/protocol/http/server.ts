@@ -10,6 +10,7 @@ import { OPEN_POLICY, type AccessPolicy } from '../access-policy.js';
 import { closeSilentConnections } from '../silent-connections.js';
 import { parseOptionalJsonBody } from './body-parsers.js';
 import { formatSchemaError, sendError, sendNotFound } from './error-reply.js';
+import { a1111Routes } from './a1111-routes.js';
 import { registerGenerateRoutes } from './generate-route.js';
 import { registerHealthRoutes } from './health-routes.js';
 import { inferRoutes } from './infer-route.js';
@@ -103,5 +104,6 @@ export function buildHttpServer(core: InferenceCore, options: HttpServerOptions 
   registerOpenApiRoute(app);
   app.register(inferRoutes, { core, bodyLimitBytes });
   app.register(openAiRoutes, { core, prefix: '/v1' });
+  app.register(a1111Routes, { core, prefix: '/sdapi/v1' });
   return app;
 }

@@ -32,7 +32,7 @@ export class FakeCore extends FakeCoreBase {
     return {
       name, platform: '', backend: 'python', version_policy: { latest: { num_versions: 1 } },
       max_batch_size: 0, input: [], output: [], instance_group: [], parameters: {},
-      default_model_filename: 'model.py',
+      default_model_filename: 'model.py', model_transaction_policy: { decoupled: false },
     };
   }
 

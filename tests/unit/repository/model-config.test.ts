@@ -148,6 +148,7 @@ function expectedDiffusionConfig(name: string, version: string, size: string): M
       force_engine_build: parameter(''),
     },
     default_model_filename: '',
+    model_transaction_policy: { decoupled: false },
   };
 }
 
@@ -179,6 +180,7 @@ test('fills Triton defaults for an almost empty config', () => {
     instance_group: [{ name: 'tiny_0', kind: 'KIND_GPU', count: 1, gpus: [] }],
     parameters: {},
     default_model_filename: '',
+    model_transaction_policy: { decoupled: false },
   });
 });
 
@@ -241,7 +243,7 @@ test('reads dynamic batching priorities and queue policies', () => {
   });
 });
 
-test('accepts and drops ModelConfig fields sdserve does not use', () => {
+test('accepts ModelConfig fields sdserve does not use and keeps them for the backend', () => {
   const config = parseModelConfig(`
     name: "sd"
     optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" } ] } }
@@ -253,7 +255,8 @@ test('accepts and drops ModelConfig fields sdserve does not use', () => {
   FILE, 'sd');
   assert.equal(config.input.length, 1);
   assert.equal(config.instance_group[0].count, 1);
-  assert.equal('optimization' in config, false);
+  assert.deepEqual(config.optimization, { execution_accelerators: { gpu_execution_accelerator: [{ name: 'tensorrt' }] } });
+  assert.deepEqual(config.response_cache, { enable: true });
 });
 
 test('keeps a parameter named __proto__ as plain data', () => {
@@ -406,4 +409,19 @@ test('validates a JSON override with the same checks, naming the field', () => {
   reject({ input: [{ name: 'p', data_typ: 'TYPE_FP32' }] }, "config override: input[0]: unknown field 'data_typ'; did you mean 'data_type'?");
   reject({ max_batch_size: 1.5 }, 'config override: max_batch_size: expected an integer, found number 1.5');
   reject('backend: "x"', 'config override: expected a JSON object, found a string');
+});
+
+test('hands backends the fields sdserve does not act on, as Triton does; decoupled: True is true', () => {
+  const config = parseModelConfig(`
+backend: "python"
+model_transaction_policy { decoupled: True }
+optimization { input_pinned_memory { enable: false } priority: PRIORITY_MAX }
+model_warmup [ { name: "w" batch_size: 1 } ]
+metric_tags { key: "team" value: "images" }
+`, FILE, 'repeat');
+  assert.deepEqual(config.model_transaction_policy, { decoupled: true });
+  assert.deepEqual(config.optimization, { input_pinned_memory: { enable: false }, priority: 'PRIORITY_MAX' });
+  assert.deepEqual(config.model_warmup, [{ name: 'w', batch_size: 1 }]);
+  assert.deepEqual(config.metric_tags, { team: 'images' });
+  assert.deepEqual(parseModelConfig('backend: "python"', FILE, 'plain').model_transaction_policy, { decoupled: false });
 });

@@ -1,0 +1,2 @@
+export * from './image-generation.js';
+export { encodePngImages, encodePngPreview, isImageBatch } from './png-pool.js';

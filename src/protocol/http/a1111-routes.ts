@@ -1,0 +1,254 @@
+/**
+ * Automatic1111's web UI API, the text-to-image part, for the tools written against it:
+ * `POST /sdapi/v1/txt2img` answers `{images: [base64 PNG], parameters, info}`, and
+ * `GET /sdapi/v1/sd-models` and `/sdapi/v1/samplers` list what may be asked for. A thin mapping
+ * onto the generation module; A1111 fields that would change the image but sdserve does not
+ * implement (hires fix, face restoration, variation seeds, scripts) are errors, not ignored.
+ */
+import { randomInt } from 'node:crypto';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { closestName } from '../../core/did-you-mean.js';
+import type { InferenceCore } from '../../core/inference-core.js';
+import type { Parameters, ParameterValue } from '../../core/types.js';
+import { invalidArg } from '../../errors.js';
+import {
+  chooseImageModel, generateImages, readyImageModels, type ImageModel, type ImageRequest,
+} from '../generation/index.js';
+import { disconnectSignal } from './disconnect-signal.js';
+
+/** A1111's sampler names and the schedulers of sdserve's backend they are. */
+const SAMPLERS: Record<string, string> = {
+  'Euler a': 'euler_a',
+  Euler: 'euler',
+  LMS: 'lms',
+  Heun: 'heun',
+  'DPM++ 2M': 'dpm++',
+  DDIM: 'ddim',
+  DDPM: 'ddpm',
+  PLMS: 'pndm',
+  UniPC: 'unipc',
+};
+
+/** A1111 seeds are 32-bit; -1 asks for a random one. */
+const MAX_SEED = 2 ** 32 - 1;
+
+interface Txt2ImgBody {
+  prompt?: string;
+  negative_prompt?: string;
+  seed?: number;
+  sampler_name?: string | null;
+  sampler_index?: string | null;
+  scheduler?: string | null;
+  batch_size?: number;
+  n_iter?: number;
+  steps?: number;
+  cfg_scale?: number;
+  width?: number;
+  height?: number;
+  send_images?: boolean;
+  override_settings?: { sd_model_checkpoint?: string } & Record<string, unknown>;
+  enable_hr?: boolean;
+  [field: string]: unknown;
+}
+
+const nullable = (type: string) => ({ type: [type, 'null'] });
+
+export const txt2imgBodySchema = {
+  type: 'object',
+  properties: {
+    prompt: { type: 'string' },
+    negative_prompt: { type: 'string' },
+    seed: { type: 'integer', minimum: -1, maximum: MAX_SEED },
+    sampler_name: nullable('string'),
+    sampler_index: nullable('string'),
+    scheduler: nullable('string'),
+    batch_size: { type: 'integer', minimum: 1 },
+    n_iter: { type: 'integer', minimum: 1, maximum: 100 },
+    steps: { type: 'integer', minimum: 1 },
+    cfg_scale: { type: 'number', minimum: 0 },
+    width: { type: 'integer', minimum: 8 },
+    height: { type: 'integer', minimum: 8 },
+    send_images: { type: 'boolean' },
+    override_settings: nullable('object'),
+    enable_hr: nullable('boolean'),
+  },
+} as const;
+
+const MAPPED_FIELDS = Object.keys(txt2imgBodySchema.properties);
+
+/**
+ * A1111 fields sdserve does not act on, with the values that leave the image as sdserve makes
+ * it (A1111's defaults). Clients send them with every request, so those values are accepted.
+ */
+const NEUTRAL_FIELDS: Record<string, (value: unknown) => boolean> = {
+  styles: (v) => v === null || (Array.isArray(v) && v.length === 0),
+  subseed: (v) => v === null || v === -1 || typeof v === 'number',
+  subseed_strength: (v) => v === null || v === 0,
+  seed_resize_from_h: (v) => v === null || v === -1 || v === 0,
+  seed_resize_from_w: (v) => v === null || v === -1 || v === 0,
+  restore_faces: (v) => v === null || v === false,
+  tiling: (v) => v === null || v === false,
+  do_not_save_samples: (v) => v === null || typeof v === 'boolean',
+  do_not_save_grid: (v) => v === null || typeof v === 'boolean',
+  save_images: (v) => v === null || v === false,
+  eta: (v) => v === null || v === 0,
+  s_min_uncond: (v) => v === null || v === 0,
+  s_churn: (v) => v === null || v === 0,
+  s_tmax: (v) => v === null || v === 0,
+  s_tmin: (v) => v === null || v === 0,
+  s_noise: (v) => v === null || v === 1,
+  override_settings_restore_afterwards: (v) => v === null || typeof v === 'boolean',
+  refiner_checkpoint: (v) => v === null || v === '',
+  refiner_switch_at: (v) => v === null || v === 0,
+  disable_extra_networks: (v) => v === null || typeof v === 'boolean',
+  comments: (v) => v === null || (typeof v === 'object' && Object.keys(v as object).length === 0),
+  script_name: (v) => v === null || v === '',
+  script_args: (v) => v === null || (Array.isArray(v) && v.length === 0),
+  alwayson_scripts: (v) => v === null || (typeof v === 'object' && Object.keys(v as object).length === 0),
+  force_task_id: (v) => v === null || typeof v === 'string',
+  infotext: (v) => v === null || v === '',
+  user: () => true,
+};
+
+/** The hires-fix fields mean something only with `enable_hr: true`, which sdserve refuses. */
+const HIRES_FIELD = /^(hr_|firstphase_|denoising_strength$)/;
+
+const KNOWN_FIELDS = [...MAPPED_FIELDS, ...Object.keys(NEUTRAL_FIELDS)];
+
+/** Unknown fields, and known ones set to what sdserve cannot do, are the client's to hear of. */
+async function checkFields(request: FastifyRequest): Promise<void> {
+  const body = request.body;
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return;  // the schema's to report
+  for (const [field, value] of Object.entries(body)) {
+    if (MAPPED_FIELDS.includes(field) || HIRES_FIELD.test(field)) continue;
+    const neutral = NEUTRAL_FIELDS[field];
+    if (neutral === undefined) {
+      const meant = closestName(field, KNOWN_FIELDS);
+      throw invalidArg(`txt2img: unknown field "${field}"${meant ? ` (did you mean "${meant}"?)` : ''}; `
+        + `sdserve acts on ${MAPPED_FIELDS.join(', ')}`);
+    }
+    if (!neutral(value)) {
+      throw invalidArg(`txt2img: "${field}": ${JSON.stringify(value)} is not supported by sdserve; leave it at A1111's default`);
+    }
+  }
+  if ((body as Txt2ImgBody).enable_hr === true) throw invalidArg('txt2img: "enable_hr" (hires fix) is not supported by sdserve');
+}
+
+/** `sampler_name` (or the older `sampler_index`) as a scheduler of the model. */
+function schedulerOf(body: Txt2ImgBody): string | undefined {
+  const sampler = body.sampler_name ?? body.sampler_index;
+  if (body.scheduler && !/^automatic$/i.test(body.scheduler)) {
+    throw invalidArg(`txt2img: scheduler "${body.scheduler}" is not supported by sdserve; use "Automatic"`);
+  }
+  if (sampler === undefined || sampler === null || sampler === '') return undefined;
+  const scheduler = SAMPLERS[sampler];
+  if (scheduler === undefined) {
+    const meant = closestName(sampler, Object.keys(SAMPLERS));
+    throw invalidArg(`txt2img: unknown sampler "${sampler}"${meant ? ` (did you mean "${meant}"?)` : ''}; `
+      + `samplers: ${Object.keys(SAMPLERS).join(', ')}`);
+  }
+  return scheduler;
+}
+
+/** A declared default of the model, for the reply's `parameters` and `info`. */
+function declaredDefault(model: ImageModel, name: string): ParameterValue | undefined {
+  const value = model.capabilities?.parameters[name]?.default;
+  return value === null ? undefined : value;
+}
+
+/** The settings one txt2img request runs with, its seed drawn when it asked for a random one. */
+function settingsOf(model: ImageModel, body: Txt2ImgBody) {
+  const scheduler = schedulerOf(body);
+  const samplerName = Object.entries(SAMPLERS).find(([, name]) => name === (scheduler ?? declaredDefault(model, 'scheduler')))?.[0];
+  return {
+    prompt: body.prompt ?? '',
+    negativePrompt: body.negative_prompt ?? '',
+    seed: body.seed === undefined || body.seed === -1 ? randomInt(0, MAX_SEED) : body.seed,
+    batchSize: body.batch_size ?? 1,
+    nIter: body.n_iter ?? 1,
+    scheduler,
+    samplerName: samplerName ?? 'Automatic',
+    steps: body.steps ?? declaredDefault(model, 'steps'),
+    cfgScale: body.cfg_scale ?? declaredDefault(model, 'guidance_scale'),
+    width: body.width ?? declaredDefault(model, 'width'),
+    height: body.height ?? declaredDefault(model, 'height'),
+  };
+}
+
+type Settings = ReturnType<typeof settingsOf>;
+
+/** Iteration `i` of `n_iter`: A1111 moves the seed on by the batch size each time. */
+function imageRequest(settings: Settings, body: Txt2ImgBody, iteration: number): ImageRequest {
+  const parameters: Parameters = { seed: settings.seed + iteration * settings.batchSize };
+  if (settings.scheduler !== undefined) parameters.scheduler = settings.scheduler;
+  if (body.steps !== undefined) parameters.steps = body.steps;
+  if (body.cfg_scale !== undefined) parameters.guidance_scale = body.cfg_scale;
+  if (body.width !== undefined) parameters.width = body.width;
+  if (body.height !== undefined) parameters.height = body.height;
+  return {
+    prompts: Array<string>(settings.batchSize).fill(settings.prompt),
+    ...(settings.negativePrompt !== '' && { negativePrompts: [settings.negativePrompt] }),
+    parameters,
+    outputFormat: 'png',
+  };
+}
+
+/** A1111's "infotext": the prompt, the negative prompt, then `Key: value` settings, one per image. */
+function infotext(settings: Settings, model: ImageModel, seed: number): string {
+  const lines = [settings.prompt];
+  if (settings.negativePrompt !== '') lines.push(`Negative prompt: ${settings.negativePrompt}`);
+  const fields: Array<[string, unknown]> = [
+    ['Steps', settings.steps], ['Sampler', settings.samplerName], ['CFG scale', settings.cfgScale], ['Seed', seed],
+    ['Size', settings.width !== undefined && settings.height !== undefined ? `${settings.width}x${settings.height}` : undefined],
+    ['Model', model.name],
+  ];
+  lines.push(fields.filter(([, value]) => value !== undefined).map(([key, value]) => `${key}: ${String(value)}`).join(', '));
+  return lines.join('\n');
+}
+
+/** Fastify plugin, registered under the prefix /sdapi/v1. */
+export async function a1111Routes(app: FastifyInstance, options: { core: InferenceCore }): Promise<void> {
+  const { core } = options;
+
+  app.get('/sd-models', async () => readyImageModels(core).map((model) => ({
+    title: model.name, model_name: model.name, hash: null, sha256: null, filename: model.name, config: null,
+  })));
+
+  app.get('/samplers', async () => Object.keys(SAMPLERS).map((name) => ({ name, aliases: [], options: {} })));
+
+  app.post<{ Body: Txt2ImgBody }>('/txt2img', { schema: { body: txt2imgBodySchema }, preValidation: checkFields },
+    async (request, reply) => {
+      const body = request.body;
+      const model = chooseImageModel(core, body.override_settings?.sd_model_checkpoint ?? undefined);
+      const settings = settingsOf(model, body);
+      const signal = disconnectSignal(reply);
+      // 1. one request per iteration, in turn, as A1111 runs them
+      const images: Buffer[] = [];
+      const seeds: number[] = [];
+      for (let iteration = 0; iteration < settings.nIter; iteration += 1) {
+        const generated = await generateImages(core, model, imageRequest(settings, body, iteration), signal);
+        images.push(...generated.images);
+        seeds.push(...generated.images.map(() => settings.seed + iteration * settings.batchSize));
+      }
+      // 2. the reply: images, the request as run, and what each image came from
+      const count = images.length;
+      const info = {
+        prompt: settings.prompt, all_prompts: Array<string>(count).fill(settings.prompt),
+        negative_prompt: settings.negativePrompt, all_negative_prompts: Array<string>(count).fill(settings.negativePrompt),
+        seed: settings.seed, all_seeds: seeds, subseed: -1, all_subseeds: Array<number>(count).fill(-1), subseed_strength: 0,
+        width: settings.width, height: settings.height, sampler_name: settings.samplerName, cfg_scale: settings.cfgScale,
+        steps: settings.steps, batch_size: settings.batchSize, restore_faces: false, sd_model_name: model.name,
+        index_of_first_image: 0, infotexts: seeds.map((seed) => infotext(settings, model, seed)),
+        styles: [], job_timestamp: new Date().toISOString(),
+      };
+      return {
+        images: body.send_images === false ? [] : images.map((file) => file.toString('base64')),
+        parameters: {
+          ...body, prompt: settings.prompt, negative_prompt: settings.negativePrompt, seed: settings.seed,
+          sampler_name: settings.samplerName, batch_size: settings.batchSize, n_iter: settings.nIter,
+          steps: settings.steps, cfg_scale: settings.cfgScale, width: settings.width, height: settings.height,
+        },
+        info: JSON.stringify(info),
+      };
+    });
+}
