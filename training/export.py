@@ -16,8 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write shapes_sd in the diffusers folder layout (float16).")
     parser.add_argument("--checkpoint", type=Path, required=True, help="folder written by training.train")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer folder, for checkpoints that do not record theirs")
     args = parser.parse_args(argv)
-    export_pipeline_folder(args.checkpoint, args.out)
+    export_pipeline_folder(args.checkpoint, args.out, args.tokenizer)
     print(f"wrote {args.out}")
     return 0
 

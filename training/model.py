@@ -108,13 +108,24 @@ def save_checkpoint(
     (folder / CHECKPOINT_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def export_pipeline_folder(checkpoint: Path, out_dir: Path) -> Path:
-    """Writes the diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+def export_pipeline_folder(checkpoint: Path, out_dir: Path, tokenizer_dir: Path | None = None) -> Path:
+    """Writes the diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+
+    The tokenizer is the one the checkpoint was trained with (its merges are in the checkpoint's
+    metadata), or the one in `tokenizer_dir` for checkpoints that do not record it.
+    """
     from diffusers import StableDiffusionPipeline
 
     meta = json.loads((checkpoint / CHECKPOINT_META).read_text())
+    if "tokenizer_merges" in meta:
+        merges = [(left, right) for left, right in meta["tokenizer_merges"]]
+    elif tokenizer_dir is not None:
+        lines = (tokenizer_dir / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
+        merges = [(left, right) for left, right in (line.split(" ") for line in lines if line)]
+    else:
+        raise ValueError(f"{checkpoint} does not record its tokenizer: pass the folder of the one it was trained with")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = write_tokenizer(out_dir / "tokenizer")
+    tokenizer = write_tokenizer(out_dir / "tokenizer", merges)
     vae = build_vae(scaling_factor=float(meta["latent_scaling_factor"]))
     text_encoder = build_text_encoder(tokenizer)
     unet = build_unet()
@@ -139,5 +150,5 @@ def export_pipeline_folder(checkpoint: Path, out_dir: Path) -> Path:
     scheduler_config_path = out_dir / "scheduler" / "scheduler_config.json"
     scheduler_config = json.loads(scheduler_config_path.read_text())
     scheduler_config_path.write_text(json.dumps({**scheduler_config, **SCHEDULER_SHARED_CONFIG}, indent=2) + "\n")
-    write_tokenizer(out_dir / "tokenizer")  # save_pretrained may add files of its own; keep ours only
+    write_tokenizer(out_dir / "tokenizer", merges)  # save_pretrained may add files of its own; keep ours only
     return out_dir

@@ -1,18 +1,20 @@
 """A CLIP tokenizer whose byte-pair merges are learned from the caption vocabulary.
 
 CLIP's tokenizer splits text into words, maps each byte to a printable character and applies
-byte-pair merges in rank order, with "</w>" marking a word's end. The merges here are trained
-with the `tokenizers` library on the caption words, enough of them that every caption word
-becomes one token; any other text still encodes, character by character, because the vocabulary
-holds the whole byte alphabet (plain and word-final).
+byte-pair merges in rank order, with "</w>" marking a word's end. The merges here are learned
+from the caption words until every one of them is a single token; any other text still encodes,
+character by character, because the vocabulary holds the whole byte alphabet (plain and
+word-final). The learning is Sennrich et al.'s byte-pair encoding (ACL 2016) with ties broken by
+the pair's text: the `tokenizers` trainer breaks ties in an order that changes from run to run,
+which would renumber tokens between a training run and its export.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
 from .vocabulary import CAPTION_WORDS
@@ -40,19 +42,29 @@ def byte_level_alphabet() -> list[str]:
 
 def learn_merges(words: tuple[str, ...] = CAPTION_WORDS) -> list[tuple[str, str]]:
     """Byte-pair merges, in rank order, after which each of `words` is a single token."""
-    alphabet = byte_level_alphabet()
-    tokenizer = Tokenizer(models.BPE(end_of_word_suffix=END_OF_WORD))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=10_000,  # more than the words can ever merge into: training stops when all are whole
-        min_frequency=1,
-        show_progress=False,
-        end_of_word_suffix=END_OF_WORD,
-        initial_alphabet=alphabet,
-    )
-    tokenizer.train_from_iterator(list(words), trainer=trainer)
-    merges = json.loads(tokenizer.to_str())["model"]["merges"]
-    return [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in merges]
+    segments = [[*word[:-1], word[-1] + END_OF_WORD] for word in words]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts = Counter(pair for segment in segments for pair in zip(segment, segment[1:], strict=False))
+        if not counts:
+            return merges
+        # The most frequent pair; among equals, the first by text, so every run learns the same.
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        segments = [_merge(segment, best) for segment in segments]
+
+
+def _merge(segment: list[str], pair: tuple[str, str]) -> list[str]:
+    merged: list[str] = []
+    index = 0
+    while index < len(segment):
+        if index + 1 < len(segment) and (segment[index], segment[index + 1]) == pair:
+            merged.append(segment[index] + segment[index + 1])
+            index += 2
+        else:
+            merged.append(segment[index])
+            index += 1
+    return merged
 
 
 def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
@@ -67,9 +79,12 @@ def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def write_tokenizer(folder: Path) -> CLIPTokenizer:
-    """Writes vocab.json, merges.txt and tokenizer_config.json to `folder`; returns the tokenizer."""
-    merges = learn_merges()
+def write_tokenizer(folder: Path, merges: list[tuple[str, str]] | None = None) -> CLIPTokenizer:
+    """Writes vocab.json, merges.txt and tokenizer_config.json to `folder`; returns the tokenizer.
+
+    `merges` defaults to those learned from the caption words (a checkpoint passes its own).
+    """
+    merges = learn_merges() if merges is None else merges
     vocab = build_vocab(merges)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.iterdir():  # e.g. a tokenizer.json that save_pretrained derived

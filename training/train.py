@@ -44,7 +44,7 @@ from .model import (
 )
 from .render import render_scenes
 from .scenes import Scene, SceneSampler
-from .tokenizer import MAX_LENGTH, write_tokenizer
+from .tokenizer import MAX_LENGTH, learn_merges, write_tokenizer
 
 OFFSET_NOISE = 0.05
 MIN_SNR_GAMMA = 5.0
@@ -126,8 +126,10 @@ def load_component(module: torch.nn.Module, checkpoint: Path, name: str) -> None
 class SaveFunction:
     """Saves the VAE with the averaged UNet and text encoder, and how they were trained."""
 
-    def __init__(self, args: argparse.Namespace, vae: AutoencoderKL, latent_scale: float) -> None:
-        self.args, self.vae, self.latent_scale = args, vae, latent_scale
+    def __init__(
+        self, args: argparse.Namespace, vae: AutoencoderKL, latent_scale: float, merges: list[tuple[str, str]]
+    ) -> None:
+        self.args, self.vae, self.latent_scale, self.merges = args, vae, latent_scale, merges
         self.steps_before = 0
         if args.resume is not None:
             self.steps_before = int(json.loads((args.resume / CHECKPOINT_META).read_text())["diffusion_steps"])
@@ -136,6 +138,8 @@ class SaveFunction:
         meta = {
             "latent_scaling_factor": self.latent_scale,
             "diffusion_steps": self.steps_before + step,
+            # The token ids the text encoder learned: export writes this very tokenizer.
+            "tokenizer_merges": [list(merge) for merge in self.merges],
             "arguments": {key: str(value) for key, value in vars(self.args).items()},
         }
         save_checkpoint(self.args.out, unet, self.vae, text_encoder, meta)
@@ -252,8 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
+    merges = learn_merges()
+    if args.resume is not None:
+        merges = [tuple(merge) for merge in json.loads((args.resume / CHECKPOINT_META).read_text())["tokenizer_merges"]]
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = write_tokenizer(Path(folder))
+        tokenizer = write_tokenizer(Path(folder), merges)
     log(f"device {device}; tokenizer of {len(tokenizer)} tokens")
 
     # Separate seeded streams, so that changing one stage's length leaves the other's data alone.
@@ -268,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         latent_scale = float(json.loads((args.resume / CHECKPOINT_META).read_text())["latent_scaling_factor"])
         diffusion_seed = args.seed + 3  # fresh scenes for the continued run
     log(f"latent scaling factor {latent_scale:.4f}")
-    save = SaveFunction(args, vae, latent_scale)
+    save = SaveFunction(args, vae, latent_scale, merges)
     train_diffusion(args, vae, latent_scale, tokenizer, SceneSampler(diffusion_seed), device, save)
     return 0
 

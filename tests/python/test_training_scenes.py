@@ -1,0 +1,67 @@
+"""training/: the scene generator, the learned tokenizer and the checker, without any model."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from transformers import CLIPTokenizer
+
+from sdserve_server import PROJECT_ROOT
+
+sys.path.insert(0, str(PROJECT_ROOT))  # the training package
+from training.checker import Score, analyse, score  # noqa: E402
+from training.evaluate import held_out_scenes, to_uint8  # noqa: E402
+from training.render import render_scenes  # noqa: E402
+from training.scenes import SceneSampler, is_held_out, scene_for_caption  # noqa: E402
+from training.tokenizer import learn_merges, write_tokenizer  # noqa: E402
+from training.vocabulary import CAPTION_WORDS  # noqa: E402
+
+SHIPPED_TOKENIZER = PROJECT_ROOT / "model_repository" / "shapes_sd" / "1" / "tokenizer"
+
+
+def test_the_same_seed_draws_the_same_scenes_and_images() -> None:
+    first, again, other = (SceneSampler(seed).sample_many(32) for seed in (5, 5, 6))
+    assert [scene.caption for scene in first] == [scene.caption for scene in again]
+    assert [scene.caption for scene in first] != [scene.caption for scene in other]
+    np.testing.assert_array_equal(render_scenes(first[:4], 64).numpy(), render_scenes(again[:4], 64).numpy())
+
+
+def test_training_never_sees_a_held_out_caption_and_evaluation_sees_only_those() -> None:
+    training = SceneSampler(0).sample_many(2000)
+    assert not any(is_held_out(scene.caption) for scene in training if scene.is_full_description)
+    assert {scene.caption for scene in training} >= {""}  # unconditional captions for guidance
+    evaluation = held_out_scenes(50)
+    assert all(is_held_out(scene.caption) and scene.background_named for scene in evaluation)
+
+
+def test_captions_read_as_english() -> None:
+    scene = scene_for_caption("circle", "red", "yellow", "small", ("square", "blue", "large"), "above")
+    assert scene.caption == "a small red circle above a large blue square on a yellow background"
+    assert scene_for_caption("ring", "orange", "orange").caption == "an orange ring on an orange background"
+    assert scene_for_caption("star", "green").caption == "a green star"
+
+
+def test_the_learned_tokenizer_is_the_same_every_time_and_keeps_caption_words_whole(tmp_path: Path) -> None:
+    assert learn_merges() == learn_merges()
+    for tokenizer in (write_tokenizer(tmp_path), CLIPTokenizer.from_pretrained(SHIPPED_TOKENIZER)):
+        for word in CAPTION_WORDS:
+            assert tokenizer.tokenize(word) == [word + "</w>"]
+        assert len(tokenizer("butterfly in new york, 4k").input_ids) > 2  # other text still encodes
+
+
+def test_the_checker_reads_exact_renders_of_held_out_scenes() -> None:
+    scenes = held_out_scenes(40)
+    total = Score()
+    for image, scene in zip(to_uint8(render_scenes(scenes, 128)), scenes, strict=True):
+        total.add(score(image, scene))
+    rates = total.rates()
+    assert rates["colour"] == 1.0 and rates["position"] == 1.0 and rates["shape"] >= 0.97, rates
+
+
+def test_the_checker_finds_each_shape_drawn_alone() -> None:
+    for shape in ("circle", "square", "triangle", "star", "ring", "diamond"):
+        image = to_uint8(render_scenes([scene_for_caption(shape, "blue", "white", "large")], 128))[0]
+        analysis = analyse(image)
+        assert analysis.background == "white"
+        assert [(obj.colour, obj.shape) for obj in analysis.objects] == [("blue", shape)]
