@@ -127,6 +127,10 @@ export class DataPlane implements InferenceCore {
     return this.models.statistics(name, version);
   }
 
+  pendingRequests(): Array<{ name: string; version: string; pending: number }> {
+    return this.models.pendingRequests();
+  }
+
   backendRestarts(): Array<{ name: string; version: string; restarts: number }> {
     return this.models.backendRestarts();
   }

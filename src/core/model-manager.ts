@@ -166,6 +166,13 @@ export class ModelManager {
     })));
   }
 
+  /** Requests waiting for an instance, per loaded model version. */
+  pendingRequests(): Array<{ name: string; version: string; pending: number }> {
+    return [...this.records.values()].flatMap((record) => [...record.versions.values()].map((served) => ({
+      name: served.config.name, version: String(served.version), pending: served.pendingRequests,
+    })));
+  }
+
   /** Every model and version known, with its state; models never loaded have version ''. */
   statuses(): ModelStatus[] {
     const rows: ModelStatus[] = [];

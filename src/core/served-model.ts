@@ -74,6 +74,11 @@ export class ServedModel {
     return this.state === 'READY' && this.instances.some((instance) => instance.isAvailable && !instance.isStuck);
   }
 
+  /** Requests queued for an instance: the load a replica cannot take on, what autoscaling follows. */
+  get pendingRequests(): number {
+    return this.scheduler.pendingRequests;
+  }
+
   get backendRestarts(): number {
     return this.instances.reduce((n, instance) => n + instance.restarts, 0);
   }

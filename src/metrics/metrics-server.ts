@@ -6,7 +6,7 @@ import { bearerToken, secretsEqual } from '../protocol/access-policy.js';
 import { closeSilentConnections } from '../protocol/silent-connections.js';
 import type { MetricsSource } from './metrics-source.js';
 import { registerSdserveMetrics } from './sdserve-metrics.js';
-import { registerTritonMetrics } from './triton-metrics.js';
+import { registerPendingRequests, registerTritonMetrics } from './triton-metrics.js';
 
 export interface MetricsServer {
   port: number;
@@ -32,6 +32,7 @@ const HEADERS_TIMEOUT_MS = 30_000;
 export function buildMetricsRegistry(source: MetricsSource): Registry {
   const registry = new Registry();
   registerTritonMetrics(registry, source);
+  registerPendingRequests(registry, source);
   registerSdserveMetrics(registry, source);
   collectDefaultMetrics({ register: registry });
   return registry;

@@ -1,4 +1,4 @@
-import { Counter, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import type { ModelStatistics } from '../core/statistics.js';
 import type { MetricsSource } from './metrics-source.js';
 
@@ -45,4 +45,19 @@ export function registerTritonMetrics(registry: Registry, source: MetricsSource)
       },
     });
   }
+}
+
+/**
+ * Triton's `nv_inference_pending_request_count` gauge: requests waiting for an instance, per model
+ * version. The signal for autoscaling replicas (the Helm chart's HPA and KEDA options).
+ */
+export function registerPendingRequests(registry: Registry, source: MetricsSource): void {
+  new Gauge({
+    name: 'nv_inference_pending_request_count', help: 'Instantaneous number of pending requests awaiting execution per-model',
+    labelNames: ['model', 'version'], registers: [registry],
+    collect() {
+      this.reset();
+      for (const row of source.pendingRequests()) this.set({ model: row.name, version: row.version }, row.pending);
+    },
+  });
 }

@@ -161,6 +161,11 @@ export class RequestScheduler {
     this.resolveIdleWaiters();
   }
 
+  /** Requests waiting for an instance (Triton's pending request count). */
+  get pendingRequests(): number {
+    return this.queues.size;
+  }
+
   /** Resolves once nothing is queued or running. */
   whenIdle(): Promise<void> {
     if (this.queues.size === 0 && this.inFlight === 0) return Promise.resolve();

@@ -55,6 +55,9 @@ test('count: 2 starts two backend processes; each request goes to the least load
   requests.push(infer(c.signal));
   await new Promise((resolve) => setTimeout(resolve, 500));
   assert.equal(executions(server, from).length, 2);
+  const metricsAddress = /Started Metrics Service at (\S+)/.exec(server.stdout())?.[1];
+  const metrics = await (await fetch(`http://${metricsAddress}/metrics`)).text();
+  assert.match(metrics, /^nv_inference_pending_request_count\{model="slow",version="1"\} 1$/m, 'the queued request is pending');
 
   // 3. A's client leaves: its instance takes C
   const first = executions(server, from)[0];
@@ -85,6 +88,6 @@ test('step-level batching with count: 2: concurrent requests spread over both in
   const responses = await Promise.all([1, 2, 3, 4].map(generate));
   for (const response of responses) assert.equal(response.status, 200, await response.clone().text());
   // least loaded first: the second request goes to the idle instance, though the first has room
+  await until(() => executions(server, from).length === 4, 'the four executions logged');
   assert.deepEqual([...new Set(executions(server, from))].sort(), ['tiny2_0_0', 'tiny2_0_1']);
-  assert.equal(executions(server, from).length, 4);
 });

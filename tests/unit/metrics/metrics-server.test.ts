@@ -8,6 +8,7 @@ import type { MetricsSource } from '../../../src/metrics/metrics-source.js';
 const NO_MODELS: MetricsSource = {
   statistics: () => [],
   backendRestarts: () => [],
+  pendingRequests: () => [],
   modelConfig: () => ({ backend: 'python' }),
 };
 
