@@ -179,7 +179,7 @@ describe('sdserve serve on the built-in tiny model', () => {
   test('a killed backend fails its in-flight request with a clear error, then comes back', async () => {
     const executing = server.waitForLog(/executing 1 request/);
     const inFlight = postJson(`${server.url}/v2/models/tiny_sd/infer`, {
-      inputs: [{ name: 'prompt', datatype: 'BYTES', shape: [1, 1], data: ['slow'] }], parameters: { steps: 1000 },
+      inputs: [{ name: 'prompt', datatype: 'BYTES', shape: [1, 1], data: ['slow'] }], parameters: { steps: 999 },
     });
     const line = await executing;
     const pid = Number(/pid (\d+)/.exec(line)?.[1]);
