@@ -56,7 +56,7 @@ test('the container entrypoint serves the volumes on every interface with the AP
 
   // 1. it starts on every interface, at the ports of its environment
   const deadline = Date.now() + 240_000;
-  while (!out.includes('Started HTTPService')) {
+  while (!out.includes('Started Metrics Service')) { // the last of the three lines
     assert.ok(Date.now() < deadline && child.exitCode === null, `server did not start:\n${out}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
