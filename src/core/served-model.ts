@@ -244,11 +244,6 @@ function completedConfig(config: ModelConfig, capabilities: CapabilitiesMeta | u
   return { ...config, output: [...config.output, output] };
 }
 
-/** TODO(issue 14): gone once the diffusion backend declares `batching` in its LoadResponse. */
-function legacyStepBatching(config: ModelConfig): boolean {
-  return config.backend === 'diffusion' && config.parameters.step_batching?.string_value !== 'false';
-}
-
 function schedulerPolicy(config: ModelConfig): SchedulerPolicy {
   const dynamic = config.dynamic_batching;
   const levels = Math.max(1, dynamic?.priority_levels ?? 0);
@@ -264,7 +259,8 @@ function schedulerPolicy(config: ModelConfig): SchedulerPolicy {
       maxQueueDelayUs: dynamic.max_queue_delay_microseconds,
       preferredBatchSizes: dynamic.preferred_batch_size,
     },
-    stepBatching: legacyStepBatching(config),
+    // Until a backend declares its batching at load, requests go out as Triton's scheduler sends them.
+    stepBatching: false,
     priorityLevels: levels,
     defaultPriorityLevel: dynamic?.priority_levels ? dynamic.default_priority_level : 1,
     queuePolicy: (level) => toLimits(dynamic?.priority_queue_policy[String(level)] ?? dynamic?.default_queue_policy),
