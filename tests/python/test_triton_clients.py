@@ -86,7 +86,7 @@ def test_model_metadata_gives_triton_datatypes_and_batch_dims(client: Any, proto
     assert {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in tiny["inputs"]} == {
         "prompt": ("BYTES", [-1, 1]), "negative_prompt": ("BYTES", [-1, 1])}
     assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in tiny["outputs"]] == [
-        ("generated_image", "UINT8", [-1, -1, -1, -1])]
+        ("generated_image", "UINT8", [-1, -1, -1, -1]), ("generated_image_encoded", "BYTES", [-1, 1])]
     add_sub = client.get_model_metadata("add_sub", "1", **kwargs)
     assert add_sub["versions"] == ["1"]
     assert [(t["datatype"], [int(d) for d in t["shape"]]) for t in add_sub["inputs"]] == [("FP32", [4]), ("FP32", [4])]
