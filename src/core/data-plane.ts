@@ -7,7 +7,7 @@ import type { ModelManager } from './model-manager.js';
 import { checkRequestLimits } from './request-limits.js';
 import type { ModelStatistics } from './statistics.js';
 import type {
-  InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, ServerMetadata,
+  InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, QueuePositionCallback, ServerMetadata,
 } from './types.js';
 
 export const SERVER_NAME = 'sdserve';
@@ -70,7 +70,9 @@ export class DataPlane implements InferenceCore {
   }
 
   /** 1. refuse while draining  2. resolve the model  3. bound its cost  4. validate against its config, queue, await the result. */
-  infer(request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback): Promise<InferResponse> {
+  infer(
+    request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback, onQueuePosition?: QueuePositionCallback,
+  ): Promise<InferResponse> {
     if (this.draining) return Promise.reject(shuttingDown());
     let served;
     try {
@@ -81,7 +83,7 @@ export class DataPlane implements InferenceCore {
     }
     const controller = new AbortController();
     this.inFlight.add(controller);
-    return served.infer(request, signal ? AbortSignal.any([signal, controller.signal]) : controller.signal, onProgress)
+    return served.infer(request, signal ? AbortSignal.any([signal, controller.signal]) : controller.signal, onProgress, onQueuePosition)
       .then((response) => ({ ...response, id: request.id }))
       .finally(() => {
         this.inFlight.delete(controller);

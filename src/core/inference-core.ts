@@ -2,7 +2,7 @@ import type { CapabilitiesMeta } from '../backend/messages.js';
 import type { ModelStatistics } from './statistics.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import type {
-  InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, ServerMetadata,
+  InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, QueuePositionCallback, ServerMetadata,
 } from './types.js';
 
 /**
@@ -23,9 +23,12 @@ export interface InferenceCore {
   modelCapabilities(name: string, version?: string): CapabilitiesMeta | undefined;
   /**
    * Resolves when the response is complete; `signal` aborts a request the client gave up on;
-   * `onProgress` hears of each denoising step of backends that report them.
+   * `onProgress` hears of each denoising step of backends that report them, `onQueuePosition`
+   * of the request's place in the queue while it waits for an instance.
    */
-  infer(request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback): Promise<InferResponse>;
+  infer(
+    request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback, onQueuePosition?: QueuePositionCallback,
+  ): Promise<InferResponse>;
   /** Triton's statistics extension: `name` absent for every model, `version` absent for every loaded version. */
   statistics(name?: string, version?: string): ModelStatistics[];
   repositoryIndex(readyOnly: boolean): ModelStatus[];

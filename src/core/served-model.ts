@@ -10,7 +10,7 @@ import { executionDeadline } from './execution-deadline.js';
 import { placeInstances } from './instance-placement.js';
 import { ModelInstance, type BackendStartOptions } from './model-instance.js';
 import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
-import type { InferRequest, InferResponse, ModelState, ProgressCallback } from './types.js';
+import type { InferRequest, InferResponse, ModelState, ProgressCallback, QueuePositionCallback } from './types.js';
 import { checkRequestParameters } from './request-parameters.js';
 import { validateRequest } from './validate-request.js';
 
@@ -134,7 +134,9 @@ export class ServedModel {
   }
 
   /** 1. validate  2. queue  3. await the batch  4. record the statistics. */
-  async infer(request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback): Promise<InferResponse> {
+  async infer(
+    request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback, onQueuePosition?: QueuePositionCallback,
+  ): Promise<InferResponse> {
     const startNs = process.hrtime.bigint();
     const elapsedNs = () => Number(process.hrtime.bigint() - startNs);
     const internalId = `sdserve-${nextRequestNumber++}`;
@@ -152,7 +154,7 @@ export class ServedModel {
       };
       const result = await this.scheduler.enqueue(scheduled, batchSize, {
         priority: queueParameter(priority, 'priority'), timeoutUs: queueParameter(timeout, 'timeout'), signal,
-        onProgress: onProgress && progressReporter(onProgress),
+        onProgress: onProgress && progressReporter(onProgress), onQueuePosition,
       });
       this.stats.recordSuccess(batchSize, elapsedNs(), result.queueNs, result.computeNs);
       this.logAccess(request, internalId, 'OK', result.queueNs, result.computeNs);

@@ -99,3 +99,6 @@ export interface InferProgress {
 }
 
 export type ProgressCallback = (progress: InferProgress) => void;
+
+/** A queued request's place in its model's queue (1: next to run), told whenever it changes. */
+export type QueuePositionCallback = (position: number) => void;

@@ -55,6 +55,8 @@ export interface EnqueueOptions {
   timeoutUs?: number;
   signal?: AbortSignal;
   onProgress?: RequestProgress;
+  /** Told the request's place in the queue (1: next) whenever it changes, while it is queued. */
+  onQueuePosition?: (position: number) => void;
 }
 
 /** A response with the time its request spent queued and in the backend. */
@@ -78,6 +80,9 @@ interface Entry {
   signal?: AbortSignal;
   onAbort?: () => void;
   onProgress?: RequestProgress;
+  onQueuePosition?: (position: number) => void;
+  /** The position last told to onQueuePosition. */
+  toldPosition?: number;
   timeoutTimer?: NodeJS.Timeout;
   resolve(result: ScheduledResponse): void;
   reject(error: SdserveError): void;
@@ -140,7 +145,8 @@ export class RequestScheduler {
     return new Promise<ScheduledResponse>((resolve, reject) => {
       const entry: Entry = {
         request, batchSize, enqueuedAt: Date.now(), enqueuedNs: process.hrtime.bigint(), queueNs: 0,
-        state: 'queued', signal: options.signal, onProgress: options.onProgress, resolve, reject,
+        state: 'queued', signal: options.signal, onProgress: options.onProgress, onQueuePosition: options.onQueuePosition,
+        resolve, reject,
       };
       const timeoutUs = limits.allowTimeoutOverride && options.timeoutUs ? options.timeoutUs : limits.defaultTimeoutUs;
       if (timeoutUs > 0) {
@@ -176,10 +182,12 @@ export class RequestScheduler {
     if (entry.state !== 'queued') return;
     if (action === 'DELAY') {
       this.queues.delay(entry);
+      this.reportQueuePositions();
       return;
     }
     this.queues.remove(entry);
     this.settle(entry, new SdserveError('SDS_ERR_TIMEOUT', 'Request timeout expired'));
+    this.reportQueuePositions();
     this.resolveIdleWaiters();
   }
 
@@ -187,6 +195,7 @@ export class RequestScheduler {
     if (entry.state === 'queued') {
       this.queues.remove(entry);
       this.settle(entry, cancelled());
+      this.reportQueuePositions();
       this.resolveIdleWaiters();
     } else if (entry.state === 'running' && entry.request.id) {
       entry.executor?.cancel([entry.request.id]);
@@ -196,7 +205,19 @@ export class RequestScheduler {
   private pump(): void {
     while (this.queues.size > 0) {
       const dispatched = this.stepBatching ? this.dispatchOne() : this.dispatchBatch();
-      if (!dispatched) return;
+      if (!dispatched) break;
+    }
+    this.reportQueuePositions();
+  }
+
+  /** Tells each waiting request that listens its place in the queue, when it changed. */
+  private reportQueuePositions(): void {
+    let position = 0;
+    for (const entry of this.queues.ordered()) {
+      position += 1;
+      if (entry.onQueuePosition === undefined || entry.toldPosition === position) continue;
+      entry.toldPosition = position;
+      entry.onQueuePosition(position);
     }
   }
 

@@ -4,7 +4,7 @@
  * inputs carry the prompts, which output carries the images, and whether the backend encodes
  * them (its declared `encoded_output`) or the PNG pool does.
  */
-import type { CapabilitiesMeta } from '../../backend/messages.js';
+import type { CapabilitiesMeta, ParameterSpec } from '../../backend/messages.js';
 import type { InferenceCore } from '../../core/inference-core.js';
 import type { InferRequest, InferResponse, ModelMetadata, Parameters, Tensor, TensorMetadata } from '../../core/types.js';
 import { invalidArg, SdserveError } from '../../errors.js';
@@ -186,4 +186,44 @@ export async function generateImages(
 ): Promise<GeneratedImages> {
   const response = await core.infer(toInferRequest(model, request), signal);
   return fromInferResponse(model, request, response);
+}
+
+/**
+ * What a client needs to build requests for an image model (the web playground's form): the
+ * parameters its backend declares, with their ranges and the loaded model's defaults, the tasks,
+ * the images per request, and the inputs beside the prompt.
+ */
+export interface GenerationCapabilities {
+  model: string;
+  version?: string;
+  /** Whether the backend declared its parameters (then unknown ones are refused). */
+  declared: boolean;
+  tasks: string[];
+  max_images: number;
+  negative_prompt: boolean;
+  /** The model's input names (e.g. `image` and `mask` where it takes them). */
+  inputs: string[];
+  output_formats: OutputFormat[];
+  /** Declared request parameters by name; empty when the backend declares none. */
+  parameters: Record<string, ParameterSpec>;
+}
+
+export function generationCapabilities(core: InferenceCore, name: string, version?: string): GenerationCapabilities {
+  const metadata = core.modelMetadata(name, version);
+  const model = describeImageModel(core, name, version, metadata);
+  if (model === undefined) {
+    throw invalidArg(`model '${name}' is not a text-to-image model (a BYTES input "${PROMPT_INPUT}", an image output)`);
+  }
+  const declared = model.capabilities;
+  return {
+    model: name,
+    ...(version !== undefined && { version }),
+    declared: declared !== undefined,
+    tasks: declared?.tasks ?? ['text_to_image'],
+    max_images: model.maxImages,
+    negative_prompt: model.hasNegativePrompt,
+    inputs: metadata.inputs.map((input) => input.name),
+    output_formats: model.encodedOutput === undefined ? ['png'] : [...OUTPUT_FORMATS],
+    parameters: declared?.parameters ?? {},
+  };
 }

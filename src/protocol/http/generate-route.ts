@@ -6,14 +6,17 @@
  * (PNG, or the request's `output_format` where the backend encodes), other tensors as flat
  * lists, and the response's parameters, if any. `generate_stream` answers with server-sent
  * events: one `{"progress": {...}}` per denoising step (with `preview_png` on the steps the
- * request asked previews for, parameter `preview`), then the response, or `{"error": "..."}`.
+ * request asked previews for, parameter `preview`), then the response, or `{"error": "..."}`;
+ * while the request waits for an instance, `{"queue": {"position": n}}` whenever its place changes.
+ * `GET /v2/models/:model/capabilities`: what a client needs to build these bodies (the declared
+ * parameters, tasks, images per request; generation module's `generationCapabilities`).
  */
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
 import type { InferProgress, InferRequest, InferResponse, ModelMetadata, Parameters, Tensor } from '../../core/types.js';
 import { invalidArg, toSdserveError } from '../../errors.js';
 import {
-  describeImageModel, encodePngPreview, imageFiles, requestEncodedImages, type ImageModel,
+  describeImageModel, encodePngPreview, generationCapabilities, imageFiles, requestEncodedImages, type ImageModel,
 } from '../generation/index.js';
 import { decodeJsonTensorData, encodeJsonTensorData } from '../json-tensor.js';
 import { disconnectSignal } from './disconnect-signal.js';
@@ -75,9 +78,18 @@ function sendEvent(reply: FastifyReply, data: unknown): void {
   reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
 }
 
-/** Progress events in step order, each preview PNG encoded off the event loop first. */
-function progressEvents(reply: FastifyReply): { onProgress: (progress: InferProgress) => void; flushed: () => Promise<void> } {
+interface StreamEvents {
+  onProgress: (progress: InferProgress) => void;
+  onQueuePosition: (position: number) => void;
+  flushed: () => Promise<void>;
+}
+
+/** Queue and progress events in order, each preview PNG encoded off the event loop first. */
+function progressEvents(reply: FastifyReply): StreamEvents {
   let queue = Promise.resolve();
+  const onQueuePosition = (position: number) => {
+    queue = queue.then(() => sendEvent(reply, { queue: { position } })).catch(() => undefined);
+  };
   const onProgress = ({ preview, ...progress }: InferProgress) => {
     const png = preview && encodePngPreview(preview);
     queue = queue.then(async () => {
@@ -85,11 +97,14 @@ function progressEvents(reply: FastifyReply): { onProgress: (progress: InferProg
       sendEvent(reply, { progress: previewPng ? { ...progress, preview_png: previewPng } : progress });
     }).catch(() => undefined);
   };
-  return { onProgress, flushed: () => queue };
+  return { onProgress, onQueuePosition, flushed: () => queue };
 }
 
 export function registerGenerateRoutes(app: FastifyInstance, core: InferenceCore): void {
   for (const base of MODEL_PATHS) {
+    app.get<{ Params: ModelParams }>(`${base}/capabilities`, async (request) => (
+      generationCapabilities(core, request.params.model, request.params.version)
+    ));
     app.post<{ Params: ModelParams; Body: GenerateBody }>(`${base}/generate`, { schema: { body: generateBodySchema } },
       async (request, reply) => {
         const { request: inferRequest, image } = generateRequest(core, request.params, request.body);
@@ -104,7 +119,7 @@ export function registerGenerateRoutes(app: FastifyInstance, core: InferenceCore
         reply.raw.flushHeaders();
         const events = progressEvents(reply);
         try {
-          const response = await core.infer(inferRequest, disconnectSignal(reply), events.onProgress);
+          const response = await core.infer(inferRequest, disconnectSignal(reply), events.onProgress, events.onQueuePosition);
           const body = await toGenerateResponse(response, image);
           await events.flushed();
           sendEvent(reply, body);

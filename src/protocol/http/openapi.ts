@@ -110,7 +110,8 @@ const generate = (stream: boolean) => (versioned: boolean) => ({
     responses: {
       200: stream
         ? {
-          description: 'Events `data: {"progress": {...}}` per step, then `data: <GenerateResponse>` or `data: {"error": "..."}`. '
+          description: 'Events `data: {"queue": {"position": n}}` while the request waits (1: next), `data: {"progress": {...}}` per step, '
+            + 'then `data: <GenerateResponse>` or `data: {"error": "..."}`. '
             + 'Errors found after the stream has started come as that last event.',
           content: { 'text/event-stream': { schema: { type: 'string' } } },
         }
@@ -225,6 +226,27 @@ const components = {
         platform: { type: 'string' },
         inputs: { type: 'array', items: ref('TensorMetadata') },
         outputs: { type: 'array', items: ref('TensorMetadata') },
+      },
+    },
+    GenerationCapabilities: {
+      type: 'object',
+      description: "What a client needs to build generate requests for an image model: the backend's declared parameters "
+        + "(with ranges and the loaded model's defaults), tasks, images per request and inputs.",
+      required: ['model', 'declared', 'tasks', 'max_images', 'negative_prompt', 'inputs', 'output_formats', 'parameters'],
+      properties: {
+        model: { type: 'string' },
+        version: { type: 'string' },
+        declared: { type: 'boolean', description: 'Whether the backend declares its parameters (unknown ones are then refused).' },
+        tasks: { type: 'array', items: { type: 'string' }, description: 'e.g. text_to_image.' },
+        max_images: { type: 'integer', minimum: 1, description: 'Images one request may ask for.' },
+        negative_prompt: { type: 'boolean', description: 'Whether the model takes a negative prompt.' },
+        inputs: { type: 'array', items: { type: 'string' }, description: "The model's input names." },
+        output_formats: { type: 'array', items: { type: 'string', enum: ['png', 'jpeg', 'webp'] } },
+        parameters: {
+          type: 'object',
+          description: 'Request parameters by name: type, minimum, maximum, multiple_of, enum, default, aliases, description.',
+          additionalProperties: { type: 'object' },
+        },
       },
     },
     ModelConfig: {
@@ -389,7 +411,7 @@ function withGuardAnswers(paths: Record<string, Record<string, unknown>>): Recor
   for (const [path, item] of Object.entries(paths)) {
     const reply = path.startsWith('/v1/') ? openAiErrorReply : errorReply;
     for (const operation of Object.values(item).filter((value): value is Operation => (value as Operation).responses !== undefined)) {
-      if (path !== '/playground') {
+      if (path !== '/playground' && path !== '/favicon.ico') {
         operation.responses[401] ??= reply('The server has an API key (--api-key) and the request does not send it as `Authorization: Bearer <key>`.');
         operation.responses[403] ??= reply("The route's API group is restricted (--http-restricted-api) and the request lacks its header, "
           + 'or a write comes from a web page of another origin.');
@@ -441,6 +463,9 @@ export const OPENAPI_DOCUMENT = {
     ...modelPaths('/ready', modelReady),
     ...modelPaths('/config', modelRead('modelConfig', "Triton's model configuration extension.", { description: 'Configuration.', content: json(ref('ModelConfig')) })),
     ...modelPaths('/stats', modelStats),
+    ...modelPaths('/capabilities', modelRead('generationCapabilities',
+      'What generate requests to an image model may carry (the declared parameters and their ranges); 400 for a model that is not one.',
+      { description: 'The capabilities.', content: json(ref('GenerationCapabilities')) })),
     ...modelPaths('/infer', infer),
     ...modelPaths('/generate', generate(false)),
     ...modelPaths('/generate_stream', generate(true)),
@@ -532,6 +557,12 @@ export const OPENAPI_DOCUMENT = {
     },
     '/': {
       get: { operationId: 'root', summary: 'Redirects a browser to /playground.', responses: { 302: { description: 'To /playground.' } } },
+    },
+    '/favicon.ico': {
+      get: {
+        operationId: 'favicon', summary: "The playground's icon (SVG).",
+        responses: { 200: { description: 'The icon.', content: { 'image/svg+xml': { schema: { type: 'string' } } } } },
+      },
     },
     '/playground': {
       get: {

@@ -9,8 +9,8 @@
  *    infer route: `application/octet-stream`, Triton's binary tensor extension). Anything else is
  *    415, `text/plain` and form bodies included.
  * 3. access: the API key and the restricted API groups (access-policy.ts), by the route's group.
- *    A route not named here is `inference` (fail closed); `/playground` is a static page
- *    without data and stays open (its API calls are checked like any other).
+ *    A route not named here is `inference` (fail closed); `/playground` (and its icon) is a static
+ *    page without data and stays open (its API calls are checked like any other).
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { SdserveError } from '../../errors.js';
@@ -28,11 +28,12 @@ const GROUP_OF_ROUTE: ReadonlyArray<readonly [RegExp, ApiGroup]> = [
   [/^\/v2\/logging\b/, 'logging'],
   [/^\/v2(\/models\/:model(\/versions\/:version)?)?$/, 'metadata'],
   [/^\/v2\/openapi\.json$/, 'metadata'],
+  [/^\/v2\/models\/:model(\/versions\/:version)?\/capabilities$/, 'metadata'],
   [/^\/v1\/models$/, 'metadata'],
 ];
 
 /** Routes that need neither key nor header: static pages that carry no data. */
-const PUBLIC_ROUTES = new Set(['/playground']);
+const PUBLIC_ROUTES = new Set(['/playground', '/favicon.ico']);
 
 /** The API group of a route pattern (`request.routeOptions.url`); unmatched requests: inference. */
 export function apiGroupOf(routePattern: string | undefined): ApiGroup {
