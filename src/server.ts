@@ -92,6 +92,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     builtInBackends: path.join(PROJECT_ROOT, 'python', 'sdserve_backend', 'backends'),
     backendDirectories: (options.backendDirectories ?? []).map((dir) => path.resolve(dir)),
     allowedPaths: (options.allowedPaths ?? []).map((dir) => path.resolve(dir)),
+    engineCacheDir: path.resolve(options.engineCacheDir),
   });
   await models.start(options.modelControlMode, options.loadModels);
   if (options.modelControlMode === 'poll') models.startPolling(options.repositoryPollSecs * 1000);

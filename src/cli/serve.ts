@@ -155,7 +155,7 @@ export function registerServeCommand(program: Command): void {
     .option('--backend-directory <path>',
       'folder of more backends, one <name>/model.py each, that model configs may name (repeatable)', collect, [])
     .option('--allowed-path <path>',
-      'folder outside the model folders whose files model configs may name as weights (repeatable)', collect, [])
+      'folder outside the model folders that model configs may name as weights or engine_cache_dir (repeatable)', collect, [])
     .action(async (options: ServeOptions & { modelStore: string[] }) => {
       const repositories = [...options.modelRepository, ...options.modelStore];
       if (repositories.length === 0) throw new InvalidArgumentError('--model-repository is required');

@@ -17,6 +17,8 @@ export interface ModelFilePolicy {
   backendDirectories: readonly string[];
   /** `--allowed-path`: folders outside the model's folder that configs may name. */
   allowedPaths: readonly string[];
+  /** `--engine-cache-dir`: where a model's `engine_cache_dir` parameter is taken from, and may point. */
+  engineCacheDir: string;
 }
 
 /** Triton's Python backend, which runs the version folder's own model file. */
@@ -24,6 +26,8 @@ const PYTHON_BACKEND = 'python';
 const BACKEND_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 /** Config parameters that name a file or folder, relative to the version folder. */
 const PATH_PARAMETERS = ['weights', 'weights_config'];
+/** The config parameter naming where the backend writes this model's engine (relative to --engine-cache-dir). */
+const ENGINE_CACHE_PARAMETER = 'engine_cache_dir';
 
 /**
  * Checks every path `config` names for one version and returns the model file to run.
@@ -50,6 +54,12 @@ export async function resolveModelFiles(config: ModelConfig, modelDir: string, v
   for (const name of PATH_PARAMETERS) {
     const value = config.parameters[name]?.string_value.trim() ?? '';
     if (value !== '') await resolveConfinedPath(value, versionDir, roots, `config parameter '${name}'`);
+  }
+  // 3. the folder the backend will write engines into: the engine cache, the model's folder or an allowed root
+  const engineCache = config.parameters[ENGINE_CACHE_PARAMETER]?.string_value.trim() ?? '';
+  if (engineCache !== '') {
+    await resolveConfinedPath(engineCache, policy.engineCacheDir, [policy.engineCacheDir, ...roots],
+      `config parameter '${ENGINE_CACHE_PARAMETER}'`, "--engine-cache-dir, the model's folder or an --allowed-path root");
   }
   return modelFile;
 }

@@ -10,13 +10,15 @@ import { SdserveError } from '../errors.js';
  * A path outside the roots is refused with the same error whether or not it exists, so that a
  * config override cannot be used to learn what exists elsewhere on the host. A missing path whose
  * nearest existing folder is inside a root is returned as it is, for the loader to report as
- * missing with its own advice.
+ * missing with its own advice (or, for a cache folder, to create). A root that does not exist yet
+ * counts as the folder it will be. `where` names the roots in the error.
  */
-export async function resolveConfinedPath(value: string, base: string, roots: readonly string[], what: string): Promise<string> {
+export async function resolveConfinedPath(value: string, base: string, roots: readonly string[], what: string,
+  where = "the model's folder or an --allowed-path root"): Promise<string> {
   const refused = () => new SdserveError('SDS_ERR_CONFIG',
-    `${what} ${JSON.stringify(value)} is not a file or folder inside the model's folder or an --allowed-path root`);
+    `${what} ${JSON.stringify(value)} is not a file or folder inside ${where}`);
   if (value === '' || value.includes('\0')) throw refused();
-  const realRoots = (await Promise.all(roots.map((root) => realpath(root).catch(() => undefined))))
+  const realRoots = (await Promise.all(roots.map((root) => realPathOfMaybeMissing(root))))
     .filter((root): root is string => root !== undefined);
   const inRoots = (candidate: string) => realRoots.some((root) => isInside(candidate, root));
   const named = path.resolve(base, value);
@@ -27,15 +29,21 @@ export async function resolveConfinedPath(value: string, base: string, roots: re
   }
   // Missing: '..' would be resolved through symlinks by the loader but lexically here, so refuse it.
   if (value.split(/[/\\]/).includes('..')) throw refused();
-  let ancestor = path.dirname(named);
+  const realNamed = await realPathOfMaybeMissing(named);
+  if (realNamed === undefined || !inRoots(realNamed)) throw refused();
+  return named;
+}
+
+/** The real path of the nearest existing folder above `named`, with the missing rest appended. */
+async function realPathOfMaybeMissing(named: string): Promise<string | undefined> {
+  const missing: string[] = [];
+  let existing = path.resolve(named);
   for (;;) {
-    const existing = await realpath(ancestor).catch(() => undefined);
-    if (existing !== undefined) {
-      if (!inRoots(existing)) throw refused();
-      return named;
-    }
-    if (path.dirname(ancestor) === ancestor) throw refused();
-    ancestor = path.dirname(ancestor);
+    const real = await realpath(existing).catch(() => undefined);
+    if (real !== undefined) return path.join(real, ...missing);
+    if (path.dirname(existing) === existing) return undefined;
+    missing.unshift(path.basename(existing));
+    existing = path.dirname(existing);
   }
 }
 

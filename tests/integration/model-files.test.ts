@@ -20,6 +20,7 @@ describe('a load request names only code and files the operator installed', () =
   let outside: string;
   let allowed: string;
   let marker: string;
+  let engineCache: string;
   let addSubConfig: any;
 
   const load = (config: object) => fetch(`${server.url}/v2/repository/models/add_sub/load`, {
@@ -36,6 +37,7 @@ describe('a load request names only code and files the operator installed', () =
     outside = path.join(work, 'outside');
     allowed = path.join(work, 'allowed');
     marker = path.join(work, 'marker');
+    engineCache = path.join(work, 'engines');
     cpSync(ADD_SUB, path.join(repository, 'add_sub'), { recursive: true });
     mkdirSync(path.join(outside, 'evil_backend'), { recursive: true });
     writeFileSync(path.join(outside, 'evil_backend', 'model.py'), markerWriter(marker));
@@ -45,8 +47,9 @@ describe('a load request names only code and files the operator installed', () =
     symlinkSync(outside, path.join(repository, 'add_sub', '1', 'linked_folder'));
     mkdirSync(allowed);
     writeFileSync(path.join(allowed, 'weights.safetensors'), 'weights');
+    // the engine cache does not exist yet (the backend creates it); a link inside it points outside
     server = await startServerProcess(['--model-repository', repository, '--model-control-mode', 'explicit',
-      '--load-model', 'add_sub', '--allowed-path', allowed]);
+      '--load-model', 'add_sub', '--allowed-path', allowed, '--engine-cache-dir', engineCache]);
     addSubConfig = await (await fetch(`${server.url}/v2/models/add_sub/config`)).json();
   });
   after(async () => {
@@ -115,6 +118,35 @@ describe('a load request names only code and files the operator installed', () =
   test('weights inside the model folder or an --allowed-path root load', async () => {
     for (const value of [path.join(allowed, 'weights.safetensors'), 'model.py']) {
       const response = await load(withParameter('weights', value));
+      assert.equal(response.status, 200, `${value}: ${await response.clone().text()}`);
+    }
+  });
+
+  test('an engine_cache_dir outside --engine-cache-dir, the model folder and --allowed-path roots is refused', async () => {
+    mkdirSync(path.join(work, 'engines-elsewhere'));
+    const messages: string[] = [];
+    for (const value of [outside, path.join(outside, 'missing'), '../outside', '../outside/new', '/etc', '/no/such/folder',
+      path.join(repository, 'add_sub', '1', 'linked_folder')]) {
+      const response = await load(withParameter('engine_cache_dir', value));
+      assert.equal(response.status, 400, value);
+      messages.push(((await response.json() as any).error as string).replace(JSON.stringify(value), '<value>'));
+    }
+    assert.equal(new Set(messages).size, 1, messages.join('\n'));
+    assert.equal(messages[0], "failed to load 'add_sub': "
+      + "config parameter 'engine_cache_dir' <value> is not a file or folder inside --engine-cache-dir, the model's folder or an --allowed-path root");
+    // a link made inside the engine cache that points outside it is refused too
+    mkdirSync(engineCache, { recursive: true });
+    symlinkSync(outside, path.join(engineCache, 'linked'));
+    const linked = await load(withParameter('engine_cache_dir', 'linked/sd'));
+    assert.equal(linked.status, 400);
+    assert.match((await linked.json() as any).error, /'engine_cache_dir' "linked\/sd" is not a file or folder inside --engine-cache-dir/);
+    assert.equal((await fetch(`${server.url}/v2/models/add_sub/ready`)).status, 200);
+  });
+
+  test('an engine_cache_dir under --engine-cache-dir (relative or absolute), the model folder or an allowed root loads', async () => {
+    for (const value of ['fast-disk', 'fast-disk/sub', path.join(engineCache, 'absolute'), path.join(allowed, 'engines'),
+      path.join(repository, 'add_sub', 'engines')]) {
+      const response = await load(withParameter('engine_cache_dir', value));
       assert.equal(response.status, 200, `${value}: ${await response.clone().text()}`);
     }
   });
