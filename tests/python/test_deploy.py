@@ -1,6 +1,8 @@
 """The deployment files: the Dockerfile passes hadolint; the Helm chart, rendered by Helm itself
 (the helm-python-sdk wheel embeds Helm's engine), and the KServe manifests validate against the
-Kubernetes schemas (kubernetes-validate) and KServe's published CRD schemas (deploy/kserve/crds/)."""
+Kubernetes schemas (kubernetes-validate) and the published CRD schemas of KServe
+(deploy/kserve/crds/), the Prometheus Operator and KEDA (deploy/helm/crds/), field by field as an
+API server with strict field validation would."""
 
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "sdserve"
 KSERVE = ROOT / "deploy" / "kserve"
 KUBERNETES_VERSION = "1.33"
-# Kinds whose schemas are neither Kubernetes' own nor KServe's: the Prometheus Operator's and KEDA's.
-THIRD_PARTY_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject")}
+# The chart's kinds that are not Kubernetes' own: the CRD (in deploy/helm/crds/) that defines each.
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.yaml",
+}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -55,10 +60,35 @@ def by_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 @functools.cache
-def crd_validator(file_name: str, version: str) -> jsonschema.protocols.Validator:
-    crd = yaml.load((KSERVE / "crds" / file_name).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+def crd_validator(crd_path: Path, version: str) -> jsonschema.protocols.Validator:
+    """The served version's schema, closed: a field the CRD does not declare is an error (an API
+    server prunes it silently, or refuses it under strict field validation)."""
+    crd = yaml.load(crd_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     [served] = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    return jsonschema.Draft7Validator(served["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(closed(served["schema"]["openAPIV3Schema"]))
+
+
+def closed(schema: dict[str, Any]) -> dict[str, Any]:
+    schema = dict(schema)
+    if "properties" in schema:
+        schema["properties"] = {name: closed(inner) for name, inner in schema["properties"].items()}
+        if not schema.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            schema[key] = closed(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            schema[key] = [closed(inner) for inner in schema[key]]
+    return schema
+
+
+def validate_custom_resource(document: dict[str, Any]) -> None:
+    """A chart document of a custom kind against its CRD; its metadata as Kubernetes' ObjectMeta."""
+    crd = CUSTOM_KINDS[(document["apiVersion"], document["kind"])]
+    crd_validator(CHART.parent / "crds" / crd, document["apiVersion"].split("/")[1]).validate(document)
+    holder = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": document["metadata"]}
+    kubernetes_validate.validate(holder, KUBERNETES_VERSION, strict=True)
 
 
 def test_the_dockerfile_passes_hadolint() -> None:
@@ -82,9 +112,16 @@ def test_every_rendered_manifest_validates_against_the_kubernetes_schemas(name: 
     kinds = {doc["kind"] for doc in documents}
     assert {"Deployment", "Service"} <= kinds
     for document in documents:
-        if (document["apiVersion"], document["kind"]) in THIRD_PARTY_KINDS:
-            continue
-        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        if (document["apiVersion"], document["kind"]) in CUSTOM_KINDS:
+            validate_custom_resource(document)
+        else:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_servicemonitor_and_scaledobject_are_rendered_and_validated() -> None:
+    # every custom kind the chart can render is rendered by some value set, so the test above checks it
+    rendered = {(doc["apiVersion"], doc["kind"]) for values in VALUE_SETS.values() for doc in render(values)}
+    assert set(CUSTOM_KINDS) <= rendered
 
 
 def test_the_chart_probes_drains_and_scales_as_the_server_does() -> None:
@@ -129,8 +166,8 @@ def test_kserve_manifests_validate_against_kserves_crds_and_the_pod_schemas() ->
     service = yaml.safe_load((KSERVE / "inference-service.yaml").read_text())
     assert (runtime["apiVersion"], runtime["kind"]) == ("serving.kserve.io/v1alpha1", "ClusterServingRuntime")
     assert (service["apiVersion"], service["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
-    crd_validator("serving.kserve.io_clusterservingruntimes.yaml", "v1alpha1").validate(runtime)
-    crd_validator("serving.kserve.io_inferenceservices.yaml", "v1beta1").validate(service)
+    crd_validator(KSERVE / "crds" / "serving.kserve.io_clusterservingruntimes.yaml", "v1alpha1").validate(runtime)
+    crd_validator(KSERVE / "crds" / "serving.kserve.io_inferenceservices.yaml", "v1beta1").validate(service)
     # what the two must agree on: the model format, the runtime's name, the protocols
     assert service["spec"]["predictor"]["model"]["modelFormat"]["name"] in [f["name"] for f in runtime["spec"]["supportedModelFormats"]]
     assert service["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
@@ -151,4 +188,19 @@ def test_a_wrong_manifest_fails_validation() -> None:
     service = yaml.safe_load((KSERVE / "inference-service.yaml").read_text())
     service["spec"]["predictor"]["minReplicas"] = "one"
     with pytest.raises(jsonschema.ValidationError):
-        crd_validator("serving.kserve.io_inferenceservices.yaml", "v1beta1").validate(service)
+        crd_validator(KSERVE / "crds" / "serving.kserve.io_inferenceservices.yaml", "v1beta1").validate(service)
+    # and the custom kinds: a misspelt field, a wrong type, metadata that is not ObjectMeta
+    documents = render(VALUE_SETS["defaults"])
+    monitor = by_kind(documents, "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["scrapeInterval"] = "30s"
+    with pytest.raises(jsonschema.ValidationError, match="scrapeInterval"):
+        validate_custom_resource(monitor)
+    scaled = by_kind(render(VALUE_SETS["KEDA, no engine volume, no monitor"]), "ScaledObject")
+    scaled["spec"]["maxReplicaCount"] = "eight"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom_resource(scaled)
+    scaled["spec"]["maxReplicaCount"] = 8
+    validate_custom_resource(scaled)
+    scaled["metadata"]["lables"] = scaled["metadata"].pop("labels")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_custom_resource(scaled)
