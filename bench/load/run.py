@@ -90,9 +90,11 @@ def http(method: str, path: str, timeout: float = 900) -> tuple[int, str]:
         return 0, str(error)
 
 
-def start_server(repo: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(repo: Path, weights: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    # The configs name weights outside their model folders: the server allows only those roots.
     server = subprocess.Popen(
-        [SDSERVE, "serve", "--model-repository", str(repo), "--model-control-mode", "explicit"],
+        [SDSERVE, "serve", "--model-repository", str(repo), "--model-control-mode", "explicit",
+         "--allowed-path", str(weights)],
         stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
     )
     for _ in range(120):
@@ -160,7 +162,7 @@ def run_case(case_name: str, out: Path, quick: bool, modes: list[str], compile_u
     write_config(repo, names["none"], case, weights, 1, False, compile_unet)
     write_config(repo, names["request"], case, weights, case.max_batch, False, compile_unet)
     write_config(repo, names["step"], case, weights, case.max_batch, True, compile_unet)
-    server = start_server(repo, out / f"server_{case_name}.log")
+    server = start_server(repo, weights, out / f"server_{case_name}.log")
     runs: list[dict[str, Any]] = []
     try:
         for mode in modes:
