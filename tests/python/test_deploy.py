@@ -45,6 +45,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "serviceMonitor": {"enabled": False},
         "podDisruptionBudget": {"enabled": False},
         "replicaCount": 3,
+        "service": {"clusterIP": "None"},
     },
 }
 
@@ -156,6 +157,8 @@ def test_the_chart_probes_drains_and_scales_as_the_server_does() -> None:
 
     # 3. KEDA: a Prometheus trigger on the same metric
     documents = render(VALUE_SETS["KEDA, no engine volume, no monitor"])
+    assert by_kind(documents, "Service")["spec"]["clusterIP"] == "None", "headless, for deploy/envoy/envoy.yaml"
+    assert "clusterIP" not in by_kind(render({}), "Service")["spec"]
     trigger = by_kind(documents, "ScaledObject")["spec"]["triggers"][0]
     assert trigger["type"] == "prometheus" and "nv_inference_pending_request_count" in trigger["metadata"]["query"]
     assert not {"PodDisruptionBudget", "PersistentVolumeClaim", "ServiceMonitor"} & {doc["kind"] for doc in documents}
