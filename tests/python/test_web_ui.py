@@ -266,3 +266,30 @@ def test_wide_layout_and_model_control(browser: playwright_api.Browser, server_u
     assert "No text-to-image model is ready" in page.inner_text("#error")
     assert watch.errors == [], watch.errors
     context.close()
+
+
+def test_api_key_and_restricted_model_control(browser: playwright_api.Browser, tmp_path: Path) -> None:
+    """A server with --api-key and its model-repository API restricted: the page asks for the key
+    once, works with it, and says that model management is restricted."""
+    repository = make_repository(tmp_path / "repo", {"add_sub": FIXTURE_REPOSITORY / "add_sub"})
+    with serving(repository, "--model-control-mode", "explicit", "--api-key", "open-sesame-42",
+                 "--http-restricted-api", "model-repository:admin-key=open") as addresses:
+        context = browser.new_context()
+        page = context.new_page()
+        asked: list[str] = []
+
+        def answer(dialog: playwright_api.Dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept("open-sesame-42")
+
+        page.on("dialog", answer)
+        page.goto(f"http://{addresses.http}/playground")
+        page.wait_for_function("document.getElementById('error').textContent !== ''")
+        assert asked == ["This server needs an API key (--api-key):"]
+        assert "No text-to-image model is ready" in page.inner_text("#error")
+        page.click("#open-models")
+        page.wait_for_function("document.getElementById('models-error').textContent !== ''")
+        assert page.inner_text("#models-error").startswith(
+            "Model management is restricted on this server: This API is restricted, expecting header 'admin-key'")
+        assert asked == ["This server needs an API key (--api-key):"], "the key is asked for once"
+        context.close()
