@@ -5,7 +5,10 @@ images are noise, but every component (CLIP tokenizer and text encoders, conditi
 with its 8x downsampling, scheduler) is the one a real checkpoint uses, stored in the diffusers
 folder layout so that the same loading code serves real and tiny weights.
 
-    python -m sdserve_backend.tiny_model --out DIR [--variant sd|sdxl] [--seed 0]
+    python -m sdserve_backend.tiny_model --out DIR [--variant sd|sdxl|sd-inpaint|sdxl-inpaint] [--seed 0]
+
+The `-inpaint` variants have a 9-channel inpainting UNet (latents, mask, masked image latents), as
+Stable Diffusion's inpainting checkpoints do; everything else is their base variant's.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -33,7 +38,9 @@ from transformers import (
     CLIPTokenizer,
 )
 
-VARIANTS = ("sd", "sdxl")
+VARIANTS = ("sd", "sdxl", "sd-inpaint", "sdxl-inpaint")
+# An inpainting UNet's input: 4 latent channels, the mask, 4 channels of the masked image's latents.
+INPAINTING_IN_CHANNELS = 9
 MARKER_FILE = "sdserve_tiny_model.json"
 # Bumped whenever the generated architecture or weights change, so that old folders are rebuilt.
 GENERATOR_REVISION = 1
@@ -95,12 +102,16 @@ def make_tiny_model(out_dir: Path, variant: str = "sd", seed: int = 0) -> Path:
     # the model's own entries are replaced: the folder may hold other files (e.g. a README).
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER_FILE).unlink(missing_ok=True)
-    pipeline = _build_sdxl_pipeline(seed) if variant == "sdxl" else _build_sd_pipeline(seed)
+    in_channels = INPAINTING_IN_CHANNELS if variant.endswith("-inpaint") else 4
+    if variant.startswith("sdxl"):
+        pipeline = _build_sdxl_pipeline(seed, in_channels)
+    else:
+        pipeline = _build_sd_pipeline(seed, in_channels)
     with tempfile.TemporaryDirectory(prefix=".tiny-model-", dir=out_dir) as staging:
         staging_dir = Path(staging)
         pipeline.save_pretrained(staging_dir, safe_serialization=True)
         _write_tokenizer(staging_dir / "tokenizer")
-        if variant == "sdxl":
+        if variant.startswith("sdxl"):
             _write_tokenizer(staging_dir / "tokenizer_2")
         # Also drops what the other variant wrote here before (text_encoder_2/, tokenizer_2/).
         for name in MODEL_ENTRIES:
@@ -150,7 +161,7 @@ def _expected_files(variant: str) -> list[str]:
         "tokenizer/vocab.json",
         "tokenizer/merges.txt",
     ]
-    if variant == "sdxl":
+    if variant.startswith("sdxl"):
         files += [
             "text_encoder_2/config.json",
             "text_encoder_2/model.safetensors",
@@ -164,11 +175,11 @@ def _expected_files(variant: str) -> list[str]:
 # Components
 
 
-def _build_sd_pipeline(seed: int) -> StableDiffusionPipeline:
+def _build_sd_pipeline(seed: int, in_channels: int = 4) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=IMAGE_SIZE // VAE_SCALE_FACTOR,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -191,7 +202,8 @@ def _build_sd_pipeline(seed: int) -> StableDiffusionPipeline:
         skip_prk_steps=True,
         steps_offset=1,
     )
-    return StableDiffusionPipeline(
+    pipeline_class = StableDiffusionInpaintPipeline if in_channels == INPAINTING_IN_CHANNELS else StableDiffusionPipeline
+    return pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=_build_tokenizer(),
@@ -203,14 +215,16 @@ def _build_sd_pipeline(seed: int) -> StableDiffusionPipeline:
     )
 
 
-def _build_sdxl_pipeline(seed: int) -> StableDiffusionXLPipeline:
+def _build_sdxl_pipeline(
+    seed: int, in_channels: int = 4
+) -> StableDiffusionXLPipeline | StableDiffusionXLInpaintPipeline:
     time_embed_dim = 8
     # SDXL's micro-conditioning: six time ids (original size, crop top-left, target size).
     added_embed_dim = 6 * time_embed_dim + TEXT_HIDDEN_SIZE
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=IMAGE_SIZE // VAE_SCALE_FACTOR,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -242,7 +256,8 @@ def _build_sdxl_pipeline(seed: int) -> StableDiffusionXLPipeline:
         timestep_spacing="leading",
         use_karras_sigmas=False,
     )
-    return StableDiffusionXLPipeline(
+    pipeline_class = StableDiffusionXLInpaintPipeline if in_channels == INPAINTING_IN_CHANNELS else StableDiffusionXLPipeline
+    return pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,

@@ -42,6 +42,19 @@ const capabilitiesSchema = {
     max_images: { type: 'integer', minimum: 1 },
     parameters: { type: 'object', additionalProperties: parameterSpecSchema },
     config_parameters: { type: 'array', items: { type: 'string' } },
+    inputs: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['name', 'datatype', 'dims'],
+        properties: {
+          name: { type: 'string', minLength: 1 },
+          datatype: { type: 'string', minLength: 1 },
+          dims: { type: 'array', items: { type: 'integer', minimum: -1 } },
+          optional: { type: 'boolean' },
+        },
+      },
+    },
     image_output: { type: 'string', minLength: 1 },
     encoded_output: { type: 'string', minLength: 1 },
   },

@@ -76,6 +76,14 @@ export interface ParameterSpec {
   description?: string;
 }
 
+/** An input or output as a backend declares it: KServe datatype, dims without the batch dimension. */
+export interface DeclaredTensor {
+  name: string;
+  datatype: string;
+  dims: number[];
+  optional?: boolean;
+}
+
 /**
  * What a backend declares it takes, in LoadResponse (docs/backend-protocol.md, "Capabilities").
  * A backend that declares nothing keeps Triton's behaviour: request-level batching as configured
@@ -92,6 +100,11 @@ export interface CapabilitiesMeta {
   parameters: Record<string, ParameterSpec>;
   /** Names config.pbtxt may set (informational). */
   config_parameters?: string[];
+  /**
+   * The inputs it reads (dims without the batch dimension). A name declared more than once may
+   * come in any of its forms (say `image` as UINT8 pixels or as BYTES files).
+   */
+  inputs?: DeclaredTensor[];
   /** The UINT8 [B, H, W, 3] output. */
   image_output?: string;
   /** A BYTES [B, 1] output holding each image as a file in `output_format`, produced only when requested by name. */

@@ -29,6 +29,13 @@ export function parsePositiveNumber(value: string): number {
   return parsed;
 }
 
+/** A number in (0, 1]: image-to-image's strength. */
+export function parseStrength(value: string): number {
+  const parsed = parseNumber(value);
+  if (!(parsed > 0 && parsed <= 1)) throw new InvalidArgumentError(`expected a number in (0, 1], got '${value}'.`);
+  return parsed;
+}
+
 /** `N` (every request) or `MIN-MAX` (each request draws uniformly from the range). */
 export function parseSteps(value: string): StepsOption {
   const range = /^\s*(\d+)\s*-\s*(\d+)\s*$/.exec(value);

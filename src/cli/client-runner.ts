@@ -3,7 +3,7 @@
  * requests of B prompts, optionally save the images, and the run reports throughput and latency
  * in the Triton Stable Diffusion tutorial client's format.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
@@ -54,6 +54,12 @@ export interface ClientOptions {
   scheduler?: string;
   width?: number;
   height?: number;
+  /** Image-to-image: the input image file (PNG, JPEG, WebP) sent with every request. */
+  image?: string;
+  /** Inpainting: the mask file (white = repaint), with `image`. */
+  mask?: string;
+  /** Image-to-image and inpainting: how much of the schedule runs from the image (0..1]. */
+  strength?: number;
   /** Progress bars on stderr; drawn only when stderr is a TTY. */
   progress?: boolean;
   /**
@@ -122,8 +128,9 @@ export async function runClient(options: ClientOptions = {}): Promise<ClientSumm
   const seed = options.seed ?? 0;
   const pickSteps = stepsPicker(options.steps, seededRandom(seed));
   const arrivals = seededRandom(seed ^ 0x9e3779b9);
+  const inputFiles = await readInputFiles(options);
   const plan = Array.from({ length: clients }, () => Array.from({ length: requests }, () =>
-    buildInferRequest({ ...options, steps: pickSteps() }, batchSize)));
+    buildInferRequest({ ...options, steps: pickSteps() }, batchSize, inputFiles)));
   const rate = options.requestRate;
   const sendTimes = rate === undefined ? undefined
     : Array.from({ length: clients }, () => poissonSendTimes(requests, rate / clients, arrivals));
@@ -189,11 +196,12 @@ function summaryRecord(summary: ClientSummary, options: ClientOptions): Record<s
 
 /** One request: B copies of the prompt plus any generation parameters given, as the server's generate routes map them. */
 export function buildInferRequest(
-  options: Omit<ClientOptions, 'steps'> & { steps?: number }, batchSize: number,
+  options: Omit<ClientOptions, 'steps'> & { steps?: number }, batchSize: number, inputFiles: InputFiles = {},
 ): InferRequest {
   // The client saves pixels itself, so it asks for the image output whatever the model encodes.
   const model: ImageModel = {
     name: options.model ?? DEFAULT_MODEL, hasNegativePrompt: true, batched: true, imageOutput: IMAGE_OUTPUT, maxImages: batchSize,
+    takesImageFiles: true,
   };
   const candidates: Record<string, string | number | undefined> = {
     steps: options.steps,
@@ -202,6 +210,7 @@ export function buildInferRequest(
     scheduler: options.scheduler,
     height: options.height,
     width: options.width,
+    strength: options.strength,
   };
   const parameters: Parameters = {};
   for (const [name, value] of Object.entries(candidates)) {
@@ -211,7 +220,22 @@ export function buildInferRequest(
     prompts: new Array<string>(batchSize).fill(options.prompt ?? DEFAULT_PROMPT),
     ...(options.negativePrompt !== undefined && { negativePrompts: [options.negativePrompt] }),
     parameters,
+    ...inputFiles,
   });
+}
+
+/** The input image and mask files of image-to-image and inpainting runs. */
+export interface InputFiles {
+  images?: Buffer[];
+  masks?: Buffer[];
+}
+
+async function readInputFiles(options: ClientOptions): Promise<InputFiles> {
+  if (options.mask !== undefined && options.image === undefined) throw new Error('--mask needs --image');
+  return {
+    ...(options.image !== undefined && { images: [await readFile(options.image)] }),
+    ...(options.mask !== undefined && { masks: [await readFile(options.mask)] }),
+  };
 }
 
 async function runOneClient(run: ResolvedRun, client: number): Promise<ClientResult> {

@@ -5,6 +5,8 @@
  */
 import { PNG } from 'pngjs';
 import type { InferRequest } from '../core/types.js';
+import { splitBytesElements } from '../protocol/binary-tensor.js';
+import { IMAGE_INPUT, MASK_INPUT } from '../protocol/generation/index.js';
 import { decodeBytesElements, errorMessage, InferHttpError, modelUrl } from './client-http.js';
 import type { RgbImage } from './image-file.js';
 
@@ -19,7 +21,12 @@ interface StreamEvent {
 /** The generate-extension body for an infer request: inputs as string lists, parameters flat. */
 export function generateBody(request: InferRequest): Record<string, unknown> {
   const body: Record<string, unknown> = { ...request.parameters };
-  for (const input of request.inputs) body[input.name] = decodeBytesElements(input.data);
+  for (const input of request.inputs) {
+    // Input images travel as base64 files; prompts as text.
+    const isFile = input.name === IMAGE_INPUT || input.name === MASK_INPUT;
+    body[input.name] = isFile ? (splitBytesElements(input.data) ?? []).map((file) => file.toString('base64'))
+      : decodeBytesElements(input.data);
+  }
   return body;
 }
 

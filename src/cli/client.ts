@@ -5,7 +5,7 @@
 import { Command, Option } from 'commander';
 import {
   parseNonNegativeInteger, parseNonNegativeNumber, parsePositiveInteger, parsePositiveNumber,
-  parseServerUrl, parseSteps,
+  parseServerUrl, parseSteps, parseStrength,
 } from './client-options.js';
 import {
   DEFAULT_MODEL, DEFAULT_PROMPT, DEFAULT_URL, runClient, type ClientOptions,
@@ -41,6 +41,9 @@ export function registerClientCommand(program: Command): void {
     .option('--scheduler <name>', 'scheduler name')
     .option('--width <n>', 'image width in pixels', parsePositiveInteger)
     .option('--height <n>', 'image height in pixels', parsePositiveInteger)
+    .option('--image <file>', 'image-to-image: input image (PNG, JPEG, WebP) sent with every request')
+    .option('--mask <file>', 'inpainting: mask image (white = repaint), with --image')
+    .option('--strength <x>', 'image-to-image/inpainting: how much of the schedule runs from the image, (0, 1]', parseStrength)
     .option('--no-progress', 'do not draw progress bars')
     .option('--step-progress', 'bars over each request\'s denoising steps (requests go through generate_stream)', false)
     .option('--summary-json <file>', 'also write the summary (throughput, latency percentiles) as JSON')

@@ -6,3 +6,8 @@ export function toKServeDatatype(type: TritonDataType): KServeDatatype {
   if (type === 'TYPE_STRING') return 'BYTES';
   return type.slice('TYPE_'.length) as KServeDatatype;
 }
+
+/** BYTES -> TYPE_STRING, FP32 -> TYPE_FP32. */
+export function fromKServeDatatype(type: string): TritonDataType {
+  return (type === 'BYTES' ? 'TYPE_STRING' : `TYPE_${type}`) as TritonDataType;
+}

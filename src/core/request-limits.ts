@@ -77,6 +77,9 @@ export function checkRequestLimits(request: InferRequest, config: ModelConfig): 
   if (limits.maxPromptChars > 0) {
     for (const tensor of request.inputs) {
       if (tensor.datatype !== 'BYTES') continue;
+      // Files sent for a pixel input (an `image` as PNG) are not text; their backend checks them.
+      const declared = config.input.find((input) => input.name === tensor.name);
+      if (declared !== undefined && declared.data_type !== 'TYPE_STRING') continue;
       const longest = longestElement(tensor.data, limits.maxPromptChars);
       if (longest !== undefined) {
         throw refuse(`input '${tensor.name}' has an element of ${longest} characters, over the limit of `

@@ -2,7 +2,8 @@ import path from 'node:path';
 import type { CapabilitiesMeta } from '../backend/index.js';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { ModelConfig, ModelOutput, QueuePolicy } from '../repository/model-config-types.js';
+import type { ModelConfig, ModelInput, ModelOutput, QueuePolicy } from '../repository/model-config-types.js';
+import { fromKServeDatatype } from './datatypes.js';
 import {
   RequestScheduler, type QueuePolicyLimits, type RequestProgress, type SchedulerPolicy,
 } from '../scheduler/index.js';
@@ -49,6 +50,8 @@ export class ServedModel {
   private readonly stats = new StatisticsRecorder();
   /** What the backend declared it takes (LoadResponse); undefined: Triton's behaviour, parameters unchecked. */
   capabilities: CapabilitiesMeta | undefined;
+  /** Per input name, the forms its backend declared (see validateRequest). */
+  private inputForms: Map<string, ModelInput[]> = new Map();
   /** The config as served: the repository's, completed with the outputs the backend declared. */
   config: ModelConfig;
 
@@ -110,6 +113,7 @@ export class ServedModel {
     this.instances = instances;
     this.capabilities = instances[0]?.capabilities;
     this.config = completedConfig(this.repositoryConfig, this.capabilities);
+    this.inputForms = declaredInputForms(this.capabilities);
     if (this.capabilities !== undefined) this.scheduler.setBatching(this.capabilities.batching);
     for (const instance of instances) this.scheduler.addExecutor(instance);
     this.state = 'READY';
@@ -141,7 +145,7 @@ export class ServedModel {
     const elapsedNs = () => Number(process.hrtime.bigint() - startNs);
     const internalId = `sdserve-${nextRequestNumber++}`;
     try {
-      const batchSize = validateRequest(request, this.config);
+      const batchSize = validateRequest(request, this.config, this.inputForms);
       const { priority, timeout, ...sent } = request.parameters;
       const parameters = checkRequestParameters(sent, this.capabilities, this.config.name);
       const scheduled = {
@@ -233,6 +237,19 @@ function queueParameter(value: unknown, name: string): number | undefined {
     throw new SdserveError('SDS_ERR_INVALID_ARG', `request parameter '${name}' must be a non-negative integer, got ${JSON.stringify(value)}`);
   }
   return value;
+}
+
+/** Per input name, every form its backend declared (a name may be declared in several forms). */
+function declaredInputForms(capabilities: CapabilitiesMeta | undefined): Map<string, ModelInput[]> {
+  const forms = new Map<string, ModelInput[]>();
+  for (const input of capabilities?.inputs ?? []) {
+    const form: ModelInput = {
+      name: input.name, data_type: fromKServeDatatype(input.datatype), format: 'FORMAT_NONE', dims: input.dims,
+      is_shape_tensor: false, allow_ragged_batch: false, optional: input.optional ?? false,
+    };
+    forms.set(input.name, [...(forms.get(input.name) ?? []), form]);
+  }
+  return forms;
 }
 
 /**

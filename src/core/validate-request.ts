@@ -5,9 +5,13 @@ import type { InferRequest, Tensor } from './types.js';
 
 /**
  * Checks a request against its model's config, with Triton's wording, and returns its batch size
- * (1 for models that do not batch).
+ * (1 for models that do not batch). `otherForms`: per input name, the other datatype and dims
+ * its backend declared it accepts (an image as UINT8 pixels or as BYTES files); a tensor
+ * matching one of them is accepted too.
  */
-export function validateRequest(request: InferRequest, config: ModelConfig): number {
+export function validateRequest(
+  request: InferRequest, config: ModelConfig, otherForms: ReadonlyMap<string, ModelInput[]> = new Map(),
+): number {
   const prefix = `[request id: ${request.id || '<id_unknown>'}]`;
   const invalid = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG', `${prefix} ${message}`);
   const byName = new Map(config.input.map((input) => [input.name, input]));
@@ -36,7 +40,8 @@ export function validateRequest(request: InferRequest, config: ModelConfig): num
   // 3. datatype, shape and batch size of each input (the front ends checked the data against its shape)
   let batchSize: number | undefined;
   for (const tensor of request.inputs) {
-    const input = byName.get(tensor.name) as ModelInput;
+    const declared = byName.get(tensor.name) as ModelInput;
+    const input = (otherForms.get(tensor.name) ?? []).find((form) => matchesForm(tensor, form, config)) ?? declared;
     checkDatatype(tensor, input, config, invalid);
     const batch = checkShape(tensor, input, config, invalid);
     if (batchSize !== undefined && batch !== batchSize) {
@@ -55,6 +60,12 @@ export function validateRequest(request: InferRequest, config: ModelConfig): num
 }
 
 type Invalid = (message: string) => SdserveError;
+
+function matchesForm(tensor: Tensor, form: ModelInput, config: ModelConfig): boolean {
+  const dims = tensor.shape.slice(config.max_batch_size > 0 ? 1 : 0);
+  return tensor.datatype === toKServeDatatype(form.data_type) && dims.length === form.dims.length
+    && dims.every((d, i) => form.dims[i] === -1 || form.dims[i] === d);
+}
 
 function checkDatatype(tensor: Tensor, input: ModelInput, config: ModelConfig, invalid: Invalid): void {
   const expected = toKServeDatatype(input.data_type);

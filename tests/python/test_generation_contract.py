@@ -90,7 +90,7 @@ def test_other_boolean_spellings_are_refused(text: str) -> None:
 def test_the_model_declares_its_tasks_batching_and_parameters_with_the_configs_defaults(model: TritonPythonModel) -> None:
     declared = model.capabilities()
 
-    assert declared["tasks"] == ["text_to_image"]
+    assert declared["tasks"] == ["text_to_image", "image_to_image", "inpaint"]
     assert declared["batching"] == "request"
     assert declared["max_images"] == 4
     parameters = declared["parameters"]

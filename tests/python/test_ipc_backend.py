@@ -203,7 +203,7 @@ def test_the_diffusion_model_declares_its_capabilities_in_the_load_response(
 
     assert reply.type is MessageType.LOAD_RESPONSE and set(reply.metadata) == {"cuda", "capabilities"}
     capabilities = reply.metadata["capabilities"]
-    assert (capabilities["tasks"], capabilities["batching"], capabilities["max_images"]) == (["text_to_image"], "request", 2)
+    assert (capabilities["tasks"], capabilities["batching"], capabilities["max_images"]) == (["text_to_image", "image_to_image", "inpaint"], "request", 2)
     assert capabilities["parameters"]["height"]["default"] == 64
     assert capabilities["parameters"]["width"]["default"] == 128
 

@@ -132,7 +132,7 @@ def test_an_unknown_model_is_openai_s_404_model_not_found(client: openai.OpenAI)
     [
         ("POST", "/v1/images/generations", b"[1]", 400, "invalid request body: must be object"),
         ("POST", "/v1/images/generations", {"n": 1}, 400, "must have required property 'prompt'"),
-        ("POST", "/v1/images/edits", {"prompt": "a cat"}, 404, "no route for POST /v1/images/edits"),
+        ("POST", "/v1/images/edits", {"prompt": "a cat"}, 400, "the body must be multipart/form-data"),
         ("GET", "/v1/models/tiny_sd", None, 404, "no route for GET /v1/models/tiny_sd"),
     ],
 )

@@ -322,3 +322,37 @@ def prompt_request(prompt: str, parameters: dict[str, object]) -> pb_utils.Infer
 def test_bad_step_batching_config_is_named_with_its_value(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="config parameter 'step_batching' must be \"true\" or \"false\", got 'yes'"):
         make_model(tiny_model_dirs, tmp_path, "yes")
+
+
+def test_image_to_image_and_inpainting_share_unet_calls_with_text_to_image_each_at_its_own_step(
+    sd_runner: Runner,
+) -> None:
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray((np.random.default_rng(0).random((4, 4, 3)) * 255).astype(np.uint8)).resize((64, 64))
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 31), fill=255)
+    # Half the schedule: two of the four Euler steps, from the image noised to step 2's timestep.
+    img2img = GenerationRequest(["a dog"], seed=2, images=(picture,), strength=0.5)
+    inpaint = GenerationRequest(["a bird"], seed=3, images=(picture,), masks=(mask,))
+    joined: list[Submitted] = []
+
+    def join() -> None:
+        joined.extend(sd_runner.submit(request, EULER) for request in (img2img, inpaint))
+
+    text_key, text_outcome = sd_runner.submit(CAT, EULER, on_step=on_step_number(1, join))
+    text_image = text_outcome.result(TIMEOUT_S)
+    (img2img_key, img2img_outcome), (inpaint_key, inpaint_outcome) = joined
+    shared = [img2img_outcome.result(TIMEOUT_S), inpaint_outcome.result(TIMEOUT_S)]
+
+    a, b, c = text_key, img2img_key, inpaint_key
+    assert sd_runner.compositions() == [
+        ((a, 0),),
+        ((a, 1), (b, 0), (c, 0)),
+        ((a, 2), (b, 1), (c, 1)),
+        ((a, 3), (c, 2)),
+        ((c, 3),),
+    ]
+    pipeline = sd_runner.batcher.pipeline
+    for request, image in zip((CAT, img2img, inpaint), (text_image, *shared), strict=True):
+        assert max_abs_diff(image, pipeline([request], EULER)[0]) <= 2

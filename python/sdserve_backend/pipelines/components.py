@@ -47,6 +47,11 @@ class DiffusionComponents:
         return self.text_encoder_2 is not None
 
     @property
+    def is_inpainting(self) -> bool:
+        """A 9-channel inpainting UNet: latents, the mask and the masked image's latents."""
+        return int(self.unet.config.in_channels) == 9
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import SchedulerMixin
 
@@ -45,6 +46,8 @@ class DenoisingState:
     # `after_step` runs after each scheduler step (say, to blend the known region back in).
     extra_channels: torch.Tensor | None = None
     after_step: Callable[[DenoisingState], None] | None = None
+    # Runs on the decoded images, uint8 [B, H, W, 3] (inpainting pastes the unmasked pixels back).
+    after_decode: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def done(self) -> bool:
@@ -67,14 +70,16 @@ def start_denoising(
     encoder_hidden_states: torch.Tensor,
     added_cond_kwargs: dict[str, torch.Tensor] | None,
     guidance_scale: float,
+    timesteps: torch.Tensor | None = None,
 ) -> DenoisingState:
-    """A state at the first of `scheduler`'s timesteps (set already); `generators` is, per latent
-    row, the generator that schedulers adding noise each step draw from."""
+    """A state at the first of `timesteps` (by default all of `scheduler`'s, set already);
+    `generators` is, per latent row, the generator that schedulers adding noise each step draw from."""
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
     return DenoisingState(
         scheduler=scheduler,
         latents=latents,
-        timesteps=scheduler.timesteps,
-        timesteps_on_host=scheduler.timesteps.cpu(),
+        timesteps=timesteps,
+        timesteps_on_host=timesteps.cpu(),
         encoder_hidden_states=encoder_hidden_states,
         added_cond_kwargs=added_cond_kwargs,
         guidance_scale=guidance_scale,

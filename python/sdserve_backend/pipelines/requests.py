@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from PIL import Image
 
 MAX_SEED = 2**64 - 1
 
@@ -17,6 +19,20 @@ class GenerationRequest:
     negative_prompts: list[str | None] | None = None
     # Prompts longer than CLIP's 75 tokens: chunked and concatenated (True) or cut (False).
     chunk_prompts: bool = True
+    # Image-to-image and inpainting: the input images (one per prompt, or one for all), RGB, and
+    # the inpainting masks (mode "L", white = repaint), each the size of its image.
+    images: tuple[Image.Image, ...] | None = field(default=None, compare=False)
+    masks: tuple[Image.Image, ...] | None = field(default=None, compare=False)
+    # How much of the schedule runs from the image (diffusers' `strength`); None: the task's default.
+    strength: float | None = None
+    # Gaussian blur radius for the mask, in pixels (diffusers' `VaeImageProcessor.blur`).
+    mask_blur: int = 0
+
+    @property
+    def task_name(self) -> str:
+        if self.masks is not None:
+            return "inpaint"
+        return "image_to_image" if self.images is not None else "text_to_image"
 
     def negatives(self) -> list[str | None]:
         return self.negative_prompts if self.negative_prompts is not None else [None] * len(self.prompts)

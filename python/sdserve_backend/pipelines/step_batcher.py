@@ -40,7 +40,7 @@ import torch
 from sdserve_backend.pipelines.denoise import DenoisingState
 from sdserve_backend.pipelines.requests import GenerationRequest, GenerationSettings
 from sdserve_backend.pipelines.tasks import Task
-from sdserve_backend.pipelines.text_to_image import TextToImagePipeline, split_per_request
+from sdserve_backend.pipelines.text_to_image import TextToImagePipeline, finish_per_request
 
 log = logging.getLogger("sdserve.step_batcher")
 
@@ -145,9 +145,9 @@ class StepBatcher:
         (an error preparing it included).
         `on_step(step, steps)` reports progress in the request's own steps (1-based); every
         `preview_every`-th step (and the last) it gets a third argument, a callable returning a
-        rough preview image (see `_preview`). `task`: the pipeline's text-to-image task unless given.
+        rough preview image (see `_preview`). `task`: the pipeline's task for the request unless given.
         """
-        task = task if task is not None else self.pipeline.task
+        task = task if task is not None else self.pipeline.task_for(request)
         task.check(request, settings)
         item = InFlight(next(self._keys), task, request, settings, on_done, on_step, is_cancelled, preview_every,
                         batch_key=task.batch_key(request, settings))
@@ -312,7 +312,9 @@ class StepBatcher:
     def _finish(self, items: list[InFlight]) -> None:
         try:
             images = items[0].task.finish(torch.cat([item.denoising.latents for item in items]))
-            outcomes: Sequence[Outcome] = split_per_request(images, [item.request for item in items])
+            outcomes: Sequence[Outcome] = finish_per_request(
+                images, [item.request for item in items], [item.denoising for item in items]
+            )
         except Exception as error:  # noqa: BLE001 - answer the requests, keep decoding others
             log.exception("decoding %d request(s) failed", len(items))
             outcomes = [error] * len(items)

@@ -24,6 +24,9 @@ from sdserve_backend.pipelines.prompts import (
     PromptEncoder,
 )
 from sdserve_backend.pipelines.requests import MAX_SEED, GenerationRequest, GenerationSettings
+from sdserve_backend.pipelines.tasks import Task
+from sdserve_backend.pipelines.tasks.image_to_image import ImageToImage
+from sdserve_backend.pipelines.tasks.inpaint import Inpaint
 from sdserve_backend.pipelines.tasks.text_to_image import TextToImage
 
 __all__ = [
@@ -46,6 +49,14 @@ class TextToImagePipeline:
         self.components = components
         self.prompt_encoder = PromptEncoder(components, prompt_cache_size)
         self.task = TextToImage(components, self.prompt_encoder)
+        self.image_tasks: dict[str, Task] = {
+            task.name: task for task in (ImageToImage(components, self.prompt_encoder), Inpaint(components, self.prompt_encoder))
+        }
+
+    def task_for(self, request: GenerationRequest) -> Task:
+        """The task that runs `request`: inpainting with a mask, image-to-image with an image,
+        else text-to-image."""
+        return self.image_tasks.get(request.task_name, self.task)
 
     @property
     def prompt_cache(self) -> PromptCache:
@@ -66,12 +77,12 @@ class TextToImagePipeline:
         self.check_inputs(requests, settings)
 
         # 2. Prepare each request: its conditioning, its own scheduler, its latents from its seed
-        states = [self.task.prepare(request, settings) for request in requests]
+        states = [self.task_for(request).prepare(request, settings) for request in requests]
 
         # 3. Denoise them together, one UNet call per step for each group that can share one
         groups: dict[Hashable, list[DenoisingState]] = {}
         for request, state in zip(requests, states, strict=True):
-            groups.setdefault(self.task.batch_key(request, settings), []).append(state)
+            groups.setdefault(self.task_for(request).batch_key(request, settings), []).append(state)
         reported = 0
         while not all(state.done for state in states):
             for group in groups.values():
@@ -83,14 +94,14 @@ class TextToImagePipeline:
 
         # 4. Decode and hand each request its images
         images = self.task.finish(torch.cat([state.latents for state in states]))
-        return split_per_request(images, requests)
+        return finish_per_request(images, requests, states)
 
     def check_inputs(self, requests: Sequence[GenerationRequest], settings: GenerationSettings) -> None:
         """Raise ValueError naming the argument and its value for anything this model cannot run."""
         if len(requests) == 0:
             raise ValueError("requests must hold at least one request, got none")
         for request in requests:
-            self.task.check(request, settings)
+            self.task_for(request).check(request, settings)
 
     def denoise_batch(self, states: Sequence[DenoisingState]) -> None:
         """One step of each of `states`, with one UNet call for all (`denoise.denoise_step`)."""
@@ -99,6 +110,14 @@ class TextToImagePipeline:
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents -> uint8 images [B, H, W, 3] on the host."""
         return self.task.finish(latents)
+
+
+def finish_per_request(
+    images: np.ndarray, requests: Sequence[GenerationRequest], states: Sequence[DenoisingState]
+) -> list[np.ndarray]:
+    """Each request's share of a decoded batch, after its task's last touch (`after_decode`)."""
+    shares = split_per_request(images, requests)
+    return [share if state.after_decode is None else state.after_decode(share) for share, state in zip(shares, states, strict=True)]
 
 
 def split_per_request(images: np.ndarray, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:

@@ -13,6 +13,9 @@ import { encodePngImages, isImageBatch } from './png-pool.js';
 
 export const PROMPT_INPUT = 'prompt';
 export const NEGATIVE_PROMPT_INPUT = 'negative_prompt';
+/** Image-to-image and inpainting: the input image and the mask (white = repaint), as files. */
+export const IMAGE_INPUT = 'image';
+export const MASK_INPUT = 'mask';
 export const OUTPUT_FORMATS = ['png', 'jpeg', 'webp'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 export const MIME_TYPES: Record<OutputFormat, string> = { png: 'image/png', jpeg: 'image/jpeg', webp: 'image/webp' };
@@ -31,6 +34,8 @@ export interface ImageModel {
   encodedOutput?: string;
   /** Images one request may ask for. */
   maxImages: number;
+  /** Whether it takes input images (and masks) as BYTES files: image-to-image, inpainting. */
+  takesImageFiles: boolean;
   capabilities?: CapabilitiesMeta;
 }
 
@@ -46,6 +51,10 @@ export interface ImageRequest {
   outputFormat?: OutputFormat;
   /** 0..100: the quality of jpeg and webp files. */
   outputCompression?: number;
+  /** Image-to-image and inpainting: input image files (PNG, JPEG, WebP), one per image or one for all. */
+  images?: Buffer[];
+  /** Inpainting: mask files, one per image or one for all. */
+  masks?: Buffer[];
 }
 
 /** The images of a response, each one file, and the response's own parameters. */
@@ -82,8 +91,46 @@ export function describeImageModel(
     imageOutput,
     encodedOutput: capabilities?.encoded_output,
     maxImages: Math.max(1, capabilities?.max_images ?? maxBatch),
+    takesImageFiles: takesFiles(capabilities, IMAGE_INPUT),
     capabilities,
   };
+}
+
+function takesFiles(capabilities: CapabilitiesMeta | undefined, name: string): boolean {
+  return capabilities?.inputs?.some((input) => input.name === name && input.datatype === 'BYTES') ?? false;
+}
+
+/**
+ * An image file sent as base64 text (a data URL's `data:image/png;base64,` prefix allowed), or a
+ * 400 naming the field.
+ */
+export function decodeBase64Image(field: string, value: unknown): Buffer {
+  if (typeof value !== 'string') throw invalidArg(`"${field}" must be a base64-encoded image file, got ${typeof value}`);
+  const text = value.replace(/^data:[^,]*;base64,/, '').replace(/\s+/g, '');
+  if (text.length === 0 || !/^[A-Za-z0-9+/_-]*={0,2}$/.test(text)) {
+    throw invalidArg(`"${field}" must be a base64-encoded image file (PNG, JPEG or WebP)`);
+  }
+  return Buffer.from(text, 'base64');
+}
+
+/** Files as a BYTES tensor, one element per image: a single file serves every image. */
+function fileTensor(name: string, files: Buffer[], count: number, batched: boolean): Tensor {
+  const perImage = files.length === 1 ? Array<Buffer>(count).fill(files[0]) : files;
+  if (perImage.length !== count) throw invalidArg(`"${name}" must hold 1 or ${count} images (one per image), got ${files.length}`);
+  if (!batched && count > 1) throw invalidArg(`"${name}": this model takes one image per request`);
+  return { name, datatype: 'BYTES', shape: batched ? [count, 1] : [1], data: joinBytesElements(perImage) };
+}
+
+/** The request's input image and mask files as tensors (none for text-to-image). */
+export function imageFileTensors(model: ImageModel, request: Pick<ImageRequest, 'images' | 'masks'>, count: number): Tensor[] {
+  if (request.images === undefined) {
+    if (request.masks !== undefined) throw invalidArg('a mask needs an image to repaint');
+    return [];
+  }
+  if (!model.takesImageFiles) throw invalidArg(`model '${model.name}' takes no input image (text-to-image only)`);
+  const tensors = [fileTensor(IMAGE_INPUT, request.images, count, model.batched)];
+  if (request.masks !== undefined) tensors.push(fileTensor(MASK_INPUT, request.masks, count, model.batched));
+  return tensors;
 }
 
 /** The text-to-image models that are ready, by name. */
@@ -131,6 +178,7 @@ export function toInferRequest(model: ImageModel, request: ImageRequest): InferR
     const negatives = request.negativePrompts.length === 1 ? Array<string>(count).fill(request.negativePrompts[0]) : request.negativePrompts;
     inputs.push(textTensor(NEGATIVE_PROMPT_INPUT, negatives, model.batched));
   }
+  inputs.push(...imageFileTensors(model, request, count));
   const parameters: Parameters = { ...request.parameters };
   if (model.encodedOutput !== undefined) {
     parameters.output_format = format;

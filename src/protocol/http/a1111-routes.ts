@@ -1,6 +1,7 @@
 /**
- * Automatic1111's web UI API, the text-to-image part, for the tools written against it:
- * `POST /sdapi/v1/txt2img` answers `{images: [base64 PNG], parameters, info}`, and
+ * Automatic1111's web UI API, for the tools written against it: `POST /sdapi/v1/txt2img` and
+ * `/sdapi/v1/img2img` (`init_images`, `mask`, `denoising_strength`, `mask_blur`) answer
+ * `{images: [base64 PNG], parameters, info}`, and
  * `GET /sdapi/v1/sd-models` and `/sdapi/v1/samplers` list what may be asked for. A thin mapping
  * onto the generation module; A1111 fields that would change the image but sdserve does not
  * implement (hires fix, face restoration, variation seeds, scripts) are errors, not ignored.
@@ -12,7 +13,7 @@ import type { InferenceCore } from '../../core/inference-core.js';
 import type { Parameters, ParameterValue } from '../../core/types.js';
 import { invalidArg } from '../../errors.js';
 import {
-  chooseImageModel, generateImages, readyImageModels, type ImageModel, type ImageRequest,
+  chooseImageModel, decodeBase64Image, generateImages, readyImageModels, type ImageModel, type ImageRequest,
 } from '../generation/index.js';
 import { disconnectSignal } from './disconnect-signal.js';
 
@@ -74,7 +75,37 @@ export const txt2imgBodySchema = {
   },
 } as const;
 
+/** img2img: txt2img's fields and the input image, the mask and how they are used. */
+export const img2imgBodySchema = {
+  type: 'object',
+  required: ['init_images'],
+  properties: {
+    ...txt2imgBodySchema.properties,
+    init_images: { type: 'array', items: { type: 'string' }, minItems: 1 },
+    mask: nullable('string'),
+    denoising_strength: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+    mask_blur: { type: 'integer', minimum: 0, maximum: 64 },
+    // A1111's inpainting fills: 1 ("original") is what sdserve does; the others are refused.
+    inpainting_fill: { enum: [1, null] },
+    inpainting_mask_invert: { enum: [0, false, null] },
+    inpaint_full_res: { enum: [false, 0, null] },
+    resize_mode: { enum: [0, null] },
+  },
+} as const;
+
+interface Img2ImgBody extends Txt2ImgBody {
+  init_images: string[];
+  mask?: string | null;
+  denoising_strength?: number;
+  mask_blur?: number;
+}
+
+/** A1111's defaults for img2img. */
+const A1111_DENOISING_STRENGTH = 0.75;
+const A1111_MASK_BLUR = 4;
+
 const MAPPED_FIELDS = Object.keys(txt2imgBodySchema.properties);
+const IMG2IMG_MAPPED_FIELDS = Object.keys(img2imgBodySchema.properties);
 
 /**
  * A1111 fields sdserve does not act on, with the values that leave the image as sdserve makes
@@ -108,30 +139,38 @@ const NEUTRAL_FIELDS: Record<string, (value: unknown) => boolean> = {
   force_task_id: (v) => v === null || typeof v === 'string',
   infotext: (v) => v === null || v === '',
   user: () => true,
+  // img2img's, at the values that leave sdserve's image as it is.
+  inpaint_full_res_padding: (v) => v === null || typeof v === 'number',
+  include_init_images: (v) => v === null || typeof v === 'boolean',
+  initial_noise_multiplier: (v) => v === null || v === 1,
+  image_cfg_scale: (v) => v === null || typeof v === 'number',
+  mask_round: (v) => v === null || typeof v === 'boolean',
 };
 
 /** The hires-fix fields mean something only with `enable_hr: true`, which sdserve refuses. */
 const HIRES_FIELD = /^(hr_|firstphase_|denoising_strength$)/;
 
-const KNOWN_FIELDS = [...MAPPED_FIELDS, ...Object.keys(NEUTRAL_FIELDS)];
-
 /** Unknown fields, and known ones set to what sdserve cannot do, are the client's to hear of. */
-async function checkFields(request: FastifyRequest): Promise<void> {
-  const body = request.body;
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) return;  // the schema's to report
-  for (const [field, value] of Object.entries(body)) {
-    if (MAPPED_FIELDS.includes(field) || HIRES_FIELD.test(field)) continue;
-    const neutral = NEUTRAL_FIELDS[field];
-    if (neutral === undefined) {
-      const meant = closestName(field, KNOWN_FIELDS);
-      throw invalidArg(`txt2img: unknown field "${field}"${meant ? ` (did you mean "${meant}"?)` : ''}; `
-        + `sdserve acts on ${MAPPED_FIELDS.join(', ')}`);
+function fieldChecker(route: 'txt2img' | 'img2img') {
+  const mapped = route === 'txt2img' ? MAPPED_FIELDS : IMG2IMG_MAPPED_FIELDS;
+  const known = [...mapped, ...Object.keys(NEUTRAL_FIELDS)];
+  return async (request: FastifyRequest): Promise<void> => {
+    const body = request.body;
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) return;  // the schema's to report
+    for (const [field, value] of Object.entries(body)) {
+      if (mapped.includes(field) || (HIRES_FIELD.test(field) && field !== 'denoising_strength')) continue;
+      const neutral = NEUTRAL_FIELDS[field];
+      if (neutral === undefined) {
+        const meant = closestName(field, known);
+        throw invalidArg(`${route}: unknown field "${field}"${meant ? ` (did you mean "${meant}"?)` : ''}; `
+          + `sdserve acts on ${mapped.join(', ')}`);
+      }
+      if (!neutral(value)) {
+        throw invalidArg(`${route}: "${field}": ${JSON.stringify(value)} is not supported by sdserve; leave it at A1111's default`);
+      }
     }
-    if (!neutral(value)) {
-      throw invalidArg(`txt2img: "${field}": ${JSON.stringify(value)} is not supported by sdserve; leave it at A1111's default`);
-    }
-  }
-  if ((body as Txt2ImgBody).enable_hr === true) throw invalidArg('txt2img: "enable_hr" (hires fix) is not supported by sdserve');
+    if ((body as Txt2ImgBody).enable_hr === true) throw invalidArg(`${route}: "enable_hr" (hires fix) is not supported by sdserve`);
+  };
 }
 
 /** `sampler_name` (or the older `sampler_index`) as a scheduler of the model. */
@@ -177,6 +216,15 @@ function settingsOf(model: ImageModel, body: Txt2ImgBody) {
 
 type Settings = ReturnType<typeof settingsOf>;
 
+/** img2img's input image, mask and strength, as base64 files and parameters. */
+function img2imgInputs(body: Img2ImgBody): Pick<ImageRequest, 'images' | 'masks'> & { parameters: Parameters } {
+  const images = body.init_images.map((image, index) => decodeBase64Image(`init_images[${index}]`, image));
+  const parameters: Parameters = { strength: body.denoising_strength ?? A1111_DENOISING_STRENGTH };
+  if (body.mask === undefined || body.mask === null || body.mask === '') return { images, parameters };
+  parameters.mask_blur = body.mask_blur ?? A1111_MASK_BLUR;
+  return { images, masks: [decodeBase64Image('mask', body.mask)], parameters };
+}
+
 /** Iteration `i` of `n_iter`: A1111 moves the seed on by the batch size each time. */
 function imageRequest(settings: Settings, body: Txt2ImgBody, iteration: number): ImageRequest {
   const parameters: Parameters = { seed: settings.seed + iteration * settings.batchSize };
@@ -216,39 +264,52 @@ export async function a1111Routes(app: FastifyInstance, options: { core: Inferen
 
   app.get('/samplers', async () => Object.keys(SAMPLERS).map((name) => ({ name, aliases: [], options: {} })));
 
-  app.post<{ Body: Txt2ImgBody }>('/txt2img', { schema: { body: txt2imgBodySchema }, preValidation: checkFields },
-    async (request, reply) => {
-      const body = request.body;
-      const model = chooseImageModel(core, body.override_settings?.sd_model_checkpoint ?? undefined);
-      const settings = settingsOf(model, body);
-      const signal = disconnectSignal(reply);
-      // 1. one request per iteration, in turn, as A1111 runs them
-      const images: Buffer[] = [];
-      const seeds: number[] = [];
-      for (let iteration = 0; iteration < settings.nIter; iteration += 1) {
-        const generated = await generateImages(core, model, imageRequest(settings, body, iteration), signal);
-        images.push(...generated.images);
-        seeds.push(...generated.images.map(() => settings.seed + iteration * settings.batchSize));
-      }
-      // 2. the reply: images, the request as run, and what each image came from
-      const count = images.length;
-      const info = {
-        prompt: settings.prompt, all_prompts: Array<string>(count).fill(settings.prompt),
-        negative_prompt: settings.negativePrompt, all_negative_prompts: Array<string>(count).fill(settings.negativePrompt),
-        seed: settings.seed, all_seeds: seeds, subseed: -1, all_subseeds: Array<number>(count).fill(-1), subseed_strength: 0,
-        width: settings.width, height: settings.height, sampler_name: settings.samplerName, cfg_scale: settings.cfgScale,
-        steps: settings.steps, batch_size: settings.batchSize, restore_faces: false, sd_model_name: model.name,
-        index_of_first_image: 0, infotexts: seeds.map((seed) => infotext(settings, model, seed)),
-        styles: [], job_timestamp: new Date().toISOString(),
-      };
-      return {
-        images: body.send_images === false ? [] : images.map((file) => file.toString('base64')),
-        parameters: {
-          ...body, prompt: settings.prompt, negative_prompt: settings.negativePrompt, seed: settings.seed,
-          sampler_name: settings.samplerName, batch_size: settings.batchSize, n_iter: settings.nIter,
-          steps: settings.steps, cfg_scale: settings.cfgScale, width: settings.width, height: settings.height,
-        },
-        info: JSON.stringify(info),
-      };
-    });
+  app.post<{ Body: Txt2ImgBody }>('/txt2img', { schema: { body: txt2imgBodySchema }, preValidation: fieldChecker('txt2img') },
+    async (request, reply) => generate(core, request.body, disconnectSignal(reply)));
+
+  app.post<{ Body: Img2ImgBody }>('/img2img', { schema: { body: img2imgBodySchema }, preValidation: fieldChecker('img2img') },
+    async (request, reply) => generate(core, request.body, disconnectSignal(reply), img2imgInputs(request.body)));
+}
+
+/** One txt2img or img2img request (with `inputs`): 1. each iteration in turn  2. A1111's reply. */
+async function generate(
+  core: InferenceCore, body: Txt2ImgBody, signal: AbortSignal,
+  inputs?: Pick<ImageRequest, 'images' | 'masks'> & { parameters: Parameters },
+): Promise<Record<string, unknown>> {
+  const model = chooseImageModel(core, body.override_settings?.sd_model_checkpoint ?? undefined);
+  const settings = settingsOf(model, body);
+  // 1. one request per iteration, in turn, as A1111 runs them
+  const images: Buffer[] = [];
+  const seeds: number[] = [];
+  for (let iteration = 0; iteration < settings.nIter; iteration += 1) {
+    const request = imageRequest(settings, body, iteration);
+    const withInputs = inputs === undefined ? request
+      : { ...request, images: inputs.images, masks: inputs.masks, parameters: { ...request.parameters, ...inputs.parameters } };
+    const generated = await generateImages(core, model, withInputs, signal);
+    images.push(...generated.images);
+    seeds.push(...generated.images.map(() => settings.seed + iteration * settings.batchSize));
+  }
+  // 2. the reply: images, the request as run, and what each image came from
+  const count = images.length;
+  const info = {
+    prompt: settings.prompt, all_prompts: Array<string>(count).fill(settings.prompt),
+    negative_prompt: settings.negativePrompt, all_negative_prompts: Array<string>(count).fill(settings.negativePrompt),
+    seed: settings.seed, all_seeds: seeds, subseed: -1, all_subseeds: Array<number>(count).fill(-1), subseed_strength: 0,
+    width: settings.width, height: settings.height, sampler_name: settings.samplerName, cfg_scale: settings.cfgScale,
+    steps: settings.steps, batch_size: settings.batchSize, restore_faces: false, sd_model_name: model.name,
+    index_of_first_image: 0, infotexts: seeds.map((seed) => infotext(settings, model, seed)),
+    styles: [], job_timestamp: new Date().toISOString(),
+    ...(inputs !== undefined && { denoising_strength: inputs.parameters.strength }),
+  };
+  const { init_images: _images, mask: _mask, ...echoed } = body as Partial<Img2ImgBody>;
+  return {
+    images: body.send_images === false ? [] : images.map((file) => file.toString('base64')),
+    parameters: {
+      ...echoed, prompt: settings.prompt, negative_prompt: settings.negativePrompt, seed: settings.seed,
+      sampler_name: settings.samplerName, batch_size: settings.batchSize, n_iter: settings.nIter,
+      steps: settings.steps, cfg_scale: settings.cfgScale, width: settings.width, height: settings.height,
+      ...(inputs !== undefined && { init_images: null, mask: null, denoising_strength: inputs.parameters.strength }),
+    },
+    info: JSON.stringify(info),
+  };
 }

@@ -10,13 +10,16 @@
  * while the request waits for an instance, `{"queue": {"position": n}}` whenever its place changes.
  * `GET /v2/models/:model/capabilities`: what a client needs to build these bodies (the declared
  * parameters, tasks, images per request; generation module's `generationCapabilities`).
+ * For a model that takes input images, `image` and `mask` are base64 files (PNG, JPEG, WebP):
+ * one for all prompts, or a list of one per prompt.
  */
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
 import type { InferProgress, InferRequest, InferResponse, ModelMetadata, Parameters, Tensor } from '../../core/types.js';
 import { invalidArg, toSdserveError } from '../../errors.js';
 import {
-  describeImageModel, encodePngPreview, generationCapabilities, imageFiles, requestEncodedImages, type ImageModel,
+  decodeBase64Image, describeImageModel, encodePngPreview, generationCapabilities, IMAGE_INPUT, imageFiles,
+  imageFileTensors, MASK_INPUT, PROMPT_INPUT, requestEncodedImages, type ImageModel,
 } from '../generation/index.js';
 import { decodeJsonTensorData, encodeJsonTensorData } from '../json-tensor.js';
 import { disconnectSignal } from './disconnect-signal.js';
@@ -30,9 +33,12 @@ const generateBodySchema = { type: 'object' } as const;
  * A generate body as an infer request: 1. inputs from the keys naming model inputs
  * 2. parameters from the rest.
  */
-export function generateInferRequest(metadata: ModelMetadata, params: ModelParams, body: GenerateBody): InferRequest {
+export function generateInferRequest(
+  metadata: ModelMetadata, params: ModelParams, body: GenerateBody, fileInputs: ReadonlySet<string> = new Set(),
+): InferRequest {
   const inputNames = new Set(metadata.inputs.map((i) => i.name));
-  const inputs: Tensor[] = metadata.inputs.filter((i) => body[i.name] !== undefined).map((input) => {
+  const given = metadata.inputs.filter((i) => body[i.name] !== undefined && !fileInputs.has(i.name));
+  const inputs: Tensor[] = given.map((input) => {
     const values = Array.isArray(body[input.name]) ? body[input.name] as unknown[] : [body[input.name]];
     const shape = input.shape.map((d, i) => (i === 0 && d === -1 ? values.length : d === -1 ? 1 : d));
     return { name: input.name, datatype: input.datatype, shape, data: decodeJsonTensorData(input.name, input.datatype, shape, values) };
@@ -54,9 +60,17 @@ export function generateInferRequest(metadata: ModelMetadata, params: ModelParam
 /** The request, with the backend asked for encoded images where it makes them, and the model's image facts. */
 function generateRequest(core: InferenceCore, params: ModelParams, body: GenerateBody): { request: InferRequest; image?: ImageModel } {
   const metadata = core.modelMetadata(params.model, params.version);
-  const request = generateInferRequest(metadata, params, body);
   const image = describeImageModel(core, params.model, params.version, metadata);
-  return image === undefined ? { request } : { request: requestEncodedImages(image, request), image };
+  // Input images come as base64 files under the input's name (`image`, `mask`).
+  const fileInputs = new Set(image?.takesImageFiles ? [IMAGE_INPUT, MASK_INPUT] : []);
+  const request = generateInferRequest(metadata, params, body, fileInputs);
+  if (image === undefined) return { request };
+  const files = (name: string) => (body[name] === undefined ? undefined
+    : (Array.isArray(body[name]) ? body[name] as unknown[] : [body[name]]).map((value) => decodeBase64Image(name, value)));
+  const prompts = request.inputs.find((input) => input.name === PROMPT_INPUT);
+  const count = prompts !== undefined && image.batched ? prompts.shape[0] : 1;
+  request.inputs.push(...imageFileTensors(image, { images: files(IMAGE_INPUT), masks: files(MASK_INPUT) }, count));
+  return { request: requestEncodedImages(image, request), image };
 }
 
 async function toGenerateResponse(response: InferResponse, image: ImageModel | undefined): Promise<Record<string, unknown>> {

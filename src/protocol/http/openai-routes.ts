@@ -3,22 +3,29 @@
  * `POST /v1/images/generations` (`prompt`, `model`, `n`, `size` "WxH", `response_format`
  * "b64_json", `output_format` png | jpeg | webp, `output_compression` 0-100, plus sdserve's
  * `negative_prompt`, `steps`, `seed`, `guidance_scale`, `scheduler`) answers
- * `{created, output_format, data: [{b64_json}]}`; `GET /v1/models` lists the ready
- * text-to-image models. Errors take OpenAI's shape (error-reply.ts).
+ * `{created, output_format, data: [{b64_json}]}`; `POST /v1/images/edits` (multipart: `image`,
+ * optional `mask`, `prompt`, `n`, `size`, ...) answers the same way: image-to-image, or
+ * inpainting where the mask (else the image itself) is transparent, as OpenAI's edits read a
+ * mask; `GET /v1/models` lists the ready text-to-image models. Errors take OpenAI's shape
+ * (error-reply.ts).
  */
+import multipart from '@fastify/multipart';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
 import { closestName } from '../../core/did-you-mean.js';
 import type { Parameters } from '../../core/types.js';
 import { invalidArg } from '../../errors.js';
 import {
-  chooseImageModel, generateImages, OUTPUT_FORMATS, readyImageModels, type ImageRequest, type OutputFormat,
+  chooseImageModel, generateImages, OUTPUT_FORMATS, readyImageModels, type GeneratedImages, type ImageRequest,
+  type OutputFormat,
 } from '../generation/index.js';
 import { disconnectSignal } from './disconnect-signal.js';
 import { sendOpenAiError, sendOpenAiNotFound } from './error-reply.js';
 
 /** OpenAI's own limit on `n`; a model's max_batch_size may allow fewer. */
 const MAX_IMAGES = 10;
+/** OpenAI's limit on one uploaded image file. */
+const MAX_UPLOAD_BYTES = 50 * 1024 * 1024;
 
 interface ImagesBody {
   prompt: string;
@@ -97,15 +104,80 @@ function toImageRequest(body: ImagesBody): ImageRequest {
 }
 
 /**
- * OpenAI's SDKs send multipart bodies for images.edit() and create_variation(); without this
- * they would hear of a JSON syntax error instead of what is supported.
+ * JSON bodies, but for images.edit()'s multipart one; without this check other multipart
+ * uploads (images.create_variation()) would hear of a JSON syntax error instead of what is supported.
  */
 async function requireJsonBody(request: FastifyRequest): Promise<void> {
   const type = request.headers['content-type']?.split(';')[0].trim().toLowerCase();
   if (type === undefined || type === 'application/json' || type.endsWith('+json')) return;
-  throw invalidArg(`${request.method} ${request.url.split('?')[0]}: the body must be JSON (Content-Type: application/json), `
-    + `got ${type}; sdserve's OpenAI-style API supports POST /v1/images/generations only: `
-    + 'images.edit() and images.create_variation() (multipart uploads) are not supported');
+  const path = request.url.split('?')[0];
+  if (type === 'multipart/form-data' && path === '/v1/images/edits') return;
+  throw invalidArg(`${request.method} ${path}: the body must be JSON (Content-Type: application/json)`
+    + `${path === '/v1/images/edits' ? ' or multipart/form-data' : ''}, got ${type}; sdserve's OpenAI-style API supports `
+    + 'POST /v1/images/generations (JSON) and /v1/images/edits (multipart): images.create_variation() is not supported');
+}
+
+/** The text fields of `POST /v1/images/edits` sdserve acts on (the files are `image` and `mask`). */
+const EDIT_FIELDS = ['prompt', 'model', 'n', 'size', 'response_format', 'output_format', 'output_compression', 'user',
+  'negative_prompt', 'steps', 'seed', 'guidance_scale', 'scheduler', 'strength'] as const;
+const EDIT_NUMBERS = new Set(['n', 'output_compression', 'steps', 'seed', 'guidance_scale', 'strength']);
+
+interface EditForm {
+  fields: Record<string, string | number>;
+  images: Buffer[];
+  masks: Buffer[];
+}
+
+/** The multipart form of images.edit(): `image` (or `image[]`) files, an optional `mask`, text fields. */
+async function readEditForm(request: FastifyRequest): Promise<EditForm> {
+  if (!request.isMultipart()) throw invalidArg('POST /v1/images/edits: the body must be multipart/form-data');
+  const form: EditForm = { fields: {}, images: [], masks: [] };
+  for await (const part of request.parts()) {
+    const name = part.fieldname.replace(/\[\]$/, '');
+    if (part.type === 'file') {
+      if (name !== 'image' && name !== 'mask') throw invalidArg(`images/edits: unexpected file field "${part.fieldname}"; files are "image" and "mask"`);
+      (name === 'image' ? form.images : form.masks).push(await part.toBuffer());
+      continue;
+    }
+    if (!(EDIT_FIELDS as readonly string[]).includes(name)) {
+      const meant = closestName(name, [...EDIT_FIELDS, 'image', 'mask']);
+      throw invalidArg(`images/edits: unsupported field "${name}"${meant ? ` (did you mean "${meant}"?)` : ''}; `
+        + `supported: image, mask, ${EDIT_FIELDS.join(', ')}`);
+    }
+    const text = String(part.value);
+    const number = Number(text);
+    if (EDIT_NUMBERS.has(name) && (text.trim() === '' || !Number.isFinite(number))) {
+      throw invalidArg(`images/edits: "${name}" must be a number, got ${JSON.stringify(text)}`);
+    }
+    form.fields[name] = EDIT_NUMBERS.has(name) ? number : text;
+  }
+  return form;
+}
+
+/** An edit in the generation module's terms: images/generations' fields plus the files. */
+function toEditRequest(form: EditForm): ImageRequest {
+  const { fields } = form;
+  if (typeof fields.prompt !== 'string' || fields.prompt === '') throw invalidArg('images/edits: "prompt" is required');
+  if (form.images.length === 0) throw invalidArg('images/edits: "image" (a PNG, JPEG or WebP file) is required');
+  if (form.masks.length > 1) throw invalidArg('images/edits: send at most one "mask"');
+  const n = fields.n ?? 1;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_IMAGES) {
+    throw invalidArg(`images/edits: "n" must be an integer from 1 to ${MAX_IMAGES}, got ${String(n)}`);
+  }
+  if (fields.size !== undefined && !/^(auto|[1-9][0-9]*x[1-9][0-9]*)$/.test(String(fields.size))) {
+    throw invalidArg(`images/edits: "size" must be "WIDTHxHEIGHT" or "auto", got ${JSON.stringify(fields.size)}`);
+  }
+  if (fields.output_format !== undefined && !(OUTPUT_FORMATS as readonly unknown[]).includes(fields.output_format)) {
+    throw invalidArg(`images/edits: "output_format" must be one of ${OUTPUT_FORMATS.join(', ')}`);
+  }
+  const request = toImageRequest({ ...fields, n } as unknown as ImagesBody);
+  // OpenAI's masks mark what to edit by transparency; without one, the image's own transparency.
+  request.parameters.mask_from_alpha = true;
+  if (fields.strength !== undefined) request.parameters.strength = fields.strength;
+  if (form.images.length > 1 && form.images.length !== n) {
+    throw invalidArg(`images/edits: send one "image", or one per image (n = ${n}), got ${form.images.length}`);
+  }
+  return { ...request, images: form.images, ...(form.masks.length > 0 && { masks: form.masks }) };
 }
 
 /** Fastify plugin, registered under the prefix /v1 (own context: OpenAI's error shape). */
@@ -115,6 +187,7 @@ export async function openAiRoutes(app: FastifyInstance, options: { core: Infere
   app.setErrorHandler(sendOpenAiError);
   app.setNotFoundHandler(sendOpenAiNotFound);
   app.addHook('onRequest', requireJsonBody);
+  await app.register(multipart, { limits: { fileSize: MAX_UPLOAD_BYTES, files: MAX_IMAGES + 1, fields: 32, parts: 48 } });
 
   app.get('/models', async () => ({
     object: 'list',
@@ -130,10 +203,24 @@ export async function openAiRoutes(app: FastifyInstance, options: { core: Infere
       }
       const model = chooseImageModel(core, body.model);
       const generated = await generateImages(core, model, toImageRequest(body), disconnectSignal(reply));
-      return {
-        created: Math.floor(Date.now() / 1000),
-        output_format: generated.format,
-        data: generated.images.map((file) => ({ b64_json: file.toString('base64') })),
-      };
+      return imagesReply(generated);
     });
+
+  app.post('/images/edits', { config: { acceptMediaTypes: ['multipart/form-data'] } }, async (request, reply) => {
+    const form = await readEditForm(request);
+    const edit = toEditRequest(form);
+    if (form.fields.response_format === 'url') {
+      throw invalidArg('response_format "url" is not supported: images come back inline; use "b64_json"');
+    }
+    const model = chooseImageModel(core, typeof form.fields.model === 'string' ? form.fields.model : undefined);
+    return imagesReply(await generateImages(core, model, edit, disconnectSignal(reply)));
+  });
+}
+
+function imagesReply(generated: GeneratedImages): Record<string, unknown> {
+  return {
+    created: Math.floor(Date.now() / 1000),
+    output_format: generated.format,
+    data: generated.images.map((file) => ({ b64_json: file.toString('base64') })),
+  };
 }

@@ -8,7 +8,7 @@
 import type { FastifyInstance } from 'fastify';
 import { KSERVE_DATATYPES } from '../../core/types.js';
 import { SERVER_VERSION } from '../../core/data-plane.js';
-import { txt2imgBodySchema } from './a1111-routes.js';
+import { img2imgBodySchema, txt2imgBodySchema } from './a1111-routes.js';
 import { imagesBodySchema } from './openai-routes.js';
 import {
   inferRequestSchema, loadModelSchema, repositoryIndexSchema, unloadModelSchema,
@@ -362,6 +362,29 @@ const components = {
     UnloadRequest: unloadModelSchema,
     ImagesRequest: { ...imagesBodySchema, additionalProperties: false },
     Txt2ImgRequest: txt2imgBodySchema,
+    Img2ImgRequest: img2imgBodySchema,
+    ImagesEditRequest: {
+      type: 'object',
+      required: ['image', 'prompt'],
+      properties: {
+        image: { type: 'string', format: 'binary', description: 'PNG, JPEG or WebP; its transparent pixels mark what to edit when there is no mask.' },
+        mask: { type: 'string', format: 'binary', description: 'PNG the size of the image; its transparent pixels mark what to edit.' },
+        prompt: { type: 'string', minLength: 1 },
+        model: { type: 'string' },
+        n: { type: 'integer', minimum: 1, maximum: 10 },
+        size: { type: 'string', pattern: '^(auto|[1-9][0-9]*x[1-9][0-9]*)$' },
+        response_format: { enum: ['b64_json'] },
+        output_format: { enum: ['png', 'jpeg', 'webp'] },
+        output_compression: { type: 'integer', minimum: 0, maximum: 100 },
+        user: { type: 'string' },
+        negative_prompt: { type: 'string' },
+        steps: { type: 'integer', minimum: 1 },
+        seed: { type: 'integer', minimum: 0 },
+        guidance_scale: { type: 'number' },
+        scheduler: { type: 'string' },
+        strength: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+      },
+    },
     Txt2ImgResponse: {
       type: 'object', required: ['images', 'parameters', 'info'],
       properties: {
@@ -527,6 +550,35 @@ export const OPENAPI_DOCUMENT = {
           500: openAiErrorReply('The backend failed while running the request.'),
           503: openAiErrorReply('No text-to-image model is ready, or the queue is full.'),
           504: openAiErrorReply('The request timed out in the queue.'),
+        },
+      },
+    },
+    '/v1/images/edits': {
+      post: {
+        operationId: 'openAiImagesEdits',
+        summary: "OpenAI-style image edits (images.edit()): image-to-image, or inpainting where the mask (else the image) is transparent.",
+        requestBody: { required: true, content: { 'multipart/form-data': { schema: ref('ImagesEditRequest') } } },
+        responses: {
+          200: { description: 'The images as base64 files.', content: json(ref('ImagesResponse')) },
+          400: openAiErrorReply('Malformed form, a bad image or mask, an unsupported field or value, or a model that takes no images.'),
+          404: openAiErrorReply('Unknown model (`code: "model_not_found"`).'),
+          413: openAiErrorReply('A file is larger than 50 MB, or the body than the body limit.'),
+          500: openAiErrorReply('The backend failed while running the request.'),
+          503: openAiErrorReply('No text-to-image model is ready, or the queue is full.'),
+          504: openAiErrorReply('The request timed out in the queue.'),
+        },
+      },
+    },
+    '/sdapi/v1/img2img': {
+      post: {
+        operationId: 'a1111Img2Img',
+        summary: "Automatic1111's img2img: init_images, mask, denoising_strength and mask_blur beside txt2img's fields.",
+        requestBody: { required: true, content: json(ref('Img2ImgRequest')) },
+        responses: {
+          200: { description: 'PNG images, the request as run, and `info`.', content: json(ref('Txt2ImgResponse')) },
+          400: errorReply('An unknown field or sampler, a bad image or mask, a value sdserve cannot honour, or a model that takes no images.'),
+          500: errorReply('The backend failed while running the request.'),
+          503: errorReply('No text-to-image model is ready, or the queue is full.'),
         },
       },
     },

@@ -60,6 +60,10 @@ export interface MediaTypeConfig {
   acceptMediaTypes?: readonly string[];
 }
 
+declare module 'fastify' {
+  interface FastifyContextConfig extends MediaTypeConfig {}
+}
+
 const extraMediaTypes = (request: FastifyRequest) => (request.routeOptions.config as MediaTypeConfig | undefined)?.acceptMediaTypes ?? [];
 
 function checkOrigin(request: FastifyRequest, corsOrigins: readonly string[]): void {

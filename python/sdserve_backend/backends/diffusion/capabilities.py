@@ -9,13 +9,20 @@ from typing import Any
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.settings import ModelDefaults
 from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS
+from sdserve_backend.pipelines.tasks.inpaint import MAX_MASK_BLUR
 from sdserve_backend.pipelines.schedulers import SCHEDULER_SHORT_NAMES, supported_scheduler_names
 
-TASKS = ("text_to_image",)
+TASKS = ("text_to_image", "image_to_image", "inpaint")
 # Shapes without the batch dimension, as config.pbtxt writes them.
 INPUTS = (
     {"name": "prompt", "datatype": "BYTES", "dims": [1]},
     {"name": "negative_prompt", "datatype": "BYTES", "dims": [1], "optional": True},
+    # Image-to-image and inpainting: one image (and mask) per prompt, as pixels or as a PNG, JPEG
+    # or WebP file. The same name is declared in both forms; the core accepts either.
+    {"name": "image", "datatype": "UINT8", "dims": [-1, -1, -1], "optional": True},
+    {"name": "image", "datatype": "BYTES", "dims": [1], "optional": True},
+    {"name": "mask", "datatype": "UINT8", "dims": [-1, -1, -1], "optional": True},
+    {"name": "mask", "datatype": "BYTES", "dims": [1], "optional": True},
 )
 OUTPUTS = (
     {"name": "generated_image", "datatype": "UINT8", "dims": [-1, -1, 3]},
@@ -43,6 +50,14 @@ def declare(defaults: ModelDefaults, max_images: int, max_steps: int) -> dict[st
         "output_format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": OUTPUT_FORMATS[0]},
         "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "default": DEFAULT_COMPRESSION},
         "prompt_chunking": {"type": "boolean", "default": defaults.prompt_chunking},
+        "strength": {"type": "number", "minimum": 0, "maximum": 1, "aliases": ["denoising_strength"],
+                     "description": "image-to-image and inpainting: how much of the schedule runs from the image "
+                                    "(default 0.8; inpainting 1.0)"},
+        "mask_blur": {"type": "integer", "minimum": 0, "maximum": MAX_MASK_BLUR, "default": 0,
+                      "description": "inpainting: Gaussian blur radius of the mask's edge, in pixels"},
+        "mask_from_alpha": {"type": "boolean", "default": False,
+                            "description": "inpainting: the mask's transparent pixels mark what to repaint "
+                                           "(OpenAI's images/edits); without a mask, the image's own"},
     }
     return {
         "tasks": list(TASKS),

@@ -15,6 +15,7 @@ inside `execute`, as Triton's request-level batching does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,9 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from PIL import Image
 
+from sdserve_backend import input_images
 from sdserve_backend.backends.diffusion import capabilities
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.batching import Job, run_jobs
@@ -231,6 +234,14 @@ class TritonPythonModel:
                         f"got {len(negatives)}"
                     )
             settings, seed = model_settings.read_request_overrides(request.parameters(), self.defaults)
+            image_parameters = model_settings.read_image_parameters(request.parameters())
+            images, masks = _input_images(request, image_parameters, len(prompts))
+            if images is not None and not image_parameters.size_given:
+                # The output takes the input image's size (down to a multiple of 8), as diffusers does.
+                factor = self.pipeline.components.vae_scale_factor
+                width, height = images[0].size
+                settings = dataclasses.replace(settings, width=max(factor, width - width % factor),
+                                               height=max(factor, height - height % factor))
             encoding = model_settings.read_output_encoding(
                 request.parameters(), ENCODED_OUTPUT_NAME in _requested_output_names(request)
             )
@@ -238,7 +249,8 @@ class TritonPythonModel:
         except ValueError as error:
             return error
         generation = GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None,
-                                       chunk_prompts=chunk_prompts)
+                                       chunk_prompts=chunk_prompts, images=images, masks=masks,
+                                       strength=image_parameters.strength, mask_blur=image_parameters.mask_blur)
         return Job(generation, settings, encoding, self._prompt_warnings(generation))
 
     def _prompt_warnings(self, request: GenerationRequest) -> tuple[str, ...]:
@@ -253,6 +265,37 @@ class TritonPythonModel:
         tokens = MAX_PROMPT_CHUNKS * 75
         return (f"{len(cut)} prompt(s) longer than {tokens} tokens ({MAX_PROMPT_CHUNKS} chunks of 75) were cut "
                 f"to their first {tokens} tokens",) if cut else ()
+
+
+def _input_images(
+    request: Any, parameters: model_settings.ImageParameters, prompts: int
+) -> tuple[tuple[Image.Image, ...] | None, tuple[Image.Image, ...] | None]:
+    """The request's input images and masks (inputs `image`, `mask`), decoded and checked."""
+    image_tensor = pb_utils.get_input_tensor_by_name(request, "image")
+    mask_tensor = pb_utils.get_input_tensor_by_name(request, "mask")
+    if image_tensor is None:
+        if mask_tensor is not None:
+            raise ValueError("input 'mask' needs an input 'image' to repaint")
+        if parameters.strength is not None:
+            raise ValueError("parameter 'strength' needs an input 'image'")
+        return None, None
+    decoded = input_images.read_images("image", image_tensor.as_numpy())
+    if len(decoded) not in (1, prompts):
+        raise ValueError(f"input 'image' must hold 1 or {prompts} images (one per prompt), got {len(decoded)}")
+    masks = None
+    if mask_tensor is not None:
+        masks = input_images.as_masks(input_images.read_images("mask", mask_tensor.as_numpy()), parameters.mask_from_alpha)
+    elif parameters.mask_from_alpha:
+        masks = input_images.alpha_masks(decoded)
+    if masks is not None:
+        if len(masks) not in (1, prompts):
+            raise ValueError(f"input 'mask' must hold 1 or {prompts} masks (one per prompt), got {len(masks)}")
+        for index, mask in enumerate(masks):
+            image = decoded[index if len(decoded) > 1 else 0]
+            if mask.size != image.size:
+                raise ValueError(f"input 'mask' {index} is {mask.width}x{mask.height} but input 'image' is "
+                                 f"{image.width}x{image.height}; a mask must be the size of its image")
+    return tuple(input_images.as_rgb(decoded)), None if masks is None else tuple(masks)
 
 
 def _requested_output_names(request: Any) -> list[str]:

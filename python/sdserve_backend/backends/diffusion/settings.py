@@ -20,6 +20,7 @@ from sdserve_backend.booleans import parse_bool
 from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS, OutputEncoding
 from sdserve_backend.pipelines import GenerationSettings
 from sdserve_backend.pipelines.prompts import DEFAULT_PROMPT_CACHE_SIZE
+from sdserve_backend.pipelines.tasks.inpaint import MAX_MASK_BLUR
 
 README_HINT = 'see README "Serving real weights"'
 KNOWN_VERSIONS = ("1.5", "2.1", "xl-1.0")
@@ -166,6 +167,38 @@ def read_preview_every(parameters_json: str) -> int:
     if isinstance(value, int) and value >= 0:
         return value
     raise ValueError(f"parameter 'preview' must be true, false or a non-negative number of steps, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ImageParameters:
+    """The request parameters of image-to-image and inpainting."""
+
+    # None: the task's default (image-to-image 0.8, inpainting 1.0, as diffusers).
+    strength: float | None = None
+    mask_blur: int = 0
+    # The mask's transparent pixels mark what to repaint (OpenAI's images/edits), not its white ones.
+    mask_from_alpha: bool = False
+    # Whether the request set `height` / `width` (else the size comes from its input image).
+    size_given: bool = False
+
+
+def read_image_parameters(parameters_json: str) -> ImageParameters:
+    """The request parameters `strength`, `mask_blur` and `mask_from_alpha`."""
+    parameters = json.loads(parameters_json or "{}")
+    strength = parameters.get("strength")
+    if strength is not None:
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"parameter 'strength' must be a number in (0, 1], got {strength!r}")
+        strength = float(strength)
+    mask_blur = _parse_int("mask_blur", parameters.get("mask_blur"), 0, "parameter")
+    if not 0 <= mask_blur <= MAX_MASK_BLUR:
+        raise ValueError(f"parameter 'mask_blur' must be an integer from 0 to {MAX_MASK_BLUR}, got {mask_blur!r}")
+    return ImageParameters(
+        strength=strength,
+        mask_blur=mask_blur,
+        mask_from_alpha=parse_bool("mask_from_alpha", parameters.get("mask_from_alpha"), False, "parameter"),
+        size_given="height" in parameters or "width" in parameters,
+    )
 
 
 def read_prompt_chunking(parameters_json: str, default: bool) -> bool:

@@ -61,6 +61,8 @@ class TextToImage:
             )
         if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {request.seed!r}")
+        if self.name == "text_to_image" and self.components.is_inpainting:
+            raise ValueError("this is an inpainting model (its UNet takes a mask): give an input 'image' and a 'mask'")
 
     def batch_key(self, request: GenerationRequest, settings: GenerationSettings) -> Hashable:
         # Rows of one UNet call share the latent size and the length of the text conditioning
@@ -78,14 +80,23 @@ class TextToImage:
     def prepare(self, request: GenerationRequest, settings: GenerationSettings) -> DenoisingState:
         """The request's prompt embeddings, its own scheduler and its latents from its own seed."""
         # 1. Encode the prompts
-        embeddings = self.prompt_encoder.encode(
-            request.prompts, request.negatives(), settings.uses_classifier_free_guidance, request.chunk_prompts
-        )
+        conditioning = self.conditioning(request, settings)
         # 2. Prepare the scheduler and its timesteps
         scheduler = self.make_scheduler(settings)
         # 3. Draw the initial latents from the request's seed
         latents, generator = self.prepare_latents(request, settings, scheduler)
         # 4. Bundle the UNet conditioning (negative half first under guidance) with the latents
+        return start_denoising(scheduler, latents, [generator] * len(request.prompts), *conditioning,
+                               guidance_scale=settings.guidance_scale)
+
+    def conditioning(
+        self, request: GenerationRequest, settings: GenerationSettings
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """The UNet's text conditioning (negative half first under guidance) and, for SDXL, its
+        added conditioning (pooled text embeddings and time ids)."""
+        embeddings = self.prompt_encoder.encode(
+            request.prompts, request.negatives(), settings.uses_classifier_free_guidance, request.chunk_prompts
+        )
         guided = settings.uses_classifier_free_guidance
         added_cond_kwargs = None
         if self.components.is_sdxl:
@@ -95,14 +106,7 @@ class TextToImage:
                 "text_embeds": _with_negative_first(embeddings.pooled_positive, embeddings.pooled_negative, guided),
                 "time_ids": self._sdxl_time_ids(settings).repeat(rows, 1),
             }
-        return start_denoising(
-            scheduler,
-            latents,
-            [generator] * len(request.prompts),
-            encoder_hidden_states=_with_negative_first(embeddings.positive, embeddings.negative, guided),
-            added_cond_kwargs=added_cond_kwargs,
-            guidance_scale=settings.guidance_scale,
-        )
+        return _with_negative_first(embeddings.positive, embeddings.negative, guided), added_cond_kwargs
 
     def finish(self, latents: torch.Tensor) -> np.ndarray:
         """Latents -> uint8 images [B, H, W, 3] on the host."""
@@ -129,7 +133,7 @@ class TextToImage:
         """Initial latents drawn from `Generator("cpu").manual_seed(seed)` as one
         [len(prompts), C, H/8, W/8] tensor, as diffusers draws a batch from one generator."""
         factor = self.components.vae_scale_factor
-        channels = int(self.components.unet.config.in_channels)
+        channels = int(self.components.vae.config.latent_channels)
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         shape = (len(request.prompts), channels, settings.height // factor, settings.width // factor)
         latents = randn_tensor(shape, generator=generator, device=self.components.device, dtype=self.components.dtype)
