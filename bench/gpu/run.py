@@ -10,6 +10,11 @@ is the size a real checkpoint runs. Variants, all float16 on the same GPU in the
   stock+graph  the same pipeline with its UNet run through CUDA graphs only (what users do by hand)
   sdserve      sdserve's TextToImagePipeline, eager (batch 1 only: the pipeline's own overhead)
   engine       sdserve's TextToImagePipeline on `engine.prepare` components
+  img2img      diffusers' StableDiffusion(XL)Img2ImgPipeline against sdserve's image-to-image task
+               (strength 0.75, batch 1, eager), PSNR of sdserve's image against diffusers'
+  inpaint      diffusers' StableDiffusion(XL)InpaintPipeline against sdserve's inpainting task
+               (4-channel UNet: masked latent blending; strength 1.0, mask_blur 4, batch 1, eager);
+               diffusers' image pasted onto the input with its `apply_overlay`, as sdserve does
 With --with-compile it also runs `stock+compile` (torch.compile on the stock pipeline's UNet, at
 --compile-batches: each new batch size costs stock a recompile) and `engine+compile` (the engine
 with `engine_compile`); --variants picks a subset (stock always runs: it is the baseline).
@@ -52,7 +57,10 @@ CASES: dict[str, dict[str, Any]] = {
     "sdxl": {"height": 1024, "width": 1024, "steps": 30, "guidance": 5.0, "repeats": 2},
 }
 WARMUP_STEPS = 3
-VARIANTS = ("stock+graph", "sdserve", "engine")
+VARIANTS = ("stock+graph", "sdserve", "engine", "img2img", "inpaint")
+IMAGE_TASKS = ("img2img", "inpaint")
+TASK_STRENGTH = {"img2img": 0.75, "inpaint": 1.0}
+MASK_BLUR = 4
 COMPILE_VARIANTS = ("stock+compile", "engine+compile")
 
 
@@ -164,7 +172,7 @@ class Timed:
     images: np.ndarray
 
 
-def run_stock(pipe: Any, case: dict[str, Any], batch: int, steps: int) -> Timed:
+def run_stock(pipe: Any, case: dict[str, Any], batch: int, steps: int, **task_inputs: Any) -> Timed:
     marks: list[tuple[int, float]] = []
 
     def on_step_end(p: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +187,7 @@ def run_stock(pipe: Any, case: dict[str, Any], batch: int, steps: int) -> Timed:
     output = pipe(
         prompt=[PROMPT] * batch, height=case["height"], width=case["width"], num_inference_steps=steps,
         guidance_scale=case["guidance"], generator=generator, output_type="np", callback_on_step_end=on_step_end,
+        **task_inputs,
     )
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -187,7 +196,7 @@ def run_stock(pipe: Any, case: dict[str, Any], batch: int, steps: int) -> Timed:
     return Timed(seconds, per_step, images)
 
 
-def run_sdserve(components: Any, case: dict[str, Any], batch: int, steps: int) -> Timed:
+def run_sdserve(components: Any, case: dict[str, Any], batch: int, steps: int, **request_fields: Any) -> Timed:
     from sdserve_backend.pipelines import GenerationRequest, TextToImagePipeline
     from sdserve_backend.pipelines.text_to_image import GenerationSettings
 
@@ -201,7 +210,7 @@ def run_sdserve(components: Any, case: dict[str, Any], batch: int, steps: int) -
             torch.cuda.synchronize()
             marks.append((counting.calls, time.perf_counter()))
 
-    request = GenerationRequest(prompts=[PROMPT] * batch, seed=SEED)
+    request = GenerationRequest(prompts=[PROMPT] * batch, seed=SEED, **request_fields)
     settings = GenerationSettings(height=case["height"], width=case["width"], steps=steps, guidance_scale=case["guidance"])
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -210,6 +219,33 @@ def run_sdserve(components: Any, case: dict[str, Any], batch: int, steps: int) -
     seconds = time.perf_counter() - start
     per_step = (marks[-1][1] - marks[0][1]) / max(1, marks[-1][0] - marks[0][0]) * 1e3 if len(marks) > 1 else float("nan")
     return Timed(seconds, per_step, images)
+
+
+def task_images(case: dict[str, Any]) -> tuple[Any, Any]:
+    """A smooth random picture at the case's size and a mask (white: repaint) over a band of it."""
+    from PIL import Image, ImageDraw
+
+    size = (case["width"], case["height"])
+    small = (np.random.default_rng(SEED).random((size[1] // 64, size[0] // 64, 3)) * 255).astype(np.uint8)
+    picture = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle((size[0] // 4, size[1] // 4, size[0] * 3 // 4, size[1] // 2), fill=255)
+    return picture, mask
+
+
+def stock_task_pipeline(pipe: Any, task: str, is_sdxl: bool) -> Any:
+    from diffusers import (
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLInpaintPipeline,
+    )
+
+    classes = {("img2img", False): StableDiffusionImg2ImgPipeline, ("img2img", True): StableDiffusionXLImg2ImgPipeline,
+               ("inpaint", False): StableDiffusionInpaintPipeline, ("inpaint", True): StableDiffusionXLInpaintPipeline}
+    task_pipe = classes[(task, is_sdxl)].from_pipe(pipe)
+    task_pipe.set_progress_bar_config(disable=True)
+    return task_pipe
 
 
 def measure(run: Callable[[int], Timed], repeats: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -393,6 +429,33 @@ def run_case(name: str, batches: list[int], out: Path, results: dict[str, Any], 
         note("sdserve", 1, result)
     if "sdserve" in variants_to_run:
         attempt("sdserve eager", sdserve_eager)
+
+    # 5. Image-to-image and inpainting: diffusers' own pipelines against sdserve's tasks, batch 1
+    def image_task(task: str) -> None:
+        from diffusers.image_processor import VaeImageProcessor
+
+        picture, mask = task_images(case)
+        stock_inputs: dict[str, Any] = {"image": picture, "strength": TASK_STRENGTH[task]}
+        fields: dict[str, Any] = {"images": (picture,), "strength": TASK_STRENGTH[task]}
+        if task == "inpaint":
+            stock_inputs["mask_image"] = VaeImageProcessor.blur(mask, MASK_BLUR)
+            fields.update(masks=(mask,), mask_blur=MASK_BLUR)
+        stock_task = stock_task_pipeline(pipe, task, parts["is_sdxl"])
+        result, stock_images = measure(lambda s: run_stock(stock_task, case, 1, s or steps, **stock_inputs), case["repeats"])
+        if task == "inpaint":
+            from PIL import Image
+
+            overlay = stock_task.image_processor.apply_overlay
+            stock_images = np.stack([np.asarray(overlay(stock_inputs["mask_image"], picture, Image.fromarray(image)))
+                                     for image in stock_images])
+        images[f"stock_{task}1"] = stock_images
+        note(f"stock {task}", 1, result)
+        result, images[f"{task}1"] = measure(lambda s: run_sdserve(components, case, 1, s or steps, **fields), 1)
+        result["psnr_vs_stock_db"] = psnr(images[f"{task}1"], images[f"stock_{task}1"])
+        note(task, 1, result)
+    for task in IMAGE_TASKS:
+        if task in variants_to_run:
+            attempt(task, lambda task=task: image_task(task))
 
     def measure_prepared(prepared: Any, variant: str, image_key: str, unet_key: str) -> None:
         """sdserve's pipeline on engine components: the 2-row UNet call, then each batch against stock."""
@@ -591,7 +654,7 @@ def main() -> int:
     low = [
         f"{name} {variant} batch {batch}: {r['psnr_vs_stock_db']:.1f} dB"
         for name, record in results["cases"].items()
-        for variant in ("engine", "engine+compile")
+        for variant in ("engine", "engine+compile", *IMAGE_TASKS)
         for batch, r in record["variants"].get(variant, {}).items()
         if r.get("psnr_vs_stock_db", math.inf) < PSNR_FLOOR_DB
     ]
