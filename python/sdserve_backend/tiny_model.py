@@ -3,7 +3,8 @@
 They let the server, the tests and CI run the whole text-to-image path on a CPU in seconds. The
 images are noise, but every component (CLIP tokenizer and text encoders, conditional UNet, KL VAE
 with its 8x downsampling, scheduler) is the one a real checkpoint uses, stored in the diffusers
-folder layout so that the same loading code serves real and tiny weights.
+folder layout so that the same loading code serves real and tiny weights. Each comes with tiny
+LoRA files in its `loras/` folder (`tiny_lora.py`).
 
     python -m sdserve_backend.tiny_model --out DIR [--variant sd|sdxl|sd-inpaint|sdxl-inpaint] [--seed 0]
 
@@ -37,6 +38,9 @@ from transformers import (
     CLIPTextModelWithProjection,
     CLIPTokenizer,
 )
+
+from sdserve_backend.tiny_lora import FILES as TINY_LORAS
+from sdserve_backend.tiny_lora import make_tiny_loras
 
 VARIANTS = ("sd", "sdxl", "sd-inpaint", "sdxl-inpaint")
 # An inpainting UNet's input: 4 latent channels, the mask, 4 channels of the masked image's latents.
@@ -119,6 +123,7 @@ def make_tiny_model(out_dir: Path, variant: str = "sd", seed: int = 0) -> Path:
         for entry in sorted(staging_dir.iterdir()):
             _remove(out_dir / entry.name)
             entry.rename(out_dir / entry.name)
+    make_tiny_loras(out_dir)
     (out_dir / MARKER_FILE).write_text(json.dumps(_marker(variant, seed), indent=2) + "\n")
     return out_dir
 
@@ -160,6 +165,7 @@ def _expected_files(variant: str) -> list[str]:
         "text_encoder/model.safetensors",
         "tokenizer/vocab.json",
         "tokenizer/merges.txt",
+        *(f"loras/{name}.safetensors" for name in TINY_LORAS),
     ]
     if variant.startswith("sdxl"):
         files += [

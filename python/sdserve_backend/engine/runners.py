@@ -7,6 +7,8 @@ to the wrapped model, so pipelines use them unchanged. Calls the captured shapes
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,6 +29,8 @@ class _ModelRunner:
         self.__dict__["calls"] = calls if calls is not None else {}
         # The torch.compile'd model (or method), used only for what the buckets capture.
         self.__dict__["_compiled"] = compiled
+        # Inside `eager()`: calls skip the captured graphs.
+        self.__dict__["_eager"] = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["_model"], name)
@@ -34,6 +38,16 @@ class _ModelRunner:
     @property
     def model(self) -> Any:
         return self._model
+
+    @contextlib.contextmanager
+    def eager(self) -> Iterator[None]:
+        """Calls inside run the model's own forward (with the engine's attention backend), not
+        the captured graphs: for what the graphs do not hold, such as per-request LoRA layers."""
+        self.__dict__["_eager"] = True
+        try:
+            yield
+        finally:
+            self.__dict__["_eager"] = False
 
 
 class UNetRunner(_ModelRunner):
@@ -85,7 +99,7 @@ class UNetRunner(_ModelRunner):
         if added_cond_kwargs:
             inputs["text_embeds"] = added_cond_kwargs["text_embeds"]
             inputs["time_ids"] = added_cond_kwargs["time_ids"]
-        call = self.calls.get(tuple(sample.shape[-2:]))
+        call = None if self._eager else self.calls.get(tuple(sample.shape[-2:]))
         unused_extra = all(value is None for value in extra.values())
         if call is not None and unused_extra and call.accepts(inputs):
             with torch.inference_mode():

@@ -48,6 +48,8 @@ class DenoisingState:
     after_step: Callable[[DenoisingState], None] | None = None
     # Runs on the decoded images, uint8 [B, H, W, 3] (inpainting pastes the unmasked pixels back).
     after_decode: Callable[[np.ndarray], np.ndarray] | None = None
+    # The request's LoRAs (`lora_layers.ChosenLora`), applied to its rows of each UNet call.
+    loras: Sequence[Any] = ()
 
     @property
     def done(self) -> bool:
@@ -56,6 +58,11 @@ class DenoisingState:
     @property
     def guided(self) -> bool:
         return self.guidance_scale > 1.0
+
+    @property
+    def rows(self) -> int:
+        """The rows this state has in a UNet call (its latents twice under guidance)."""
+        return int(self.latents.shape[0]) * (2 if self.guided else 1)
 
     def completed_steps(self, steps: int) -> int:
         """How many of the caller's `steps` are done. Some schedulers take more than one UNet

@@ -13,14 +13,18 @@ takes at most MAX_PROMPT_CHUNKS chunks; `too_long` tells which are cut to those.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.prompt_cache import PromptCache
+
+if TYPE_CHECKING:
+    from sdserve_backend.pipelines.lora_layers import ChosenLora
+    from sdserve_backend.pipelines.lora_library import LoraLibrary
 
 # Prompts whose text embeddings are kept (SDXL: ~0.3 MB each in float16).
 DEFAULT_PROMPT_CACHE_SIZE = 256
@@ -46,9 +50,13 @@ class PromptEmbeddings:
 class PromptEncoder:
     """Text embeddings for prompts and negative prompts over loaded `DiffusionComponents`."""
 
-    def __init__(self, components: DiffusionComponents, cache_size: int = DEFAULT_PROMPT_CACHE_SIZE) -> None:
+    def __init__(self, components: DiffusionComponents, cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
+                 loras: LoraLibrary | None = None) -> None:
         self.components = components
         self.cache = PromptCache(cache_size)
+        # Text-encoder LoRAs of a request change its embeddings: they are part of the cache key.
+        self.loras = loras
+        self._lora_key = ""
 
     @property
     def tokenizers(self) -> list[Any]:
@@ -80,8 +88,22 @@ class PromptEncoder:
         negative_prompts: list[str | None],
         classifier_free_guidance: bool,
         chunked: bool = True,
+        loras: Sequence[ChosenLora] = (),
     ) -> PromptEmbeddings:
-        """Text embeddings for `prompts`, plus those of the negatives when guidance is on."""
+        """Text embeddings for `prompts`, plus those of the negatives when guidance is on, with the
+        text-encoder parts of `loras` applied."""
+        if not loras or self.loras is None:
+            return self._encode(prompts, negative_prompts, classifier_free_guidance, chunked)
+        with self.loras.text_encoders(loras) as key:
+            self._lora_key = key
+            try:
+                return self._encode(prompts, negative_prompts, classifier_free_guidance, chunked)
+            finally:
+                self._lora_key = ""
+
+    def _encode(
+        self, prompts: list[str], negative_prompts: list[str | None], classifier_free_guidance: bool, chunked: bool
+    ) -> PromptEmbeddings:
         negatives = [text or "" for text in negative_prompts]
         chunks = self.chunk_count(prompts + (negatives if classifier_free_guidance else []), chunked)
         if self.components.is_sdxl:
@@ -92,9 +114,11 @@ class PromptEncoder:
         return PromptEmbeddings(positive=positive, negative=negative)
 
     def _cached(self, texts: list[str], chunks: int, encode: Any) -> tuple[torch.Tensor, ...]:
-        # One text's embedding depends on the chunks it is padded to: both make the key.
-        keys = {f"{chunks}:{text}": text for text in texts}
-        return self.cache.encode(list(f"{chunks}:{text}" for text in texts),
+        # One text's embedding depends on the chunks it is padded to and the text-encoder LoRAs
+        # applied: all make the key.
+        prefix = f"{chunks}:{self._lora_key}:" if self._lora_key else f"{chunks}:"
+        keys = {f"{prefix}{text}": text for text in texts}
+        return self.cache.encode(list(f"{prefix}{text}" for text in texts),
                                  lambda batch: encode([keys[key] for key in batch], chunks))
 
     def _encode_with_clip(self, texts: list[str], chunks: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
@@ -27,6 +28,9 @@ class GenerationRequest:
     strength: float | None = None
     # Gaussian blur radius for the mask, in pixels (diffusers' `VaeImageProcessor.blur`).
     mask_blur: int = 0
+
+    # LoRAs for every image of the request (`lora_layers.ChosenLora`: a loaded adapter and a scale).
+    loras: tuple[Any, ...] = ()
 
     @property
     def task_name(self) -> str:

@@ -287,7 +287,7 @@ class StepBatcher:
 
     def _prepare(self, item: InFlight) -> DenoisingState:
         """The request's conditioning, its own scheduler and its latents from its own seed."""
-        return item.task.prepare(item.request, item.settings)
+        return self.pipeline.prepare(item.task, item.request, item.settings)
 
     def _leave(self, items: Sequence[InFlight], error: Exception) -> None:
         if not items:

@@ -9,13 +9,17 @@ by request, so the three give the same image for the same request.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.denoise import DenoisingState, denoise_step
+from sdserve_backend.pipelines.lora_library import DEFAULT_CAPACITY as DEFAULT_LORA_CAPACITY
+from sdserve_backend.pipelines.lora_library import LoraLibrary
 from sdserve_backend.pipelines.prompt_cache import PromptCache
 from sdserve_backend.pipelines.prompts import (
     DEFAULT_PROMPT_CACHE_SIZE,
@@ -45,9 +49,12 @@ __all__ = [
 class TextToImagePipeline:
     """Stable Diffusion text-to-image over loaded `DiffusionComponents`."""
 
-    def __init__(self, components: DiffusionComponents, prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE) -> None:
+    def __init__(self, components: DiffusionComponents, prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
+                 lora_dir: Path | None = None, lora_cache_size: int = DEFAULT_LORA_CAPACITY) -> None:
         self.components = components
-        self.prompt_encoder = PromptEncoder(components, prompt_cache_size)
+        # The LoRAs of `lora_dir`, applied per request without touching the base weights.
+        self.loras = LoraLibrary(components, lora_dir, lora_cache_size)
+        self.prompt_encoder = PromptEncoder(components, prompt_cache_size, self.loras)
         self.task = TextToImage(components, self.prompt_encoder)
         self.image_tasks: dict[str, Task] = {
             task.name: task for task in (ImageToImage(components, self.prompt_encoder), Inpaint(components, self.prompt_encoder))
@@ -77,7 +84,7 @@ class TextToImagePipeline:
         self.check_inputs(requests, settings)
 
         # 2. Prepare each request: its conditioning, its own scheduler, its latents from its seed
-        states = [self.task_for(request).prepare(request, settings) for request in requests]
+        states = [self.prepare(self.task_for(request), request, settings) for request in requests]
 
         # 3. Denoise them together, one UNet call per step for each group that can share one
         groups: dict[Hashable, list[DenoisingState]] = {}
@@ -96,6 +103,13 @@ class TextToImagePipeline:
         images = self.task.finish(torch.cat([state.latents for state in states]))
         return finish_per_request(images, requests, states)
 
+    def prepare(self, task: Task, request: GenerationRequest, settings: GenerationSettings) -> DenoisingState:
+        """The task's state for `request`, with the request's LoRAs for its rows of each UNet call
+        (every task's: a task's own conditioning applies their text-encoder parts)."""
+        state = task.prepare(request, settings)
+        state.loras = request.loras
+        return state
+
     def check_inputs(self, requests: Sequence[GenerationRequest], settings: GenerationSettings) -> None:
         """Raise ValueError naming the argument and its value for anything this model cannot run."""
         if len(requests) == 0:
@@ -104,8 +118,14 @@ class TextToImagePipeline:
             self.task_for(request).check(request, settings)
 
     def denoise_batch(self, states: Sequence[DenoisingState]) -> None:
-        """One step of each of `states`, with one UNet call for all (`denoise.denoise_step`)."""
-        denoise_step(self.components.unet, states)
+        """One step of each of `states`, with one UNet call for all (`denoise.denoise_step`); each
+        state's LoRAs apply to its own rows."""
+        unet = self.components.unet
+        with self.loras.unet_rows([(state.rows, state.loras) for state in states]) as adapted:
+            # The engine's CUDA graphs hold the base model only: rows with LoRAs run it eagerly.
+            eager = unet.eager() if adapted and hasattr(unet, "eager") else contextlib.nullcontext()
+            with eager:
+                denoise_step(unet, states)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents -> uint8 images [B, H, W, 3] on the host."""

@@ -53,8 +53,18 @@ export function generateInferRequest(
     model_name: params.model,
     model_version: params.version,
     inputs,
-    parameters: { ...(parameters as Parameters | undefined), ...(extra as Parameters) },
+    parameters: scalarParameters({ ...(parameters as Record<string, unknown> | undefined), ...extra }),
   };
+}
+
+/**
+ * Request parameters are scalars (KServe v2): a list or object (such as `loras`) travels as its
+ * JSON text, which is how v2 infer clients send it too.
+ */
+function scalarParameters(values: Record<string, unknown>): Parameters {
+  return Object.fromEntries(Object.entries(values).map(([key, value]) => [
+    key, typeof value === 'object' && value !== null ? JSON.stringify(value) : value as Parameters[string],
+  ]));
 }
 
 /** The request, with the backend asked for encoded images where it makes them, and the model's image facts. */

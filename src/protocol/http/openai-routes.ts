@@ -2,7 +2,7 @@
  * OpenAI-style images API over the same core, for clients written against OpenAI's SDKs:
  * `POST /v1/images/generations` (`prompt`, `model`, `n`, `size` "WxH", `response_format`
  * "b64_json", `output_format` png | jpeg | webp, `output_compression` 0-100, plus sdserve's
- * `negative_prompt`, `steps`, `seed`, `guidance_scale`, `scheduler`) answers
+ * `negative_prompt`, `steps`, `seed`, `guidance_scale`, `scheduler`, `loras`) answers
  * `{created, output_format, data: [{b64_json}]}`; `POST /v1/images/edits` (multipart: `image`,
  * optional `mask`, `prompt`, `n`, `size`, ...) answers the same way: image-to-image, or
  * inpainting where the mask (else the image itself) is transparent, as OpenAI's edits read a
@@ -41,6 +41,7 @@ interface ImagesBody {
   seed?: number;
   guidance_scale?: number;
   scheduler?: string;
+  loras?: Array<{ name: string; scale?: number }>;
 }
 
 /** The body of `POST /v1/images/generations` (also in the OpenAPI document). */
@@ -62,6 +63,11 @@ export const imagesBodySchema = {
     seed: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
     guidance_scale: { type: 'number' },
     scheduler: { type: 'string' },
+    // sdserve's: LoRAs of the model's loras/ folder for this request (the backend checks names and scales).
+    loras: {
+      type: 'array',
+      items: { type: 'object', required: ['name'], properties: { name: { type: 'string', minLength: 1 }, scale: { type: 'number' } } },
+    },
   },
 } as const;
 const IMAGES_FIELDS = Object.keys(imagesBodySchema.properties);
@@ -93,6 +99,8 @@ function toImageRequest(body: ImagesBody): ImageRequest {
   for (const key of ['steps', 'seed', 'guidance_scale', 'scheduler'] as const) {
     if (body[key] !== undefined) parameters[key] = body[key]!;
   }
+  // Request parameters are scalars: the list travels as its JSON text, as v2 clients send it.
+  if (body.loras !== undefined) parameters.loras = JSON.stringify(body.loras);
   const copies = (text: string) => Array<string>(body.n ?? 1).fill(text);
   return {
     prompts: copies(body.prompt),

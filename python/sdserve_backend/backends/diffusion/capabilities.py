@@ -58,6 +58,10 @@ def declare(defaults: ModelDefaults, max_images: int, max_steps: int) -> dict[st
         "mask_from_alpha": {"type": "boolean", "default": False,
                             "description": "inpainting: the mask's transparent pixels mark what to repaint "
                                            "(OpenAI's images/edits); without a mask, the image's own"},
+        # A JSON text, as v2 parameters are scalars; generate and OpenAI also take the list itself.
+        "loras": {"type": "string", "default": "",
+                  "description": 'LoRAs for this request: a JSON list of {"name": <file name without .safetensors>, '
+                                 '"scale": <number, default 1>}; prompts may also hold <lora:name:scale>'},
     }
     return {
         "tasks": list(TASKS),

@@ -87,7 +87,9 @@ class TritonPythonModel:
             resolve_scheduler_class(self.defaults.settings.scheduler, components.scheduler_class)
         except ValueError as error:
             raise ValueError(f"config parameter {error}") from None
-        self.pipeline = TextToImagePipeline(components, prompt_cache_size=self.defaults.prompt_cache_size)
+        self.pipeline = TextToImagePipeline(components, prompt_cache_size=self.defaults.prompt_cache_size,
+                                            lora_dir=model_settings.locate_lora_dir(version_dir, parameters),
+                                            lora_cache_size=self.defaults.lora_cache_size)
         max_images = int(model_config.get("max_batch_size", 0) or 0)
         max_steps = min(model_settings.MAX_STEPS, max_inference_steps(components.scheduler_config))
         self.declared = capabilities.declare(self.defaults, max_images, max_steps)
@@ -246,11 +248,16 @@ class TritonPythonModel:
                 request.parameters(), ENCODED_OUTPUT_NAME in _requested_output_names(request)
             )
             chunk_prompts = model_settings.read_prompt_chunking(request.parameters(), self.defaults.prompt_chunking)
+            prompts, requested_loras = model_settings.read_loras(request.parameters(), prompts)
+            loras = self.pipeline.loras.choose(requested_loras)
         except ValueError as error:
             return error
+        except (RuntimeError, OSError) as error:  # loading a LoRA onto the device (out of memory, say)
+            pb_utils.Logger.log_error(f"loading the LoRAs of request {request.request_id()!r} failed: {error!r}")
+            return RuntimeError(f"loading the LoRAs failed: {error}")
         generation = GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None,
                                        chunk_prompts=chunk_prompts, images=images, masks=masks,
-                                       strength=image_parameters.strength, mask_blur=image_parameters.mask_blur)
+                                       strength=image_parameters.strength, mask_blur=image_parameters.mask_blur, loras=loras)
         return Job(generation, settings, encoding, self._prompt_warnings(generation))
 
     def _prompt_warnings(self, request: GenerationRequest) -> tuple[str, ...]:

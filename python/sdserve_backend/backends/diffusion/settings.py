@@ -19,6 +19,8 @@ from typing import Any
 from sdserve_backend.booleans import parse_bool
 from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS, OutputEncoding
 from sdserve_backend.pipelines import GenerationSettings
+from sdserve_backend.pipelines.lora_library import DEFAULT_CAPACITY as DEFAULT_LORA_CAPACITY
+from sdserve_backend.pipelines.lora_library import LoraRequest, merge_requests, parse_loras_parameter, take_prompt_tags
 from sdserve_backend.pipelines.prompts import DEFAULT_PROMPT_CACHE_SIZE
 from sdserve_backend.pipelines.tasks.inpaint import MAX_MASK_BLUR
 
@@ -46,6 +48,8 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "step_batching": "true: requests join and leave the UNet batch per step; false: whole requests",
     "prompt_cache_size": "how many prompts' text embeddings are kept for reuse",
     "prompt_chunking": "default of the request parameter: true: prompts over CLIP's 75 tokens are chunked; false: cut",
+    "lora_dir": "the folder of the LoRA files requests may name (default: loras/ in the version folder)",
+    "lora_cache_size": "how many LoRAs are kept loaded on the device (least recently used dropped first)",
     "force_engine_build": "true: rebuild the GPU engine at load",
     "engine_compile": "true: torch.compile the UNet into the GPU engine",
     "engine_cache_dir": "where this model's GPU engine is kept (absolute, or relative to the server's --engine-cache-dir)",
@@ -90,6 +94,8 @@ class ModelDefaults:
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE
     # Prompts over CLIP's 75 tokens: chunked (True) or cut with a warning (False).
     prompt_chunking: bool = True
+    # LoRAs kept loaded on the device.
+    lora_cache_size: int = DEFAULT_LORA_CAPACITY
 
 
 def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
@@ -123,6 +129,7 @@ def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) 
         step_batching=parse_bool("step_batching", parameters.get("step_batching", ""), True, source),
         prompt_cache_size=parse_prompt_cache_size(parameters.get("prompt_cache_size", ""), source),
         prompt_chunking=parse_bool("prompt_chunking", parameters.get("prompt_chunking", ""), True, source),
+        lora_cache_size=parse_lora_cache_size(parameters.get("lora_cache_size", ""), source),
     )
 
 
@@ -205,6 +212,23 @@ def read_prompt_chunking(parameters_json: str, default: bool) -> bool:
     """The request parameter `prompt_chunking` (a boolean), else the config's default."""
     value = json.loads(parameters_json or "{}").get("prompt_chunking")
     return parse_bool("prompt_chunking", value, default, "parameter")
+
+
+def read_loras(parameters_json: str, prompts: list[str]) -> tuple[list[str], LoraRequest]:
+    """The LoRAs a request asks for: its parameter `loras` (a JSON list of {"name", "scale"}) and
+    Automatic1111's `<lora:name:scale>` tags in its prompts, which are taken out of them."""
+    prompts, tagged = take_prompt_tags(prompts)
+    given = parse_loras_parameter(json.loads(parameters_json or "{}").get("loras"))
+    return prompts, merge_requests(given, tagged)
+
+
+def locate_lora_dir(version_dir: Path, parameters: Mapping[str, str]) -> Path:
+    """The LoRA folder: `lora_dir` relative to the version folder (or absolute; the core has
+    confined it to the model's folder or an --allowed-path root), else `<version>/loras`."""
+    configured = str(parameters.get("lora_dir", "") or "").strip()
+    if not configured:
+        return version_dir / "loras"
+    return Path(configured) if Path(configured).is_absolute() else version_dir / configured
 
 
 def read_output_encoding(parameters_json: str, encoded_output_requested: bool) -> OutputEncoding | None:
@@ -290,6 +314,13 @@ def parse_steps(value: Any, default: int, source: str) -> int:
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"{source} 'steps' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
     return steps
+
+
+def parse_lora_cache_size(value: Any, source: str) -> int:
+    size = _parse_int("lora_cache_size", value, DEFAULT_LORA_CAPACITY, source)
+    if size < 1:
+        raise ValueError(f"{source} 'lora_cache_size' must be an integer >= 1, got {value!r}")
+    return size
 
 
 def parse_prompt_cache_size(value: Any, source: str) -> int:

@@ -95,7 +95,8 @@ class TextToImage:
         """The UNet's text conditioning (negative half first under guidance) and, for SDXL, its
         added conditioning (pooled text embeddings and time ids)."""
         embeddings = self.prompt_encoder.encode(
-            request.prompts, request.negatives(), settings.uses_classifier_free_guidance, request.chunk_prompts
+            request.prompts, request.negatives(), settings.uses_classifier_free_guidance, request.chunk_prompts,
+            loras=request.loras,
         )
         guided = settings.uses_classifier_free_guidance
         added_cond_kwargs = None

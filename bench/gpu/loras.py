@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""GPU benchmark: per-row LoRA (requests with different LoRAs in one UNet batch) against none, and
+against diffusers' `load_lora_weights` + `fuse_lora` for one LoRA, on one GPU, one run.
+
+    PYTHONPATH=python python3 bench/gpu/loras.py --out DIR [--cases sd15,sdxl] [--rows 8] [--rank 32]
+
+Full-size SD 1.5 / SDXL UNets with random weights (as run.py builds them) and random LoRAs of
+`--rank` on the layers LoRA trainers target (attention q/k/v/out, feed-forward, proj_in/out),
+written as diffusers/PEFT `.safetensors` files and read the way the server reads them. Times one
+UNet call (a denoising step's model evaluation) over `--rows` rows, float16:
+  eager          sdserve's per-row LoRA on the eager UNet: 0 LoRAs, 1 LoRA on every row, 4
+                 distinct LoRAs (rows split evenly among them)
+  engine         the same on `engine.prepare` components (fused QKV, CUDA graphs): 0 LoRAs
+                 replays the captured graph; rows with LoRAs run the model eagerly (graphs hold
+                 the base model only)
+  diffusers      `load_lora_weights` (PEFT layers, unfused) and after `fuse_lora` (weights merged:
+                 the base model's speed, one LoRA for every row), with the seconds that loading,
+                 fusing and unfusing take, which a server switching LoRAs per request pays
+It also checks that sdserve's UNet output for one LoRA matches diffusers' (max abs difference).
+Writes results.json and results.md into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1] / "python"))
+
+import run as gpu_run  # noqa: E402  (bench/gpu/run.py: the models and UNet inputs)
+
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+LORAS = 4
+REPEATS = 20
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def write_loras(unet: Any, folder: Path, rank: int, count: int) -> list[str]:
+    """`count` random LoRA files of `rank` for `unet`, in the diffusers/PEFT layout."""
+    from safetensors.torch import save_file
+
+    names = []
+    for index in range(count):
+        generator = torch.Generator().manual_seed(100 + index)
+        tensors = {}
+        for path, layer in unet.named_modules():
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) and path.endswith(TARGETS):
+                weight = layer.weight
+                down = torch.randn((rank, weight.shape[1], *weight.shape[2:]), generator=generator) / weight.shape[1] ** 0.5
+                up = torch.randn((weight.shape[0], rank, *([1] * (weight.ndim - 2))), generator=generator) * 0.01
+                tensors[f"unet.{path}.lora_A.weight"] = down.half().contiguous()
+                tensors[f"unet.{path}.lora_B.weight"] = up.half().contiguous()
+        name = f"bench_lora_{index}"
+        save_file(tensors, str(folder / f"{name}.safetensors"))
+        names.append(name)
+    return names
+
+
+def time_ms(call: Callable[[], Any]) -> float:
+    return gpu_run.unet_call_ms(call, REPEATS)
+
+
+def sdserve_rows(components: Any, folder: Path, names: list[str], rows: int, inputs: dict[str, Any],
+                 record: dict[str, Any], label: str) -> torch.Tensor:
+    """Times 0, 1 and 4 distinct LoRAs on `components`' UNet; returns the 1-LoRA output."""
+    from sdserve_backend.pipelines.lora_library import LoraLibrary
+    from sdserve_backend.pipelines.lora_layers import ChosenLora
+
+    library = LoraLibrary(components, folder)
+    started = time.perf_counter()
+    adapters = [library.load(name) for name in names]
+    torch.cuda.synchronize()
+    record[f"{label} load 4 LoRAs s"] = time.perf_counter() - started
+    unet = components.unet
+    per_lora = rows // len(adapters)
+    mixes = {
+        0: [(rows, ())],
+        1: [(rows, (ChosenLora(adapters[0], 1.0),))],
+        4: [(per_lora if i < len(adapters) - 1 else rows - per_lora * (len(adapters) - 1), (ChosenLora(a, 1.0),))
+            for i, a in enumerate(adapters)],
+    }
+
+    def call(blocks: list[Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with library.unet_rows(blocks) as adapted:
+                if adapted and hasattr(unet, "eager"):
+                    with unet.eager():
+                        return unet(**inputs, return_dict=False)[0]
+                return unet(**inputs, return_dict=False)[0]
+        return run
+
+    for count, blocks in mixes.items():
+        milliseconds = time_ms(call(blocks))
+        record[f"{label} {count} LoRA ms"] = milliseconds
+        log(f"  {label}: {count} distinct LoRA(s) over {rows} rows: {milliseconds:.2f} ms")
+    with torch.inference_mode():
+        return call(mixes[1])().float()
+
+
+def run_case(name: str, rows: int, rank: int, results: dict[str, Any]) -> None:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
+
+    from sdserve_backend.engine import prepare
+    from sdserve_backend.pipelines.device import Placement
+
+    case = gpu_run.CASES[name]
+    record: dict[str, Any] = {"rows": rows, "rank": rank, "height": case["height"], "width": case["width"]}
+    results["cases"][name] = record
+    folder = Path(tempfile.mkdtemp(prefix=f"sdserve-loras-{name}-"))
+
+    # 1. diffusers: load_lora_weights (unfused), then fuse_lora, on a fresh model
+    parts = gpu_run.build_models(name)
+    names = write_loras(parts["unet"], folder, rank, LORAS)
+    inputs = gpu_run.unet_inputs(parts, case, rows)
+    unet = parts["unet"]
+    record["base eager ms"] = time_ms(lambda: unet(**inputs, return_dict=False))
+    reference = diffusers_rows(parts, folder, names[0], inputs, record) if has_peft() else None
+    log(f"[{name}] diffusers: {json.dumps({k: v for k, v in record.items() if k.startswith(('base', 'diffusers'))})}")
+    del parts, unet
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    # 2. sdserve on the eager UNet
+    parts = gpu_run.build_models(name)
+    components = gpu_run.sdserve_components(parts)
+    inputs = gpu_run.unet_inputs(parts, case, rows)
+    ours = sdserve_rows(components, folder, names, rows, inputs, record, "eager")
+    if reference is not None:
+        difference = (ours - reference).abs().max().item()
+        record["eager vs diffusers fused max abs diff"] = difference
+        record["reference max abs"] = reference.abs().max().item()
+        log(f"[{name}] one LoRA: max |sdserve - diffusers fused| = {difference:.4g} "
+            f"(outputs up to {record['reference max abs']:.3g})")
+    del components, parts, ours
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    # 3. sdserve on the engine (fused QKV, CUDA graphs for the base model)
+    parts = gpu_run.build_models(name)
+    placement = Placement(device=torch.device("cuda"), dtype=torch.float16, warning=None)
+    components = prepare(gpu_run.sdserve_components(parts), placement, engine_dir=None, max_rows=rows,
+                         height=case["height"], width=case["width"])
+    inputs = gpu_run.unet_inputs(parts, case, rows)
+    ours = sdserve_rows(components, folder, names, rows, inputs, record, "engine")
+    if reference is not None:
+        record["engine vs diffusers fused max abs diff"] = (ours - reference).abs().max().item()
+    for label in ("eager", "engine"):
+        base = record[f"{label} 0 LoRA ms"]
+        for count in (1, 4):
+            record[f"{label} {count} LoRA overhead %"] = 100 * (record[f"{label} {count} LoRA ms"] / base - 1)
+    del components, parts, ours
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def has_peft() -> bool:
+    try:
+        import peft  # noqa: F401  (diffusers' load_lora_weights needs it)
+    except ImportError:
+        log("peft is not installed: the diffusers rows are skipped (pip install peft)")
+        return False
+    return True
+
+
+def diffusers_rows(parts: dict[str, Any], folder: Path, name: str, inputs: dict[str, Any], record: dict[str, Any]) -> torch.Tensor:
+    """Times diffusers' unfused and fused LoRA on `parts`' UNet; returns the fused output."""
+    unet = parts["unet"]
+    pipe = gpu_run.stock_pipeline(parts)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    pipe.load_lora_weights(str(folder), weight_name=f"{name}.safetensors", adapter_name="one")
+    torch.cuda.synchronize()
+    record["diffusers load_lora_weights s"] = time.perf_counter() - started
+    record["diffusers unfused 1 LoRA ms"] = time_ms(lambda: unet(**inputs, return_dict=False))
+    started = time.perf_counter()
+    pipe.fuse_lora(lora_scale=1.0)
+    torch.cuda.synchronize()
+    record["diffusers fuse_lora s"] = time.perf_counter() - started
+    record["diffusers fused 1 LoRA ms"] = time_ms(lambda: unet(**inputs, return_dict=False))
+    with torch.inference_mode():
+        reference = unet(**inputs, return_dict=False)[0].float()
+    started = time.perf_counter()
+    pipe.unfuse_lora()
+    pipe.unload_lora_weights()
+    torch.cuda.synchronize()
+    record["diffusers unfuse+unload s"] = time.perf_counter() - started
+    return reference
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    lines = [f"# Per-row LoRA, {results['gpu']}, torch {results['torch']}, diffusers {results['diffusers']}, {results['date']}", ""]
+    lines += ["| case | rows | rank | variant | 0 LoRAs ms | 1 LoRA ms | 4 distinct LoRAs ms | 1 LoRA % | 4 LoRAs % |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results["cases"].items():
+        for label in ("eager", "engine"):
+            if f"{label} 4 LoRA ms" in r:
+                lines.append(f"| {name} | {r['rows']} | {r['rank']} | sdserve {label} | {r[f'{label} 0 LoRA ms']:.2f} | "
+                             f"{r[f'{label} 1 LoRA ms']:.2f} | {r[f'{label} 4 LoRA ms']:.2f} | "
+                             f"{r[f'{label} 1 LoRA overhead %']:+.1f} | {r[f'{label} 4 LoRA overhead %']:+.1f} |")
+        if "diffusers fused 1 LoRA ms" in r:
+            lines.append(f"| {name} | {r['rows']} | {r['rank']} | diffusers load_lora_weights (unfused) | {r['base eager ms']:.2f} | "
+                         f"{r['diffusers unfused 1 LoRA ms']:.2f} | - | - | - |")
+            lines.append(f"| {name} | {r['rows']} | {r['rank']} | diffusers + fuse_lora | {r['base eager ms']:.2f} | "
+                         f"{r['diffusers fused 1 LoRA ms']:.2f} | - | - | - |")
+    lines += ["", "| case | diffusers load s | fuse s | unfuse+unload s | sdserve load 4 s | max abs diff vs diffusers (eager / engine) | errors |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results["cases"].items():
+        def get(key: str, form: str = "{:.3f}") -> str:
+            return form.format(r[key]) if key in r else "-"
+        lines.append(f"| {name} | {get('diffusers load_lora_weights s')} | {get('diffusers fuse_lora s')} | "
+                     f"{get('diffusers unfuse+unload s')} | {get('eager load 4 LoRAs s')} | "
+                     f"{get('eager vs diffusers fused max abs diff', '{:.3g}')} / {get('engine vs diffusers fused max abs diff', '{:.3g}')} | "
+                     f"{'; '.join(r.get('errors', [])) or '-'} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cases", default="sd15,sdxl")
+    parser.add_argument("--rows", type=int, default=8, help="UNet rows per call (guidance doubles images: 8 rows = 4 images)")
+    parser.add_argument("--rank", type=int, default=32)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    import diffusers
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                               "diffusers": diffusers.__version__,
+                               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cases": {}}
+    failed = False
+    for name in args.cases.split(","):
+        try:
+            run_case(name, args.rows, args.rank, results)
+        except Exception as error:  # noqa: BLE001 - record it and go on with the next case
+            failed = True
+            log(f"[{name}] FAILED: {error!r}\n{traceback.format_exc()}")
+            results["cases"].setdefault(name, {}).setdefault("errors", []).append(repr(error))
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, args.out / "results.md")
+    print((args.out / "results.md").read_text())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
