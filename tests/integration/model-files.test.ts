@@ -105,6 +105,8 @@ describe('a load request names only code and files the operator installed', () =
       ['weights', 'linked_folder/secret.safetensors'],
       ['weights_config', '/etc'],
       ['weights_config', '/no/such/folder'],
+      ['lora_dir', outside],
+      ['lora_dir', '../../../outside'],
     ]) {
       const response = await load(withParameter(key, value));
       assert.equal(response.status, 400, `${key}=${value}`);
