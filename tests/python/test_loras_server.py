@@ -92,3 +92,11 @@ def test_bad_scales_and_lists_are_400s(server: ServerAddresses, extra: dict, mes
     status, body = http_json(server, "/v2/models/tiny_sd/generate", {"prompt": "a cat", **FAST, **extra})
     assert status == 400
     assert message in body["error"]
+
+
+def test_the_png_parameters_text_names_the_loras_as_automatic1111_prompts_do(server: ServerAddresses) -> None:
+    status, body = http_json(server, "/v2/models/tiny_sd/generate",
+                             {"prompt": "a cat", **FAST, "loras": [{"name": "tiny_kohya", "scale": 0.8}]})
+    assert status == 200, body
+    with Image.open(io.BytesIO(base64.b64decode(body["generated_image"][0]))) as image:
+        assert image.info["parameters"].startswith("a cat <lora:tiny_kohya:0.8>\n")

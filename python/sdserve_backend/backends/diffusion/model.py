@@ -4,7 +4,7 @@ Inputs: `prompt` BYTES [B, 1] and optional `negative_prompt` BYTES [B, 1] (or [1
 Outputs: `generated_image` UINT8 [B, H, W, 3]; `generated_image_encoded` BYTES [B, 1], one PNG,
 JPEG or WebP file per image, when the request asks for it (by name, or with the parameter
 `output_format`). Config parameters set the defaults; a request's parameters `steps`,
-`guidance_scale`, `seed`, `scheduler`, `height`, `width` override them. Each response's
+`guidance_scale`, `seed`, `scheduler`, `height`, `width`, `loras` override them. Each response's
 parameters tell the seed used. The LoadResponse declares all of it (`capabilities`).
 
 With config parameter `step_batching` "true" (the default) the model is decoupled: `execute`
@@ -203,7 +203,8 @@ class TritonPythonModel:
         request, settings = job.request, job.settings
         scheduler = resolve_scheduler_class(settings.scheduler, self.pipeline.components.scheduler_class)
         return GenerationInfo(
-            prompt=request.prompts[index],
+            # The LoRAs as Automatic1111 writes them in its prompt, so the parameters text reproduces the image.
+            prompt=request.prompts[index] + "".join(f" <lora:{c.adapter.name}:{c.scale:g}>" for c in request.loras),
             negative_prompt=request.negatives()[index],
             steps=settings.steps,
             scheduler_class=scheduler.__name__,
