@@ -126,6 +126,13 @@ def test_what_sdserve_cannot_do_is_refused_with_the_reason(server: ServerAddress
     assert isinstance(body, dict) and message in body["error"]
 
 
+def test_a_batch_larger_than_the_model_takes_is_refused(server: ServerAddresses) -> None:
+    status, body = call(server, "POST", "/sdapi/v1/txt2img", {"prompt": "a fox", "batch_size": 2086266766533})
+    assert status == 400
+    assert isinstance(body, dict)
+    assert "\"batch_size\" 2086266766533: model 'tiny_sd' makes 1 to 4 image(s) per request" in body["error"]
+
+
 def test_models_and_samplers_are_listed(server: ServerAddresses) -> None:
     status, models = call(server, "GET", "/sdapi/v1/sd-models")
     assert status == 200 and [model["model_name"] for model in models] == ["tiny_sd"]

@@ -199,6 +199,10 @@ function declaredDefault(model: ImageModel, name: string): ParameterValue | unde
 function settingsOf(model: ImageModel, body: Txt2ImgBody) {
   const scheduler = schedulerOf(body);
   const samplerName = Object.entries(SAMPLERS).find(([, name]) => name === (scheduler ?? declaredDefault(model, 'scheduler')))?.[0];
+  // Checked before any list of batch_size prompts is made: a huge one is a 400, not a failed allocation.
+  if (body.batch_size !== undefined && body.batch_size > model.maxImages) {
+    throw invalidArg(`"batch_size" ${body.batch_size}: model '${model.name}' makes 1 to ${model.maxImages} image(s) per request`);
+  }
   return {
     prompt: body.prompt ?? '',
     negativePrompt: body.negative_prompt ?? '',
