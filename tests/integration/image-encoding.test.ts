@@ -1,12 +1,16 @@
 /**
  * Images are encoded off the event loop: while a plain Triton Python model's eight 1024² images
- * become PNGs for a generate request, health probes still answer within 50 ms.
+ * become PNGs for a generate request, health probes still answer within 50 ms of an idle probe.
+ * On a busy host (CI's two cores shared with other work) everything is slower, so the allowance
+ * grows to what encoding one of those images takes on this host at that moment, measured in the
+ * same run with the server's own encoder: an encoder on the event loop would hold a probe for at
+ * least that (eight times that for the whole batch), whatever the load.
  */
 import assert from 'node:assert/strict';
-import { availableParallelism, loadavg } from 'node:os';
 import { test } from 'node:test';
 import { PNG } from 'pngjs';
 
+import encodePng from '../../src/protocol/generation/png-worker.js';
 import { makeRepository, startServerProcess } from './support/server-process.js';
 
 const SIDE = 1024;
@@ -44,11 +48,6 @@ class TritonPythonModel:
 `;
 
 test('health probes answer within 50 ms while 8 large images are encoded', { timeout: 300_000 }, async (t) => {
-  // Latencies mean nothing on a host already running more than it has cores for.
-  if (loadavg()[0] > availableParallelism()) {
-    t.skip(`load average ${loadavg()[0].toFixed(1)} exceeds the ${availableParallelism()} cores: probe timings would measure the host`);
-    return;
-  }
   const repository = makeRepository({ pixels: { config: CONFIG, files: { '1/model.py': MODEL } } }, []);
   t.after(() => repository.remove());
   const server = await startServerProcess(['--model-repository', repository.dir]);
@@ -64,6 +63,8 @@ test('health probes answer within 50 ms while 8 large images are encoded', { tim
 
   // Probes of the idle server first: what this host's scheduling alone costs a probe.
   const idle = await probeWhile(new Promise((resolve) => setTimeout(resolve, 1000)));
+  // What one image's encoding takes here and now: the least a probe would wait behind it on the event loop.
+  const oneImageMs = encodingTime();
   let response!: Response;
   let body!: { generated_image: string[] };
   const busy = await probeWhile((async () => {
@@ -78,11 +79,40 @@ test('health probes answer within 50 ms while 8 large images are encoded', { tim
     assert.deepEqual([png.width, png.height], [SIDE, SIDE]);
   }
   assert.ok(busy.length >= 5, `only ${busy.length} probes were answered during the request`);
-  // An encoder on the event loop would hold every probe for the whole encoding (8 x ~70 ms).
+  // An encoder on the event loop would hold a probe for the whole encoding (8 x ~70 ms unloaded).
   const [slowestIdle, slowestBusy] = [Math.max(...idle), Math.max(...busy)];
-  assert.ok(slowestBusy < 50 + slowestIdle,
-    `the slowest of ${busy.length} health probes took ${slowestBusy.toFixed(1)} ms (idle: ${slowestIdle.toFixed(1)} ms)`);
+  const allowance = Math.max(50, oneImageMs);
+  assert.ok(slowestBusy < slowestIdle + allowance,
+    `the slowest of ${busy.length} health probes took ${slowestBusy.toFixed(1)} ms (idle: ${slowestIdle.toFixed(1)} ms, `
+    + `allowance ${allowance.toFixed(1)} ms; one image encodes in ${oneImageMs.toFixed(1)} ms here)`);
 });
+
+/** The model's picture, made as its Python does. */
+function gradient(): Uint8Array {
+  const pixels = new Uint8Array(SIDE * SIDE * 3);
+  const ramp = (i: number) => Math.trunc((255 * i) / (SIDE - 1));
+  for (let y = 0; y < SIDE; y += 1) {
+    for (let x = 0; x < SIDE; x += 1) {
+      const at = (y * SIDE + x) * 3;
+      pixels[at] = ramp(x);
+      pixels[at + 1] = ramp(y);
+      pixels[at + 2] = ramp(SIDE - 1 - y);
+    }
+  }
+  return pixels;
+}
+
+/** Milliseconds the server's PNG encoder takes for one of the model's images in this process (the fastest of three). */
+function encodingTime(): number {
+  const pixels = gradient();
+  const times: number[] = [];
+  for (let i = 0; i < 3; i += 1) {
+    const start = performance.now();
+    encodePng({ width: SIDE, height: SIDE, channels: 3, pixels });
+    times.push(performance.now() - start);
+  }
+  return Math.min(...times);
+}
 
 /** Health probe latencies, one probe every 5 ms until `until` settles. */
 async function probeWhile(until: Promise<unknown>): Promise<number[]> {
