@@ -13,7 +13,7 @@ import { delimiter, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 
-import type { ImagePreview, InferRequest, InferResponse } from '../core/types.js';
+import type { ImagePreview, InferRequest, InferResponse, StreamedAnswer } from '../core/types.js';
 import { SdserveError, toSdserveError, type ErrorCode } from '../errors.js';
 import { encodeFrame, FrameDecoder, type Frame, type MalformedFrameError } from './frame.js';
 import { helloProblem, loadResponseProblem, progressProblem, responseNotifyProblem } from './message-checks.js';
@@ -49,6 +49,9 @@ export interface BackendProcessOptions {
 }
 
 export type ProgressListener = (requestIndex: number, step: number, steps: number, preview?: ImagePreview) => void;
+
+/** Hears every answer a decoupled model sends for request `requestIndex` of an ExecuteRequest. */
+export type AnswerListener = (requestIndex: number, answer: StreamedAnswer) => void;
 
 export interface BackendProcessEvents {
   exit: [code: number | null, signal: NodeJS.Signals | null];
@@ -200,8 +203,8 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
    * Rejects with SDS_ERR_BACKEND_DIED if the backend dies first, and with the error when the
    * backend fails the call as a whole (ErrorNotify, a malformed reply).
    */
-  async execute(requests: InferRequest[], onProgress?: ProgressListener): Promise<Array<InferResponse | SdserveError>> {
-    const results = await Promise.allSettled(this.executeEach(requests, onProgress));
+  async execute(requests: InferRequest[], onProgress?: ProgressListener, onAnswer?: AnswerListener): Promise<Array<InferResponse | SdserveError>> {
+    const results = await Promise.allSettled(this.executeEach(requests, onProgress, onAnswer));
     const wholeCall = results.find((result) => result.status === 'rejected' && WHOLE_CALL_FAILURES.has(result.reason as object));
     if (wholeCall !== undefined) throw (wholeCall as PromiseRejectedResult).reason;
     return results.map((result) => (result.status === 'fulfilled' ? result.value : toSdserveError(result.reason, 'SDS_ERR_BACKEND')));
@@ -214,9 +217,11 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
    * rejects with the SdserveError the model gave its request (a failure of the whole batch is
    * given to each request still open), and all open ones with SDS_ERR_BACKEND_DIED if the
    * backend dies. A decoupled request's non-final responses are kept: a final flag sent alone
-   * settles the request with the last response it was sent.
+   * settles the request with the last response it was sent. With `onAnswer`, every answer of a
+   * decoupled model goes to it as it arrives instead, and the final one settles the request with
+   * a response of no outputs: the answers were the result.
    */
-  executeEach(requests: InferRequest[], onProgress?: ProgressListener): Array<Promise<InferResponse>> {
+  executeEach(requests: InferRequest[], onProgress?: ProgressListener, onAnswer?: AnswerListener): Array<Promise<InferResponse>> {
     if (requests.length === 0) return [];
     const each = requests.map(() => deferred<InferResponse>());
     const promises = each.map((entry) => entry.promise);
@@ -268,6 +273,18 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
       const { request_index: index, response, final } = frame.metadata as unknown as ResponseNotifyMeta;
       if (!open.has(index)) {
         this.logger.warn(`[${this.label}] ignored a response for request ${String(index)} of ${correlationId}: it is not open`);
+        return;
+      }
+      if (onAnswer !== undefined) {
+        const answer = response === undefined ? undefined : toInferResponse(requests[index], response, frame.payload);
+        const isFinal = final === true;
+        try {
+          onAnswer(index, answer instanceof SdserveError ? { error: answer, final: isFinal }
+            : answer !== undefined ? { response: answer, final: isFinal } : { final: isFinal });
+        } catch (err) {
+          this.logger.warn(`[${this.label}] response listener failed: ${(err as Error).message}`);
+        }
+        if (isFinal) settle(index, answeredAlready(requests[index]));
         return;
       }
       if (response !== undefined) latest.set(index, { response, payload: frame.payload });
@@ -548,6 +565,16 @@ function toInferResponse(request: InferRequest, response: ResponseMeta, payload:
   } catch (err) {
     return toSdserveError(err, 'SDS_ERR_BACKEND');
   }
+}
+
+/** The settled result of a request whose answers all went to its listener. */
+function answeredAlready(request: InferRequest): InferResponse {
+  return {
+    ...(request.id !== undefined ? { id: request.id } : {}),
+    model_name: request.model_name,
+    model_version: request.model_version ?? '',
+    outputs: [],
+  };
 }
 
 async function withTimeout<T>(promise: Promise<T>, timeoutMs: number, onTimeout: () => string): Promise<T> {

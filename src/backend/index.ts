@@ -3,6 +3,7 @@ export {
   type BackendLogger,
   type BackendProcessEvents,
   type BackendProcessOptions,
+  type AnswerListener,
   type ProgressListener,
 } from './backend-process.js';
 export {

@@ -6,8 +6,10 @@ import type { InferenceCore } from './inference-core.js';
 import type { ModelManager } from './model-manager.js';
 import { checkRequestLimits } from './request-limits.js';
 import type { ModelStatistics } from './statistics.js';
+import type { RequestListeners, ServedModel } from './served-model.js';
 import type {
-  InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, QueuePositionCallback, ServerMetadata,
+  AnswerCallback, InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, QueuePositionCallback, ServerMetadata,
+  StreamedAnswer,
 } from './types.js';
 
 export const SERVER_NAME = 'sdserve';
@@ -69,21 +71,56 @@ export class DataPlane implements InferenceCore {
     return this.models.resolve(name, version).capabilities;
   }
 
-  /** 1. refuse while draining  2. resolve the model  3. bound its cost  4. validate against its config, queue, await the result. */
-  infer(
+  /**
+   * 1. refuse while draining  2. resolve the model  3. bound its cost  4. validate against its
+   * config, queue, await the result. A decoupled model's answers are gathered: exactly one
+   * response is the result.
+   */
+  async infer(
     request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback, onQueuePosition?: QueuePositionCallback,
   ): Promise<InferResponse> {
-    if (this.draining) return Promise.reject(shuttingDown());
-    let served;
-    try {
-      served = this.models.resolve(request.model_name, request.model_version);
-      checkRequestLimits(request, served.config);
-    } catch (err) {
-      return Promise.reject(err);
+    const served = this.admit(request);
+    if (!served.isDecoupled) return this.run(served, request, signal, { onProgress, onQueuePosition });
+    const answers: StreamedAnswer[] = [];
+    await this.run(served, request, signal, { onProgress, onQueuePosition, onAnswer: (answer) => answers.push(answer) });
+    const failed = answers.find((answer) => answer.error !== undefined);
+    if (failed?.error !== undefined) throw failed.error;
+    const responses = answers.flatMap((answer) => (answer.response === undefined ? [] : [answer.response]));
+    if (responses.length !== 1) {
+      throw new SdserveError('SDS_ERR_UNSUPPORTED', `model '${request.model_name}' is decoupled and sent ${responses.length} responses `
+        + 'to this request; this endpoint answers with exactly one: use generate_stream or the gRPC ModelStreamInfer RPC');
     }
+    return responses[0];
+  }
+
+  async inferStream(
+    request: InferRequest, onAnswer: AnswerCallback, signal?: AbortSignal, onProgress?: ProgressCallback,
+    onQueuePosition?: QueuePositionCallback,
+  ): Promise<void> {
+    const served = this.admit(request);
+    if (!served.isDecoupled) {
+      onAnswer({ response: await this.run(served, request, signal, { onProgress, onQueuePosition }), final: true });
+      return;
+    }
+    await this.run(served, request, signal, {
+      onProgress,
+      onQueuePosition,
+      onAnswer: (answer) => onAnswer(answer.response === undefined ? answer : { ...answer, response: { ...answer.response, id: request.id } }),
+    });
+  }
+
+  /** Refuses while draining, resolves the model and bounds the request's cost. */
+  private admit(request: InferRequest): ServedModel {
+    if (this.draining) throw shuttingDown();
+    const served = this.models.resolve(request.model_name, request.model_version);
+    checkRequestLimits(request, served.config, served.capabilities);
+    return served;
+  }
+
+  private run(served: ServedModel, request: InferRequest, signal: AbortSignal | undefined, listeners: RequestListeners): Promise<InferResponse> {
     const controller = new AbortController();
     this.inFlight.add(controller);
-    return served.infer(request, signal ? AbortSignal.any([signal, controller.signal]) : controller.signal, onProgress, onQueuePosition)
+    return served.infer(request, signal ? AbortSignal.any([signal, controller.signal]) : controller.signal, listeners)
       .then((response) => ({ ...response, id: request.id }))
       .finally(() => {
         this.inFlight.delete(controller);

@@ -1,4 +1,6 @@
+import type { CapabilitiesMeta } from '../backend/messages.js';
 import { SdserveError } from '../errors.js';
+import { makesImages } from './image-model.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 
 /**
@@ -13,14 +15,18 @@ export interface ExecutionDeadline {
   graceMs: number;
 }
 
-/** The diffusion backend's default: generous for a real model on a CPU, finite for a stuck one. */
-const DIFFUSION_DEADLINE_SECS = 600;
+/** The default of a model that declares it makes images: generous for a real model on a CPU, finite for a stuck one. */
+const IMAGE_DEADLINE_SECS = 600;
 const DEFAULT_GRACE_SECS = 10;
 
 const SECONDS = /^\d+(\.\d+)?$/;
 
-/** The deadline of `config`. Throws SDS_ERR_CONFIG naming a parameter that is not a number of seconds. */
-export function executionDeadline(config: ModelConfig): ExecutionDeadline {
+/**
+ * The deadline of `config`, over the default of what its backend declared (`capabilities`; a
+ * model that declares nothing has no deadline unless its config sets one). Throws SDS_ERR_CONFIG
+ * naming a parameter that is not a number of seconds.
+ */
+export function executionDeadline(config: ModelConfig, capabilities?: CapabilitiesMeta): ExecutionDeadline {
   const seconds = (name: string, fallback: number): number => {
     const text = config.parameters[name]?.string_value.trim() ?? '';
     if (text === '') return fallback;
@@ -29,7 +35,7 @@ export function executionDeadline(config: ModelConfig): ExecutionDeadline {
     }
     return Number(text);
   };
-  const deadline = seconds('max_execution_secs', config.backend === 'diffusion' ? DIFFUSION_DEADLINE_SECS : 0);
+  const deadline = seconds('max_execution_secs', makesImages(capabilities) ? IMAGE_DEADLINE_SECS : 0);
   return { deadlineMs: deadline * 1000, graceMs: seconds('execution_grace_secs', DEFAULT_GRACE_SECS) * 1000 };
 }
 
@@ -42,7 +48,8 @@ export class ExecutionWatch {
   private readonly overdue = new Set<object>();
 
   constructor(
-    private readonly deadline: ExecutionDeadline,
+    /** Set again once the backend has declared what it is (see `executionDeadline`); calls already running keep theirs. */
+    public deadline: ExecutionDeadline,
     private readonly cancel: (requestIds: string[]) => void,
     private readonly kill: () => void,
   ) {}

@@ -2,7 +2,7 @@ import type { CapabilitiesMeta } from '../backend/messages.js';
 import type { ModelStatistics } from './statistics.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import type {
-  InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, QueuePositionCallback, ServerMetadata,
+  AnswerCallback, InferRequest, InferResponse, ModelMetadata, ModelStatus, ProgressCallback, QueuePositionCallback, ServerMetadata,
 } from './types.js';
 
 /**
@@ -24,11 +24,21 @@ export interface InferenceCore {
   /**
    * Resolves when the response is complete; `signal` aborts a request the client gave up on;
    * `onProgress` hears of each denoising step of backends that report them, `onQueuePosition`
-   * of the request's place in the queue while it waits for an instance.
+   * of the request's place in the queue while it waits for an instance. A decoupled model must
+   * answer with exactly one response here (Triton's generate); see `inferStream`.
    */
   infer(
     request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback, onQueuePosition?: QueuePositionCallback,
   ): Promise<InferResponse>;
+  /**
+   * Every answer to `request` goes to `onAnswer` as it comes: each response of a decoupled model
+   * (and its final flag, which may come alone), or a normal model's one response, final. Resolves
+   * once the final answer was given; rejects when the request fails as a whole.
+   */
+  inferStream(
+    request: InferRequest, onAnswer: AnswerCallback, signal?: AbortSignal, onProgress?: ProgressCallback,
+    onQueuePosition?: QueuePositionCallback,
+  ): Promise<void>;
   /** Triton's statistics extension: `name` absent for every model, `version` absent for every loaded version. */
   statistics(name?: string, version?: string): ModelStatistics[];
   repositoryIndex(readyOnly: boolean): ModelStatus[];

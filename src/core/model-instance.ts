@@ -1,7 +1,7 @@
 import { BackendProcess, type CapabilitiesMeta } from '../backend/index.js';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { BatchExecutor, StepListener } from '../scheduler/index.js';
+import type { AnswerListener, BatchExecutor, StepListener } from '../scheduler/index.js';
 import { ExecutionWatch, type ExecutionDeadline } from './execution-deadline.js';
 import type { InferRequest, InferResponse } from './types.js';
 
@@ -47,7 +47,7 @@ export class ModelInstance implements BatchExecutor {
     private readonly healthWatch: HealthWatch = DEFAULT_HEALTH_WATCH,
     deadline: ExecutionDeadline = { deadlineMs: 0, graceMs: 0 },
   ) {
-    this.executions = new ExecutionWatch(deadline, (ids) => this.cancel(ids), () => this.killStuck(deadline));
+    this.executions = new ExecutionWatch(deadline, (ids) => this.cancel(ids), () => this.killStuck());
   }
 
   get isAvailable(): boolean {
@@ -57,6 +57,11 @@ export class ModelInstance implements BatchExecutor {
   /** What the backend declared when it loaded; undefined for models that declare nothing. */
   get capabilities(): CapabilitiesMeta | undefined {
     return this.process?.loaded?.capabilities;
+  }
+
+  /** The execution deadline of requests sent from now on (the model's, once its backend declared what it is). */
+  setExecutionDeadline(deadline: ExecutionDeadline): void {
+    this.executions.deadline = deadline;
   }
 
   /** Whether a request has run past its execution deadline and is still running. */
@@ -70,12 +75,12 @@ export class ModelInstance implements BatchExecutor {
     this.watch(this.process);
   }
 
-  execute(requests: InferRequest[], onProgress?: StepListener): Promise<Array<InferResponse | SdserveError>> {
-    return this.executions.track(requestIds(requests), this.backendFor(requests).execute(requests, onProgress));
+  execute(requests: InferRequest[], onProgress?: StepListener, onAnswer?: AnswerListener): Promise<Array<InferResponse | SdserveError>> {
+    return this.executions.track(requestIds(requests), this.backendFor(requests).execute(requests, onProgress, onAnswer));
   }
 
-  executeEach(requests: InferRequest[], onProgress?: StepListener): Array<Promise<InferResponse>> {
-    return this.backendFor(requests).executeEach(requests, onProgress)
+  executeEach(requests: InferRequest[], onProgress?: StepListener, onAnswer?: AnswerListener): Array<Promise<InferResponse>> {
+    return this.backendFor(requests).executeEach(requests, onProgress, onAnswer)
       .map((work, index) => this.executions.track(requestIds([requests[index]]), work));
   }
 
@@ -102,7 +107,8 @@ export class ModelInstance implements BatchExecutor {
   }
 
   /** Cancellation cannot reach a request stuck inside one step: only killing the process can. */
-  private killStuck(deadline: ExecutionDeadline): void {
+  private killStuck(): void {
+    const { deadline } = this.executions;
     const process = this.process;
     if (process === undefined || !process.isAlive || this.stopping) return;
     this.logger.error(`backend ${this.label} (pid ${process.pid}) still runs a request ${(deadline.deadlineMs + deadline.graceMs) / 1000} s `

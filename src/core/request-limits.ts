@@ -1,4 +1,6 @@
+import type { CapabilitiesMeta } from '../backend/messages.js';
 import { SdserveError } from '../errors.js';
+import { makesImages } from './image-model.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import type { InferRequest, ParameterValue } from './types.js';
 
@@ -17,17 +19,17 @@ export interface RequestLimits {
 }
 
 /**
- * The diffusion backend's defaults: SDXL's 1024² and its 2:1 buckets pass, and so do four of
+ * The defaults of a model that declares it makes images: SDXL's 1024² and its 2:1 buckets pass, and so do four of
  * them at 100 steps; a 4096² image or 1,000 steps at 1024² do not. A prompt of 4,000 characters
  * is far beyond what CLIP's 77 tokens keep.
  */
-export const DIFFUSION_REQUEST_LIMITS: RequestLimits = {
+export const IMAGE_REQUEST_LIMITS: RequestLimits = {
   maxImagePixels: 2 * 1024 * 1024,
   maxRequestCost: 4 * 1024 * 1024 * 100,
   maxPromptChars: 4000,
 };
 
-/** Other backends get only the limits their config sets. */
+/** Other models get only the limits their config sets. */
 const NO_LIMITS: RequestLimits = { maxImagePixels: 0, maxRequestCost: 0, maxPromptChars: 0 };
 
 const LIMIT_PARAMETERS: Record<keyof RequestLimits, string> = {
@@ -36,21 +38,25 @@ const LIMIT_PARAMETERS: Record<keyof RequestLimits, string> = {
   maxPromptChars: 'max_prompt_chars',
 };
 
-/** The diffusion backend's own defaults when neither request nor config gives them. */
+/** An image model's usual defaults when neither request nor config gives them. */
 const DEFAULT_STEPS = 30;
 /** The largest native size of the built-in model families (SDXL), so the estimate never undercounts. */
 const DEFAULT_IMAGE_SIDE = 1024;
 
-const parsed = new WeakMap<ModelConfig, RequestLimits>();
+const parsed = new WeakMap<ModelConfig, { image?: RequestLimits; other?: RequestLimits }>();
 
 /**
- * The limits of `config`, its parameters over the backend's defaults. Throws SDS_ERR_CONFIG
- * naming a parameter that is not a non-negative integer (the model's load reports it).
+ * The limits of `config`, its parameters over the defaults of what its backend declared
+ * (`capabilities`: image limits for a model that makes images). Throws SDS_ERR_CONFIG naming a
+ * parameter that is not a non-negative integer (the model's load reports it).
  */
-export function requestLimits(config: ModelConfig): RequestLimits {
-  const known = parsed.get(config);
+export function requestLimits(config: ModelConfig, capabilities?: CapabilitiesMeta): RequestLimits {
+  const kind = makesImages(capabilities) ? 'image' : 'other';
+  const cached = parsed.get(config) ?? {};
+  parsed.set(config, cached);
+  const known = cached[kind];
   if (known !== undefined) return known;
-  const limits = { ...(config.backend === 'diffusion' ? DIFFUSION_REQUEST_LIMITS : NO_LIMITS) };
+  const limits = { ...(kind === 'image' ? IMAGE_REQUEST_LIMITS : NO_LIMITS) };
   for (const key of Object.keys(LIMIT_PARAMETERS) as Array<keyof RequestLimits>) {
     const name = LIMIT_PARAMETERS[key];
     const text = config.parameters[name]?.string_value.trim() ?? '';
@@ -60,7 +66,7 @@ export function requestLimits(config: ModelConfig): RequestLimits {
     }
     limits[key] = Number(text);
   }
-  parsed.set(config, limits);
+  cached[kind] = limits;
   return limits;
 }
 
@@ -69,8 +75,8 @@ export function requestLimits(config: ModelConfig): RequestLimits {
  * value found and the config parameter that sets it. Cheap: a huge prompt is refused from its
  * length prefix, without being decoded.
  */
-export function checkRequestLimits(request: InferRequest, config: ModelConfig): void {
-  const limits = requestLimits(config);
+export function checkRequestLimits(request: InferRequest, config: ModelConfig, capabilities?: CapabilitiesMeta): void {
+  const limits = requestLimits(config, capabilities);
   const refuse = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG',
     `[request id: ${request.id || '<id_unknown>'}] ${message} for model '${config.name}'`);
   // 1. text inputs

@@ -8,10 +8,11 @@ import {
   RequestScheduler, type QueuePolicyLimits, type RequestProgress, type SchedulerPolicy,
 } from '../scheduler/index.js';
 import { executionDeadline } from './execution-deadline.js';
+import { initializeConfig } from './initialize-config.js';
 import { placeInstances } from './instance-placement.js';
 import { ModelInstance, type BackendStartOptions } from './model-instance.js';
 import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
-import type { InferRequest, InferResponse, ModelState, ProgressCallback, QueuePositionCallback } from './types.js';
+import type { AnswerCallback, InferRequest, InferResponse, ModelState, ProgressCallback, QueuePositionCallback } from './types.js';
 import { checkRequestParameters } from './request-parameters.js';
 import { validateRequest } from './validate-request.js';
 
@@ -39,6 +40,13 @@ export interface BackendRuntime {
   loadTimeoutMs: number;
   stopGraceMs: number;
   logger: Logger;
+}
+
+/** What hears of a request as it runs: its steps, its place in the queue, a decoupled model's answers. */
+export interface RequestListeners {
+  onProgress?: ProgressCallback;
+  onQueuePosition?: QueuePositionCallback;
+  onAnswer?: AnswerCallback;
 }
 
 /** One version of one model: its instances and the scheduler in front of them. */
@@ -115,6 +123,8 @@ export class ServedModel {
     this.config = completedConfig(this.repositoryConfig, this.capabilities);
     this.inputForms = declaredInputForms(this.capabilities);
     if (this.capabilities !== undefined) this.scheduler.setBatching(this.capabilities.batching);
+    const deadline = executionDeadline(this.config, this.capabilities);
+    for (const instance of instances) instance.setExecutionDeadline(deadline);
     for (const instance of instances) this.scheduler.addExecutor(instance);
     this.state = 'READY';
   }
@@ -137,10 +147,17 @@ export class ServedModel {
     return this.stats.snapshot(this.config.name, String(this.version));
   }
 
-  /** 1. validate  2. queue  3. await the batch  4. record the statistics. */
-  async infer(
-    request: InferRequest, signal?: AbortSignal, onProgress?: ProgressCallback, onQueuePosition?: QueuePositionCallback,
-  ): Promise<InferResponse> {
+  /** A decoupled model (Triton's term) may send any number of responses per request. */
+  get isDecoupled(): boolean {
+    return this.config.model_transaction_policy?.decoupled === true;
+  }
+
+  /**
+   * 1. validate  2. queue  3. await the batch  4. record the statistics. `onAnswer` (decoupled
+   * models) hears each answer; the result is then a response of no outputs.
+   */
+  async infer(request: InferRequest, signal: AbortSignal | undefined, listeners: RequestListeners = {}): Promise<InferResponse> {
+    const { onProgress, onQueuePosition, onAnswer } = listeners;
     const startNs = process.hrtime.bigint();
     const elapsedNs = () => Number(process.hrtime.bigint() - startNs);
     const internalId = `sdserve-${nextRequestNumber++}`;
@@ -158,7 +175,7 @@ export class ServedModel {
       };
       const result = await this.scheduler.enqueue(scheduled, batchSize, {
         priority: queueParameter(priority, 'priority'), timeoutUs: queueParameter(timeout, 'timeout'), signal,
-        onProgress: onProgress && progressReporter(onProgress), onQueuePosition,
+        onProgress: onProgress && progressReporter(onProgress), onQueuePosition, onAnswer,
       });
       this.stats.recordSuccess(batchSize, elapsedNs(), result.queueNs, result.computeNs);
       this.logAccess(request, internalId, 'OK', result.queueNs, result.computeNs);
@@ -189,7 +206,7 @@ export class ServedModel {
 
   private initializeArgs(instanceName: string, kind: string, device: number): Record<string, string> {
     return {
-      model_config: JSON.stringify(this.config),
+      model_config: JSON.stringify(initializeConfig(this.config)),
       model_instance_kind: kind,
       model_instance_name: instanceName,
       model_instance_device_id: String(device),

@@ -5,6 +5,8 @@
  * end or backend ever converts pixels to JSON numbers.
  */
 
+import type { SdserveError } from '../errors.js';
+
 export const KSERVE_DATATYPES = [
   'BOOL', 'UINT8', 'UINT16', 'UINT32', 'UINT64', 'INT8', 'INT16', 'INT32', 'INT64',
   'FP16', 'FP32', 'FP64', 'BF16', 'BYTES',
@@ -102,3 +104,16 @@ export type ProgressCallback = (progress: InferProgress) => void;
 
 /** A queued request's place in its model's queue (1: next to run), told whenever it changes. */
 export type QueuePositionCallback = (position: number) => void;
+
+/**
+ * One answer of a decoupled model (config `model_transaction_policy { decoupled: true }`) to one
+ * request: a response, an error, or neither when the model sent its final flag alone. A model
+ * may send any number of answers; `final` is set on the last.
+ */
+export interface StreamedAnswer {
+  response?: InferResponse;
+  error?: SdserveError;
+  final: boolean;
+}
+
+export type AnswerCallback = (answer: StreamedAnswer) => void;

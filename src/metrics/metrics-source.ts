@@ -1,3 +1,4 @@
+import type { CapabilitiesMeta } from '../backend/messages.js';
 import type { ModelStatistics } from '../core/statistics.js';
 
 /** What the metrics read at scrape time; the data plane provides all of it. */
@@ -6,6 +7,6 @@ export interface MetricsSource {
   backendRestarts(): Array<{ name: string; version: string; restarts: number }>;
   /** Requests waiting for an instance, per loaded model version. */
   pendingRequests(): Array<{ name: string; version: string; pending: number }>;
-  /** The config of a loaded version; its backend tells which models generate images. */
-  modelConfig(name: string, version?: string): { backend: string };
+  /** What a loaded version's backend declared: it tells which models generate images. */
+  modelCapabilities(name: string, version?: string): CapabilitiesMeta | undefined;
 }

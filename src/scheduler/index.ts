@@ -1,5 +1,5 @@
 export { PriorityQueues } from './priority-queues.js';
 export { RequestScheduler } from './request-scheduler.js';
 export type {
-  BatchExecutor, EnqueueOptions, ExecutionObserver, QueuePolicyLimits, RequestProgress, ScheduledResponse, SchedulerPolicy, StepListener,
+  AnswerListener, BatchExecutor, EnqueueOptions, ExecutionObserver, QueuePolicyLimits, RequestProgress, ScheduledResponse, SchedulerPolicy, StepListener,
 } from './request-scheduler.js';

@@ -1,21 +1,27 @@
 import { SdserveError, toSdserveError } from '../errors.js';
-import type { ImagePreview, InferRequest, InferResponse } from '../core/types.js';
+import type { AnswerCallback, ImagePreview, InferRequest, InferResponse, StreamedAnswer } from '../core/types.js';
 import { PriorityQueues } from './priority-queues.js';
 
 /** Anything that runs requests: a backend instance. */
 export interface BatchExecutor {
   readonly label: string;
   readonly isAvailable: boolean;
-  /** One execution over the whole batch; settles when every request is answered. */
-  execute(requests: InferRequest[], onProgress?: StepListener): Promise<Array<InferResponse | SdserveError>>;
+  /**
+   * One execution over the whole batch; settles when every request is answered. With
+   * `onAnswer`, a decoupled model's answers go to it as they arrive (see BackendProcess).
+   */
+  execute(requests: InferRequest[], onProgress?: StepListener, onAnswer?: AnswerListener): Promise<Array<InferResponse | SdserveError>>;
   /** One promise per request, each settled as soon as that request is answered. */
-  executeEach(requests: InferRequest[], onProgress?: StepListener): Array<Promise<InferResponse>>;
+  executeEach(requests: InferRequest[], onProgress?: StepListener, onAnswer?: AnswerListener): Array<Promise<InferResponse>>;
   /** Asks the backend to drop these requests at its next step. */
   cancel(requestIds: string[]): void;
 }
 
 /** One request's progress: step `step` of `steps`, with a preview image on some steps. */
 export type RequestProgress = (step: number, steps: number, preview?: ImagePreview) => void;
+
+/** One answer of a decoupled model for request `requestIndex` of an execution. */
+export type AnswerListener = (requestIndex: number, answer: StreamedAnswer) => void;
 
 /** A backend's report that request `requestIndex` of an execution reached `step` of `steps`. */
 export type StepListener = (requestIndex: number, step: number, steps: number, preview?: ImagePreview) => void;
@@ -57,6 +63,11 @@ export interface EnqueueOptions {
   onProgress?: RequestProgress;
   /** Told the request's place in the queue (1: next) whenever it changes, while it is queued. */
   onQueuePosition?: (position: number) => void;
+  /**
+   * Every answer of a decoupled model, as it arrives; the request then settles with a response of
+   * no outputs. Requests of a decoupled model all pass one, or none do (see DataPlane).
+   */
+  onAnswer?: AnswerCallback;
 }
 
 /** A response with the time its request spent queued and in the backend. */
@@ -83,6 +94,7 @@ interface Entry {
   onQueuePosition?: (position: number) => void;
   /** The position last told to onQueuePosition. */
   toldPosition?: number;
+  onAnswer?: AnswerCallback;
   timeoutTimer?: NodeJS.Timeout;
   resolve(result: ScheduledResponse): void;
   reject(error: SdserveError): void;
@@ -146,7 +158,7 @@ export class RequestScheduler {
       const entry: Entry = {
         request, batchSize, enqueuedAt: Date.now(), enqueuedNs: process.hrtime.bigint(), queueNs: 0,
         state: 'queued', signal: options.signal, onProgress: options.onProgress, onQueuePosition: options.onQueuePosition,
-        resolve, reject,
+        onAnswer: options.onAnswer, resolve, reject,
       };
       const timeoutUs = limits.allowTimeoutOverride && options.timeoutUs ? options.timeoutUs : limits.defaultTimeoutUs;
       if (timeoutUs > 0) {
@@ -303,8 +315,10 @@ export class RequestScheduler {
     const startNs = this.start(executor, batch);
     let results: Array<InferResponse | SdserveError>;
     try {
+      const streamed = batch.some((entry) => entry.onAnswer !== undefined);
       results = await executor.execute(batch.map((entry) => entry.request),
-        (index, step, steps, preview) => batch[index]?.onProgress?.(step, steps, preview));
+        (index, step, steps, preview) => batch[index]?.onProgress?.(step, steps, preview),
+        streamed ? (index, answer) => forward(batch[index], answer) : undefined);
     } catch (err) {
       const error = toSdserveError(err, 'SDS_ERR_BACKEND');
       results = batch.map(() => error);
@@ -319,7 +333,8 @@ export class RequestScheduler {
     const startNs = this.start(executor, [entry]);
     let result: InferResponse | SdserveError;
     try {
-      [result] = await Promise.all(executor.executeEach([entry.request], (_, step, steps, preview) => entry.onProgress?.(step, steps, preview)));
+      [result] = await Promise.all(executor.executeEach([entry.request], (_, step, steps, preview) => entry.onProgress?.(step, steps, preview),
+        entry.onAnswer && ((_, answer) => forward(entry, answer))));
     } catch (err) {
       result = toSdserveError(err, 'SDS_ERR_BACKEND');
     }
@@ -353,6 +368,11 @@ export class RequestScheduler {
     this.idleWaiters = [];
     for (const resolve of waiters) resolve();
   }
+}
+
+/** An answer reaches its client only while the request runs: not after it failed (a deadline, a drain). */
+function forward(entry: Entry | undefined, answer: StreamedAnswer): void {
+  if (entry?.state === 'running') entry.onAnswer?.(answer);
 }
 
 function cancelled(): SdserveError {

@@ -5,6 +5,7 @@
 import type { handleUnaryCall, ServerDuplexStream, UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { InferenceCore } from '../../core/inference-core.js';
 import { SdserveError } from '../../errors.js';
+import { refuseDecoupled } from '../decoupled-models.js';
 import { decodeInferRequest, encodeInferResponse } from './infer-codec.js';
 import { checkUnloadParameters, decodeLoadParameters } from './repository-codec.js';
 import { answer, unimplemented } from './status.js';
@@ -33,7 +34,11 @@ function modelInfer(core: InferenceCore): handleUnaryCall<WireModelInferRequest,
     // A unary call is cancelled when the client gives up or its deadline passes.
     const controller = new AbortController();
     call.on('cancelled', () => controller.abort(new SdserveError('SDS_ERR_CANCELLED', 'the client cancelled the request')));
-    answer(callback, async () => encodeInferResponse(await core.infer(decodeInferRequest(call.request), controller.signal)));
+    answer(callback, async () => {
+      const request = decodeInferRequest(call.request);
+      refuseDecoupled(core, 'ModelInfer RPC', request.model_name, request.model_version);
+      return encodeInferResponse(await core.infer(request, controller.signal));
+    });
   };
 }
 

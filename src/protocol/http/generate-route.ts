@@ -7,7 +7,9 @@
  * lists, and the response's parameters, if any. `generate_stream` answers with server-sent
  * events: one `{"progress": {...}}` per denoising step (with `preview_png` on the steps the
  * request asked previews for, parameter `preview`), then the response, or `{"error": "..."}`;
- * while the request waits for an instance, `{"queue": {"position": n}}` whenever its place changes.
+ * a decoupled model's every response is an event of its own. `generate` takes a decoupled model
+ * that answers with exactly one response. While the request waits for an instance,
+ * `{"queue": {"position": n}}` whenever its place changes.
  * `GET /v2/models/:model/capabilities`: what a client needs to build these bodies (the declared
  * parameters, tasks, images per request; generation module's `generationCapabilities`).
  * For a model that takes input images, `image` and `mask` are base64 files (PNG, JPEG, WebP):
@@ -15,7 +17,9 @@
  */
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
-import type { InferProgress, InferRequest, InferResponse, ModelMetadata, Parameters, Tensor } from '../../core/types.js';
+import type {
+  InferProgress, InferRequest, InferResponse, ModelMetadata, Parameters, StreamedAnswer, Tensor,
+} from '../../core/types.js';
 import { invalidArg, toSdserveError } from '../../errors.js';
 import {
   decodeBase64Image, describeImageModel, encodePngPreview, generationCapabilities, IMAGE_INPUT, imageFiles,
@@ -105,23 +109,35 @@ function sendEvent(reply: FastifyReply, data: unknown): void {
 interface StreamEvents {
   onProgress: (progress: InferProgress) => void;
   onQueuePosition: (position: number) => void;
+  onAnswer: (answer: StreamedAnswer) => void;
+  send: (data: unknown) => void;
   flushed: () => Promise<void>;
 }
 
-/** Queue and progress events in order, each preview PNG encoded off the event loop first. */
-function progressEvents(reply: FastifyReply): StreamEvents {
+/**
+ * The stream's events in the order they happened: queue positions, progress (each preview PNG
+ * encoded off the event loop first), then each answer, its images encoded likewise.
+ */
+function orderedEvents(reply: FastifyReply, image: ImageModel | undefined): StreamEvents {
   let queue = Promise.resolve();
-  const onQueuePosition = (position: number) => {
-    queue = queue.then(() => sendEvent(reply, { queue: { position } })).catch(() => undefined);
+  const enqueue = (event: () => Promise<unknown> | unknown) => {
+    queue = queue.then(async () => sendEvent(reply, await event()))
+      .catch((err: unknown) => sendEvent(reply, { error: toSdserveError(err).message }));
   };
+  const onQueuePosition = (position: number) => enqueue(() => ({ queue: { position } }));
   const onProgress = ({ preview, ...progress }: InferProgress) => {
     const png = preview && encodePngPreview(preview);
-    queue = queue.then(async () => {
+    enqueue(async () => {
       const previewPng = png && (await png).toString('base64');
-      sendEvent(reply, { progress: previewPng ? { ...progress, preview_png: previewPng } : progress });
-    }).catch(() => undefined);
+      return { progress: previewPng ? { ...progress, preview_png: previewPng } : progress };
+    });
   };
-  return { onProgress, onQueuePosition, flushed: () => queue };
+  // A final flag sent alone ends the stream and is no event of its own.
+  const onAnswer = ({ response, error }: StreamedAnswer) => {
+    if (response !== undefined) enqueue(() => toGenerateResponse(response, image));
+    else if (error !== undefined) enqueue(() => ({ error: error.message }));
+  };
+  return { onProgress, onQueuePosition, onAnswer, send: (data) => enqueue(() => data), flushed: () => queue };
 }
 
 export function registerGenerateRoutes(app: FastifyInstance, core: InferenceCore): void {
@@ -141,16 +157,13 @@ export function registerGenerateRoutes(app: FastifyInstance, core: InferenceCore
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
         // Headers now, not with the first event: a queued request still tells its client it is accepted.
         reply.raw.flushHeaders();
-        const events = progressEvents(reply);
+        const events = orderedEvents(reply, image);
         try {
-          const response = await core.infer(inferRequest, disconnectSignal(reply), events.onProgress, events.onQueuePosition);
-          const body = await toGenerateResponse(response, image);
-          await events.flushed();
-          sendEvent(reply, body);
+          await core.inferStream(inferRequest, events.onAnswer, disconnectSignal(reply), events.onProgress, events.onQueuePosition);
         } catch (err) {
-          await events.flushed();
-          sendEvent(reply, { error: toSdserveError(err).message });
+          events.send({ error: toSdserveError(err).message });
         }
+        await events.flushed();
         reply.raw.end();
       });
   }

@@ -5,6 +5,7 @@
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
+import { refuseDecoupled } from '../decoupled-models.js';
 import { disconnectSignal } from './disconnect-signal.js';
 import { parseInferBody, requireInferBody, type InferBody } from './body-parsers.js';
 import { decodeInferRequest, encodeInferResponse } from './infer-codec.js';
@@ -33,6 +34,7 @@ export async function inferRoutes(
         // 1. decode  2. infer  3. encode  4. send
         const { model, version } = request.params;
         const decoded = decodeInferRequest(request.body.header, request.body.binary, model, version);
+        refuseDecoupled(core, 'HTTP end point', model, version);
         const response = await core.infer(decoded.request, disconnectSignal(reply));
         const encoded = encodeInferResponse(response, decoded.format, decoded.request.id);
         return sendInferResponse(request, reply, encoded);

@@ -107,3 +107,28 @@ test('executeEach on a normal model resolves each request from its ExecuteRespon
   await assert.rejects(backend.executeEach([raising])[0],
     { code: 'SDS_ERR_BACKEND', message: 'TritonModelException: asked to fail the whole batch' });
 });
+
+test('with a listener, every answer of a decoupled model reaches it in order, final flags included', async (t) => {
+  const backend = await startBackend(t, 'decoupled_reverse');
+  const heard: Array<[number, number[] | undefined, boolean]> = [];
+
+  const results = await Promise.all(backend.executeEach([1, 2].map((value, index) => reverseRequest(`l${index}`, value)), undefined,
+    (index, answer) => heard.push([index, answer.response && valuesOf(answer.response, 'OUT'), answer.final])));
+
+  // Request 1 answers first (reverse order), with its response and then the final flag alone.
+  assert.deepEqual(heard, [[1, [4, 4, 4, 4], false], [1, undefined, true], [0, [2, 2, 2, 2], true]]);
+  // The requests settle with no outputs of their own: the answers were the result.
+  assert.deepEqual(results.map((result) => [result.id, result.outputs]), [['l0', []], ['l1', []]]);
+});
+
+test('a listener hears a decoupled model\'s error answer as an error, final', async (t) => {
+  const backend = await startBackend(t, 'decoupled_reverse');
+  const heard: Array<{ code?: string; final: boolean }> = [];
+
+  const [held] = backend.executeEach([reverseRequest('held', 1, { hold: true })], undefined,
+    (_, answer) => heard.push({ code: answer.error?.code, final: answer.final }));
+  backend.cancel(['held']);
+  await held;
+
+  assert.deepEqual(heard, [{ code: 'SDS_ERR_CANCELLED', final: true }]);
+});

@@ -9,7 +9,7 @@ const NO_MODELS: MetricsSource = {
   statistics: () => [],
   backendRestarts: () => [],
   pendingRequests: () => [],
-  modelConfig: () => ({ backend: 'python' }),
+  modelCapabilities: () => undefined,
 };
 
 async function start(t: TestContext, options: Partial<MetricsServerOptions> = {}) {
