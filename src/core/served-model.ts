@@ -2,6 +2,7 @@ import path from 'node:path';
 import type { CapabilitiesMeta } from '../backend/index.js';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
+import { withParameterPosition } from '../repository/index.js';
 import type { ModelConfig, ModelInput, ModelOutput, QueuePolicy } from '../repository/model-config-types.js';
 import { fromKServeDatatype } from './datatypes.js';
 import {
@@ -115,7 +116,7 @@ export class ServedModel {
     if (failure) {
       await Promise.all(instances.map((instance) => instance.stop(this.runtime.stopGraceMs)));
       this.state = 'UNAVAILABLE';
-      this.reason = (failure.reason as Error).message;
+      this.reason = withParameterPosition((failure.reason as Error).message, this.config);
       return;
     }
     this.instances = instances;

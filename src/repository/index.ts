@@ -3,7 +3,7 @@ export type {
   DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, ModelInput, ModelOutput,
   ModelParameter, QueuePolicy, TimeoutAction, TritonDataType, VersionPolicy,
 } from './model-config-types.js';
-export { parseModelConfig, modelConfigFromJson } from './model-config.js';
+export { parseModelConfig, modelConfigFromJson, withParameterPosition } from './model-config.js';
 export { parsePbtxt } from './pbtxt.js';
 export type {
   PbtxtField, PbtxtMessage, PbtxtScalar, PbtxtValue, SourcePosition,

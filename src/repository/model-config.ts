@@ -160,8 +160,24 @@ function readInstanceGroups(config: MessageReader, modelName: string): InstanceG
   return read;
 }
 
+/** Where each parameter of a parsed config was set ("file:line:column"), by its parameters object. */
+const parameterPositions = new WeakMap<object, Map<string, string>>();
+
+/**
+ * A backend's load error about one of the config's parameters ("... config parameter 'stepz' is
+ * not known ...") with the place that parameter is set prefixed, as the parser's own errors
+ * read; any other message as it is.
+ */
+export function withParameterPosition(message: string, config: ModelConfig): string {
+  const name = /config parameter '([^']+)'/.exec(message)?.[1];
+  const where = name === undefined ? undefined : parameterPositions.get(config.parameters)?.get(name);
+  return where === undefined ? message : `${where}: parameters: ${message}`;
+}
+
 function readParameters(config: MessageReader): Record<string, ModelParameter> {
   const parameters: Record<string, ModelParameter> = {};
+  const positions = new Map<string, string>();
+  parameterPositions.set(parameters, positions);
   for (const entry of config.mapEntries('parameters', PARAMETER_SCHEMA)) {
     if (entry.key === undefined) {
       throw configError(config.context, entry.path, "map entry needs a 'key'", entry.position);
@@ -171,6 +187,8 @@ function readParameters(config: MessageReader): Record<string, ModelParameter> {
       throw configError(config.context, `${entry.path}.key`, `parameter ${JSON.stringify(key)} is set more than once`, entry.key.position);
     }
     setMapEntry(parameters, key, { string_value: entry.value?.string('string_value') ?? '' });
+    const position = entry.key.position ?? entry.position;
+    if (position !== undefined) positions.set(key, `${config.context.file}:${position.line}:${position.column}`);
   }
   return parameters;
 }
