@@ -54,8 +54,16 @@ export async function startServerProcess(args: string[], timeoutMs = 240_000, la
     child.once('exit', onExit);
   });
 
-  const started = await waitForLog(/Started HTTPService at /, timeoutMs);
-  const address = started.slice(started.indexOf(' at ') + 4).trim();
+  let started: string;
+  try {
+    started = await waitForLog(/Started HTTPService at /, timeoutMs);
+  } catch (err) {
+    // A server that never started is the test's to stop: nothing else holds it.
+    child.kill('SIGKILL');
+    throw err;
+  }
+  // The address ends the line, or the message of a JSON log line.
+  const address = /Started HTTPService at ([^\s"]+)/.exec(started)?.[1] ?? '';
   return {
     url: `http://${address}`,
     child,
