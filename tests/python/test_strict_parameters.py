@@ -140,7 +140,8 @@ def test_a_png_carries_its_generation_parameters(server: ServerAddresses) -> Non
 
 
 def test_multipart_bodies_on_v1_hear_what_is_supported(server: ServerAddresses) -> None:
-    status, body, _ = post(server, "/v1/images/edits", None, content_type="multipart/form-data; boundary=x",
+    # images/edits takes multipart (OpenAI's form); images/generations takes JSON only.
+    status, body, _ = post(server, "/v1/images/generations", None, content_type="multipart/form-data; boundary=x",
                            raw=b"--x\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nfox\r\n--x--\r\n")
     assert 400 <= status < 500
     assert body["error"]["type"] == "invalid_request_error"
