@@ -8,6 +8,8 @@ SDSERVE_UPDATE_SCREENSHOTS=1 writes them there instead.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -78,6 +80,7 @@ def wait_done(page: playwright_api.Page) -> str:
 def compare_screenshot(page: playwright_api.Page, name: str, tmp_path: Path, *, full_page: bool = False) -> None:
     """Saves the screenshot; unless updating, holds it to docs/<name> for gross breakage."""
     shot = tmp_path / name
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(shot), full_page=full_page)
     image = Image.open(shot).convert("L")
     assert ImageStat.Stat(image).stddev[0] > 8, f"{name} is (nearly) blank"
@@ -107,7 +110,7 @@ def test_generate_keep_history_reuse_and_errors(browser: playwright_api.Browser,
     # The form is the model's declared parameters, with their ranges and defaults.
     declared = json.load(urllib.request.urlopen(f"{server_url}/v2/models/{MODEL}/capabilities"))["parameters"]
     shown = page.eval_on_selector_all("#fields [data-param]", "controls => controls.map((c) => c.dataset.param)")
-    assert sorted(shown) == sorted(declared)
+    assert sorted([*shown, "loras"]) == sorted(declared), "every declared parameter is a field, LoRAs their own rows"
     assert page.get_attribute("#param-steps", "max") == str(declared["steps"]["maximum"])
     assert page.get_attribute("#param-steps", "placeholder") == str(declared["steps"]["default"])
     assert page.get_attribute("#count", "max") == "4"
@@ -205,6 +208,53 @@ def test_phone_layout_and_dark_mode(browser: playwright_api.Browser, server_url:
     page.reload()
     page.wait_for_function(READY)
     assert page.inner_text("#theme") == "Theme: light"
+    assert watch.errors == [], watch.errors
+    context.close()
+
+
+def test_image_inputs_mask_and_loras(browser: playwright_api.Browser, server_url: str, tmp_path: Path) -> None:
+    """The model declares image_to_image and inpaint, and `loras`: the page shows their controls and
+    sends the generate route's fields (`image`, `mask` as base64 files, `strength`, `loras`)."""
+    context = browser.new_context(viewport=DESKTOP, color_scheme="light")
+    page, watch = open_page(context, server_url)
+    assert page.is_visible("#image-inputs") and page.is_visible("#loras")
+    assert page.is_hidden("#mask-canvas"), "the mask brush comes with an image"
+    picture = Image.new("RGB", (128, 128), (30, 60, 220))
+    picture.paste((220, 30, 30), (40, 40, 88, 88))
+    picture.save(tmp_path / "input.png")
+    page.set_input_files("#image-file", str(tmp_path / "input.png"))
+    page.wait_for_selector("#mask-canvas", state="visible")
+    mask = box(page, "#mask-canvas")
+    page.mouse.move(mask["x"] + mask["width"] * 0.3, mask["y"] + mask["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(mask["x"] + mask["width"] * 0.7, mask["y"] + mask["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.fill("#prompt", "a yellow star on a blue background")
+    page.fill("#param-steps", "8")
+    page.fill("#param-strength", "0.9")
+    page.fill("#param-seed", "5")
+    with page.expect_request("**/generate_stream") as sent:
+        page.click("#generate")
+    body = json.loads(sent.value.post_data or "{}")
+    assert body["strength"] == 0.9 and body["seed"] == 5
+    assert len(body["image"]) == 1 and len(body["mask"]) == 1
+    assert base64.b64decode(body["image"][0]) == (tmp_path / "input.png").read_bytes()
+    painted = Image.open(io.BytesIO(base64.b64decode(body["mask"][0]))).convert("L")
+    assert painted.size == (128, 128)
+    assert painted.getpixel((64, 64)) == 255 and painted.getpixel((64, 10)) == 0, "white where painted, black elsewhere"
+    assert wait_done(page).startswith("done in "), page.inner_text("#error")
+    assert page.eval_on_selector("#result img", "image => [image.naturalWidth, image.naturalHeight]") == [128, 128]
+    compare_screenshot(page, "web-ui-inpaint.png", tmp_path)
+
+    # A LoRA the model does not have: the server's answer names the ones it has.
+    page.click("#lora-add")
+    page.fill("#lora-rows .lora-name", "no_such_lora")
+    with page.expect_request("**/generate_stream") as sent:
+        page.click("#generate")
+    assert json.loads(json.loads(sent.value.post_data or "{}")["loras"]) == [{"name": "no_such_lora", "scale": 1}]
+    assert wait_done(page) == "failed"
+    assert "no_such_lora" in page.inner_text("#error")
+    watch.errors = [error for error in watch.errors if "/generate_stream" not in error]
     assert watch.errors == [], watch.errors
     context.close()
 
