@@ -243,7 +243,8 @@ def stock_task_pipeline(pipe: Any, task: str, is_sdxl: bool) -> Any:
 
     classes = {("img2img", False): StableDiffusionImg2ImgPipeline, ("img2img", True): StableDiffusionXLImg2ImgPipeline,
                ("inpaint", False): StableDiffusionInpaintPipeline, ("inpaint", True): StableDiffusionXLInpaintPipeline}
-    task_pipe = classes[(task, is_sdxl)].from_pipe(pipe)
+    # from_pipe casts the shared modules to float32 unless told the dtype: keep the stock pipeline's
+    task_pipe = classes[(task, is_sdxl)].from_pipe(pipe, dtype=pipe.unet.dtype)
     task_pipe.set_progress_bar_config(disable=True)
     return task_pipe
 
