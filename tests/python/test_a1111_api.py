@@ -138,3 +138,14 @@ def test_models_and_samplers_are_listed(server: ServerAddresses) -> None:
     assert status == 200 and [model["model_name"] for model in models] == ["tiny_sd"]
     status, samplers = call(server, "GET", "/sdapi/v1/samplers")
     assert status == 200 and {"Euler a", "DDIM", "DPM++ 2M"} <= {sampler["name"] for sampler in samplers}
+
+
+def test_samplers_with_their_schedule_in_the_name_and_few_step_lcm_run(server: ServerAddresses) -> None:
+    status, samplers = call(server, "GET", "/sdapi/v1/samplers")
+    assert status == 200 and {"DPM++ 2M Karras", "DPM2 a Karras", "LCM"} <= {sampler["name"] for sampler in samplers}
+    for sampler, steps, cfg_scale in (("DPM++ 2M Karras", 3, 7), ("DPM++ 2M SDE Karras", 2, 7), ("LCM", 1, 1)):
+        status, body = call(server, "POST", "/sdapi/v1/txt2img",
+                            {**A1111_REQUEST, "sampler_name": sampler, "steps": steps, "cfg_scale": cfg_scale, "batch_size": 1})
+        assert status == 200, body
+        assert isinstance(body, dict) and len(body["images"]) == 1
+        assert json.loads(body["info"])["sampler_name"] == sampler

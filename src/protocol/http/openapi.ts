@@ -170,7 +170,7 @@ const diffusionParameters = {
     anyOf: [{ type: 'integer', minimum: 0, maximum: 18446744073709551615 }, { type: 'string' }],
   },
   guidance_scale: { type: 'number', minimum: 0, description: 'Classifier-free guidance scale.' },
-  scheduler: { type: 'string', description: 'A scheduler name (euler, euler_a, ddim, pndm, lms, dpm++, unipc, heun, ...) or a diffusers class name; "" = the weights\' own.' },
+  scheduler: { type: 'string', description: 'A scheduler name (euler, euler_karras, euler_a, ddim, pndm, dpm++, dpm++_2m_karras, dpm++_2m_sde_karras, dpm2_a_karras, unipc, heun, lcm, tcd, ...) or a diffusers class name; "" = the weights\' own.' },
   preview: { type: 'integer', minimum: 0, description: 'generate_stream: a preview image every N steps.' },
   priority: { type: 'integer', minimum: 0, description: "Queue priority level (the model's dynamic_batching priority levels)." },
   timeout: { type: 'integer', minimum: 0, description: 'Queue timeout in microseconds.' },

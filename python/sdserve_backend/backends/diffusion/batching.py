@@ -20,7 +20,7 @@ from sdserve_backend.pipelines import (
     GenerationSettings,
     RequestCancelled,
     TextToImagePipeline,
-    resolve_scheduler_class,
+    canonical_scheduler_name,
 )
 
 log = logging.getLogger("sdserve.diffusion")
@@ -97,5 +97,5 @@ def run_jobs(
 
 def _normalized(settings: GenerationSettings, pipeline: TextToImagePipeline) -> GenerationSettings:
     """Settings under one spelling, so that "euler" and "EulerDiscreteScheduler" batch together."""
-    scheduler_class = resolve_scheduler_class(settings.scheduler, pipeline.components.scheduler_class)
-    return dataclasses.replace(settings, scheduler=scheduler_class.__name__, guidance_scale=float(settings.guidance_scale))
+    scheduler = canonical_scheduler_name(settings.scheduler, pipeline.components.scheduler_class)
+    return dataclasses.replace(settings, scheduler=scheduler, guidance_scale=float(settings.guidance_scale))

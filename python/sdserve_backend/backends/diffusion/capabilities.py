@@ -10,7 +10,7 @@ from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.settings import ModelDefaults
 from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS
 from sdserve_backend.pipelines.tasks.inpaint import MAX_MASK_BLUR
-from sdserve_backend.pipelines.schedulers import SCHEDULER_SHORT_NAMES, supported_scheduler_names
+from sdserve_backend.pipelines.schedulers import available_short_names, supported_scheduler_names
 
 TASKS = ("text_to_image", "image_to_image", "inpaint")
 # Shapes without the batch dimension, as config.pbtxt writes them.
@@ -42,7 +42,7 @@ def declare(defaults: ModelDefaults, max_images: int, max_steps: int) -> dict[st
         "steps": {"type": "integer", "minimum": 1, "maximum": max_steps, "default": base.steps},
         "guidance_scale": {"type": "number", "minimum": 0, "default": base.guidance_scale},
         "seed": seed,
-        "scheduler": {"type": "string", "enum": ["", *SCHEDULER_SHORT_NAMES, *supported_scheduler_names()],
+        "scheduler": {"type": "string", "enum": ["", *available_short_names(), *supported_scheduler_names()],
                       "default": base.scheduler},
         "height": {**side, "default": base.height},
         "width": {**side, "default": base.width},

@@ -44,12 +44,15 @@ class TextToImage:
         for name, value in (("height", settings.height), ("width", settings.width)):
             if not isinstance(value, int) or value <= 0 or value % factor != 0:
                 raise ValueError(f"{name} must be a positive multiple of {factor}, got {value!r}")
-        max_steps = schedulers.max_inference_steps(self.components.scheduler_config)
+        max_steps = schedulers.max_scheduler_steps(
+            settings.scheduler, self.components.scheduler_class, self.components.scheduler_config
+        )
         if not isinstance(settings.steps, int) or not 1 <= settings.steps <= max_steps:
-            raise ValueError(f"steps must be an integer from 1 to {max_steps}, got {settings.steps!r}")
+            with_scheduler = f" with scheduler {settings.scheduler!r}" if max_steps != schedulers.max_inference_steps(
+                self.components.scheduler_config) else ""
+            raise ValueError(f"steps must be an integer from 1 to {max_steps}{with_scheduler}, got {settings.steps!r}")
         if not math.isfinite(settings.guidance_scale) or settings.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {settings.guidance_scale!r}")
-        schedulers.resolve_scheduler_class(settings.scheduler, self.components.scheduler_class)
         if len(request.prompts) == 0:
             raise ValueError("prompt must hold at least one prompt, got none")
         if not all(isinstance(prompt, str) for prompt in request.prompts):
