@@ -100,3 +100,15 @@ def test_the_png_parameters_text_names_the_loras_as_automatic1111_prompts_do(ser
     assert status == 200, body
     with Image.open(io.BytesIO(base64.b64decode(body["generated_image"][0]))) as image:
         assert image.info["parameters"].startswith("a cat <lora:tiny_kohya:0.8>\n")
+
+
+def test_image_to_image_requests_take_loras_too(server: ServerAddresses) -> None:
+    picture = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3)))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    plain = generate(server, "a cat ", image=image, strength=0.6)
+    by_list = generate(server, "a cat ", image=image, strength=0.6, loras=[{"name": "tiny_peft", "scale": 0.7}])
+    by_tag = generate(server, "a cat <lora:tiny_peft:0.7>", image=image, strength=0.6)
+    assert np.abs(plain.astype(int) - by_list.astype(int)).max() > 10
+    np.testing.assert_array_equal(by_tag, by_list)

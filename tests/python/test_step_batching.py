@@ -156,10 +156,10 @@ class EncoderFailingOn(PromptEncoder):
 
     FAILING_PROMPT = "the prompt that fails"
 
-    def encode(self, prompts, negative_prompts, classifier_free_guidance, chunked=True):  # type: ignore[no-untyped-def]
+    def encode(self, prompts, negative_prompts, classifier_free_guidance, chunked=True, loras=()):  # type: ignore[no-untyped-def]
         if self.FAILING_PROMPT in prompts:
             raise RuntimeError("the text encoder failed")
-        return super().encode(prompts, negative_prompts, classifier_free_guidance, chunked)
+        return super().encode(prompts, negative_prompts, classifier_free_guidance, chunked, loras)
 
 
 def failing_pipeline(components: DiffusionComponents) -> TextToImagePipeline:
