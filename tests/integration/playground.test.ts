@@ -64,15 +64,17 @@ describe('the web UI\'s server side', () => {
       const body = await response.json() as Record<string, any>;
       assert.equal(body.model, 'tiny_sd');
       assert.equal(body.declared, true);
-      assert.deepEqual(body.tasks, ['text_to_image']);
+      assert.deepEqual(body.tasks, ['text_to_image', 'image_to_image', 'inpaint']);
       assert.equal(body.max_images, 4);
       assert.equal(body.negative_prompt, true);
-      assert.deepEqual(body.inputs, ['prompt', 'negative_prompt']);
+      assert.deepEqual(body.inputs, ['prompt', 'negative_prompt', 'image', 'mask']);
       assert.deepEqual(body.output_formats, ['png', 'jpeg', 'webp']);
       assert.deepEqual(body.parameters.steps, { type: 'integer', minimum: 1, maximum: 999, default: 20 });
       assert.equal(body.parameters.width.default, 128);
       assert.equal(body.parameters.width.multiple_of, 8);
       assert.ok(body.parameters.scheduler.enum.includes('euler_a'));
+      assert.deepEqual(body.parameters.strength.aliases, ['denoising_strength']);
+      assert.equal(body.parameters.loras.type, 'string');
     }
     const unknown = await fetch(`${server.url}/v2/models/nope/capabilities`);
     assert.equal(unknown.status, 400);
