@@ -166,7 +166,7 @@ function fieldChecker(route: 'txt2img' | 'img2img') {
     const body = request.body;
     if (typeof body !== 'object' || body === null || Array.isArray(body)) return;  // the schema's to report
     for (const [field, value] of Object.entries(body)) {
-      if (mapped.includes(field) || (HIRES_FIELD.test(field) && field !== 'denoising_strength')) continue;
+      if (mapped.includes(field) || HIRES_FIELD.test(field)) continue;
       const neutral = NEUTRAL_FIELDS[field];
       if (neutral === undefined) {
         const meant = closestName(field, known);
