@@ -52,7 +52,8 @@ describe('sdserve serve on the built-in tiny model', () => {
     assert.equal((await fetch(`${server.url}/v2/models/no_weights/ready`)).status, 400);
     const metadata = await (await fetch(`${server.url}/v2/models/tiny_sd`)).json() as any;
     assert.deepEqual(metadata.inputs.map((i: any) => [i.name, i.datatype, i.shape]),
-      [['prompt', 'BYTES', [-1, 1]], ['negative_prompt', 'BYTES', [-1, 1]]]);
+      [['prompt', 'BYTES', [-1, 1]], ['negative_prompt', 'BYTES', [-1, 1]],
+        ['image', 'UINT8', [-1, -1, -1, -1]], ['mask', 'UINT8', [-1, -1, -1, -1]]]);
     assert.deepEqual(metadata.outputs, [
       { name: 'generated_image', datatype: 'UINT8', shape: [-1, -1, -1, -1] },
       { name: 'generated_image_encoded', datatype: 'BYTES', shape: [-1, 1] },

@@ -14,7 +14,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
 import { closestName } from '../../core/did-you-mean.js';
 import type { Parameters } from '../../core/types.js';
-import { invalidArg } from '../../errors.js';
+import { invalidArg, SdserveError } from '../../errors.js';
 import {
   chooseImageModel, generateImages, OUTPUT_FORMATS, readyImageModels, type GeneratedImages, type ImageRequest,
   type OutputFormat,
@@ -140,6 +140,18 @@ interface EditForm {
 async function readEditForm(request: FastifyRequest): Promise<EditForm> {
   if (!request.isMultipart()) throw invalidArg('POST /v1/images/edits: the body must be multipart/form-data');
   const form: EditForm = { fields: {}, images: [], masks: [] };
+  try {
+    await readParts(request, form);
+  } catch (error) {
+    // The parser's own errors (no boundary, a broken part) are the client's; its limits keep their 413.
+    const status = (error as { statusCode?: unknown }).statusCode;
+    if (error instanceof SdserveError || (typeof status === 'number' && status < 500)) throw error;
+    throw invalidArg(`images/edits: malformed multipart/form-data body: ${(error as Error).message}`);
+  }
+  return form;
+}
+
+async function readParts(request: FastifyRequest, form: EditForm): Promise<void> {
   for await (const part of request.parts()) {
     const name = part.fieldname.replace(/\[\]$/, '');
     if (part.type === 'file') {
@@ -159,7 +171,6 @@ async function readEditForm(request: FastifyRequest): Promise<EditForm> {
     }
     form.fields[name] = EDIT_NUMBERS.has(name) ? number : text;
   }
-  return form;
 }
 
 /** An edit in the generation module's terms: images/generations' fields plus the files. */
