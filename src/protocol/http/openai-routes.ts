@@ -154,6 +154,9 @@ async function readEditForm(request: FastifyRequest): Promise<EditForm> {
 async function readParts(request: FastifyRequest, form: EditForm): Promise<void> {
   for await (const part of request.parts()) {
     const name = part.fieldname.replace(/\[\]$/, '');
+    if (part.type !== 'file' && (name === 'image' || name === 'mask')) {
+      throw invalidArg(`images/edits: "${name}" must be a file part (a PNG, JPEG or WebP file), got a text field`);
+    }
     if (part.type === 'file') {
       if (name !== 'image' && name !== 'mask') throw invalidArg(`images/edits: unexpected file field "${part.fieldname}"; files are "image" and "mask"`);
       (name === 'image' ? form.images : form.masks).push(await part.toBuffer());
@@ -186,6 +189,10 @@ function toEditRequest(form: EditForm): ImageRequest {
   if (fields.size !== undefined && !/^(auto|[1-9][0-9]*x[1-9][0-9]*)$/.test(String(fields.size))) {
     throw invalidArg(`images/edits: "size" must be "WIDTHxHEIGHT" or "auto", got ${JSON.stringify(fields.size)}`);
   }
+  if (fields.response_format !== undefined && !['b64_json', 'url'].includes(String(fields.response_format))) {
+    throw invalidArg(`images/edits: "response_format" must be "b64_json", got ${JSON.stringify(fields.response_format)}`);
+  }
+  if (fields.prompt.length === 0) throw invalidArg('images/edits: "prompt" must not be empty');
   if (fields.output_format !== undefined && !(OUTPUT_FORMATS as readonly unknown[]).includes(fields.output_format)) {
     throw invalidArg(`images/edits: "output_format" must be one of ${OUTPUT_FORMATS.join(', ')}`);
   }

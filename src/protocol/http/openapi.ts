@@ -367,8 +367,9 @@ const components = {
       type: 'object',
       required: ['image', 'prompt'],
       properties: {
-        image: { type: 'string', format: 'binary', description: 'PNG, JPEG or WebP; its transparent pixels mark what to edit when there is no mask.' },
-        mask: { type: 'string', format: 'binary', description: 'PNG the size of the image; its transparent pixels mark what to edit.' },
+        // A file part: OpenAPI 3.1 writes binary content with contentMediaType (no JSON type).
+        image: { contentMediaType: 'application/octet-stream', description: 'A PNG, JPEG or WebP file; its transparent pixels mark what to edit when there is no mask.' },
+        mask: { contentMediaType: 'application/octet-stream', description: 'A PNG file the size of the image; its transparent pixels mark what to edit.' },
         prompt: { type: 'string', minLength: 1 },
         model: { type: 'string' },
         n: { type: 'integer', minimum: 1, maximum: 10 },
