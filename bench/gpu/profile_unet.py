@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as gpu_bench  # noqa: E402
 
-from sdserve_backend.engine.runners import UNetRunner  # noqa: E402
+from sdserve_backend.engine.runners import UNetRunner, plain_forward  # noqa: E402
 
 CALLS = 3
 GROUPS = (
@@ -85,7 +85,7 @@ def main() -> int:
     channels_last = LAYOUT[args.case] if args.layout == "engine" else args.layout == "nhwc"
     if channels_last:
         unet.to(memory_format=torch.channels_last)
-    compiled = torch.compile(unet) if args.compile else None
+    compiled = torch.compile(plain_forward) if args.compile else None
     runner = UNetRunner(unet, "cudnn", compiled=compiled)
     result: dict[str, Any] = {"case": args.case, "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
                               "compiled": args.compile, "channels_last": channels_last, "rows": {}}

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as gpu_bench  # noqa: E402
 
-from sdserve_backend.engine.runners import UNetRunner, VaeRunner  # noqa: E402
+from sdserve_backend.engine.runners import UNetRunner, VaeRunner, plain_forward  # noqa: E402
 from sdserve_backend.engine.static_call import BucketedCall  # noqa: E402
 
 LAYOUT = {"sd15": True, "sdxl": False}  # the engine's measured UNet channels_last choice on the H100
@@ -162,7 +162,7 @@ def measure_unet_variant(variant: str, unet: Any, parts: dict[str, Any], case: d
     try:
         for name, value in settings.items():
             setattr(torch._inductor.config, name, value)
-        compiled = UNetRunner(unet, "cudnn", compiled=torch.compile(unet))
+        compiled = UNetRunner(unet, "cudnn", compiled=torch.compile(plain_forward))
         measure_unet(compiled, parts, case, record, label, rows_list, channels_last, flops)
     finally:
         for name, value in previous.items():

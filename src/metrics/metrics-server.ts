@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { bearerToken, secretsEqual } from '../protocol/access-policy.js';
 import { closeSilentConnections } from '../protocol/silent-connections.js';
-import type { MetricsSource } from './metrics-source.js';
+import { readOncePerScrape, type MetricsSource } from './metrics-source.js';
 import { registerSdserveMetrics } from './sdserve-metrics.js';
 import { registerPendingRequests, registerTritonMetrics } from './triton-metrics.js';
 
@@ -29,8 +29,9 @@ export const DEFAULT_METRICS_MAX_CONNECTIONS = 64;
 const HEADERS_TIMEOUT_MS = 30_000;
 
 /** The registry of every metric sdserve serves, read from `source` at scrape time. */
-export function buildMetricsRegistry(source: MetricsSource): Registry {
+export function buildMetricsRegistry(dataPlane: MetricsSource): Registry {
   const registry = new Registry();
+  const source = readOncePerScrape(dataPlane);
   registerTritonMetrics(registry, source);
   registerPendingRequests(registry, source);
   registerSdserveMetrics(registry, source);

@@ -10,3 +10,25 @@ export interface MetricsSource {
   /** What a loaded version's backend declared: it tells which models generate images. */
   modelCapabilities(name: string, version?: string): CapabilitiesMeta | undefined;
 }
+
+/**
+ * `source` with its statistics read once per scrape: a dozen counters read them, and each reading
+ * copies every model version's statistics. prom-client runs every metric's `collect` in the same
+ * turn of the event loop, so a reading is kept until the next turn; every counter of a scrape
+ * then shows the same moment.
+ */
+export function readOncePerScrape(source: MetricsSource): MetricsSource {
+  let reading: ModelStatistics[] | undefined;
+  return {
+    statistics() {
+      if (reading === undefined) {
+        reading = source.statistics();
+        setImmediate(() => { reading = undefined; });
+      }
+      return reading;
+    },
+    backendRestarts: () => source.backendRestarts(),
+    pendingRequests: () => source.pendingRequests(),
+    modelConfig: (name, version) => source.modelConfig(name, version),
+  };
+}

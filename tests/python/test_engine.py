@@ -26,9 +26,10 @@ from sdserve_backend.engine import metadata
 from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
 from sdserve_backend.engine.buckets import chunks
 from sdserve_backend.engine.prepare import EngineOptions, vae_decode_dtype
-from sdserve_backend.engine.runners import UNetRunner, VaeRunner
+from sdserve_backend.engine.runners import UNetRunner, VaeRunner, plain_forward
 from sdserve_backend.engine.static_call import BucketedCall
 from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
+from sdserve_backend.pipelines import feature_cache
 from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.device import Placement
 
@@ -235,20 +236,60 @@ def tracing_backend() -> tuple[list[torch.fx.GraphModule], Any]:
 
 
 @pytest.mark.parametrize("variant", ["sd", "sdxl"])
-def test_compiled_unet_is_traced_once_for_every_bucket_of_two_rows_or_more(
+def test_compiled_unet_is_traced_once_for_two_rows_or_more_and_once_for_one(
     components: dict[str, DiffusionComponents], variant: str
 ) -> None:
     """The engine compiles the UNet with the row count symbolic, so buckets 2, 4, 8 ... share one
-    compiled graph (a trace per bucket would multiply the minutes a first build takes)."""
+    compiled graph (a trace per bucket would multiply the minutes a first build takes); one row
+    (guidance off, or outside a guidance interval) is compiled too, as a graph of its own."""
     parts = components[variant]
     traces, counting_backend = tracing_backend()
-    runner = UNetRunner(parts.unet, "default", compiled=torch.compile(parts.unet, backend=counting_backend))
+    runner = UNetRunner(parts.unet, "default", compiled=torch.compile(plain_forward, backend=counting_backend))
     for rows in (8, 4, 2, 3, 1):
         inputs = unet_inputs(parts, rows, seed=rows)
         with torch.inference_mode():
             output = runner.run_captured(**inputs)
         torch.testing.assert_close(output, eager_unet(parts, inputs), **TOLERANCE)
-    assert len(traces) == 1
+    assert len(traces) == 2
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("variant", ["sd", "sdxl"])
+def test_feature_caching_runner_keeps_and_reuses_features_through_its_buckets(
+    components: dict[str, DiffusionComponents], variant: str
+) -> None:
+    """With feature caching the bucketed call is the split forward (prediction and deep features),
+    the plain call takes its prediction, and the reuse buckets run the outer blocks on kept
+    features: each as the eager model computes it, padded rows or not; compiled, the full and the
+    reuse forward are each traced once for two rows and up and once for one."""
+    parts = components[variant]
+    traces, counting_backend = tracing_backend()
+    runner = UNetRunner(parts.unet, "default", keeps_features=True,
+                        compiled=torch.compile(feature_cache.forward_keeping_features, backend=counting_backend),
+                        compiled_reuse=torch.compile(feature_cache.forward_from_features, backend=counting_backend))
+    example = unet_inputs(parts, 1, seed=99)
+    added = {"text_embeds": example["text_embeds"], "time_ids": example["time_ids"]} if parts.is_sdxl else None
+    with torch.inference_mode():
+        _, features = feature_cache.forward_keeping_features(parts.unet, example["sample"], example["timestep"],
+                                                             example["encoder_hidden_states"], added)
+        size = tuple(example["sample"].shape[-2:])
+        runner.calls[size] = BucketedCall(runner.run_captured, example, (1, 2, 4), use_graphs=False)
+        runner.reuse_calls[size] = BucketedCall(runner.run_reuse_captured, {**example, "features": features}, (1, 2, 4),
+                                                use_graphs=False)
+    for rows in (4, 3, 1, 2):
+        inputs = unet_inputs(parts, rows, seed=rows)
+        added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]} if parts.is_sdxl else None
+        expected = eager_unet(parts, inputs)
+        torch.testing.assert_close(run_runner(runner, parts, inputs), expected, **TOLERANCE)
+        with torch.inference_mode():
+            noise, kept = runner.forward_keeping_features(inputs["sample"], inputs["timestep"],
+                                                          inputs["encoder_hidden_states"], added)
+            reused = runner.forward_from_features(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"],
+                                                  kept, added)
+        assert kept.shape[0] == rows
+        torch.testing.assert_close(noise, expected, **TOLERANCE)
+        torch.testing.assert_close(reused, expected, **TOLERANCE)
+    assert len(traces) == 4
     torch._dynamo.reset()
 
 

@@ -146,3 +146,24 @@ def test_multipart_bodies_on_v1_hear_what_is_supported(server: ServerAddresses) 
     assert 400 <= status < 500
     assert body["error"]["type"] == "invalid_request_error"
     assert "application/json" in body["error"]["message"]
+
+
+def test_the_fast_modes_are_request_parameters_held_to_their_ranges(server: ServerAddresses) -> None:
+    common = {"prompt": "a fox", "steps": 4, "seed": 5}
+    exact_status, exact, _ = post(server, "/v2/models/tiny_sd/generate", common)
+    neutral_status, neutral, _ = post(server, "/v2/models/tiny_sd/generate",
+                                      {**common, "guidance_start": 0, "guidance_end": 1, "cache_interval": 1})
+    fast_status, fast, _ = post(server, "/v2/models/tiny_sd/generate",
+                                {**common, "guidance_start": 0.25, "guidance_end": 0.75, "cache_interval": 2})
+    assert (exact_status, neutral_status, fast_status) == (200, 200, 200), (exact, neutral, fast)
+    assert neutral["generated_image"] == exact["generated_image"]
+    assert fast["generated_image"] != exact["generated_image"]
+    status, body, _ = post(server, "/v2/models/tiny_sd/generate", {**common, "guidance_end": 1.5})
+    assert status == 400
+    assert "request parameter 'guidance_end' must be between 0 and 1, got 1.5" in body["error"]
+    status, body, _ = post(server, "/v2/models/tiny_sd/generate", {**common, "cache_interval": 0})
+    assert status == 400
+    assert "request parameter 'cache_interval' must be between 1 and" in body["error"]
+    status, body, _ = post(server, "/v2/models/tiny_sd/generate", {**common, "guidance_start": 0.8, "guidance_end": 0.2})
+    assert status == 400
+    assert "0 <= guidance_start <= guidance_end <= 1, got 0.8 and 0.2" in body["error"]

@@ -30,8 +30,21 @@ def is_forced(parameters: dict[str, str]) -> bool:
 
 
 def engine_options(parameters: dict[str, str]) -> EngineOptions:
-    """The engine options a model config asks for: `engine_compile` turns on torch.compile."""
-    return EngineOptions(compile=parse_bool("engine_compile", parameters.get("engine_compile", ""), False, "config parameter"))
+    """The engine options a model config asks for: `engine_compile` turns on torch.compile; a
+    default `cache_interval` over 1 captures the feature-caching graphs too (requests of a model
+    whose config leaves it at 1 may still ask for caching: it then runs outside the graphs)."""
+    return EngineOptions(
+        compile=parse_bool("engine_compile", parameters.get("engine_compile", ""), False, "config parameter"),
+        feature_cache=_cache_interval(parameters) > 1,
+    )
+
+
+def _cache_interval(parameters: dict[str, str]) -> int:
+    # Bad values are the settings' to report (read_model_defaults); here they mean "off".
+    try:
+        return int(str(parameters.get("cache_interval", "") or "1").strip())
+    except ValueError:
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import torch
 from sdserve_backend.engine.attention import attention_backend
 from sdserve_backend.engine.buckets import chunks
 from sdserve_backend.engine.static_call import BucketedCall
+from sdserve_backend.pipelines import feature_cache
 
 
 class _ModelRunner:
@@ -50,37 +51,93 @@ class _ModelRunner:
             self.__dict__["_eager"] = False
 
 
+def plain_forward(unet: Any, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                  added_cond_kwargs: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """The model's own forward, as a function of the model (what the engine compiles)."""
+    return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs,
+                return_dict=False)[0]
+
+
 class UNetRunner(_ModelRunner):
-    """`unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=..., return_dict=...)`."""
+    """`unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=..., return_dict=...)`.
+
+    With `keeps_features` (feature caching, `pipelines/feature_cache.py`) the captured call is the
+    split forward that also returns the deep features, so a full step and a plain call share one
+    graph per bucket (and one compile), and `reuse_calls` holds the graphs of the steps that run
+    the outer blocks on kept features. `forward_keeping_features` and `forward_from_features` are
+    what the denoise step calls for those.
+    """
+
+    def __init__(self, model: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None,
+                 compiled: Any = None, keeps_features: bool = False, compiled_reuse: Any = None) -> None:
+        super().__init__(model, attention, calls, compiled)
+        self.__dict__["keeps_features"] = keeps_features
+        self.__dict__["reuse_calls"] = {}
+        self.__dict__["_compiled_reuse"] = compiled_reuse
 
     def run_eager(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                   text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The model's own forward for per-row inputs."""
-        return self._forward(self._model, sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+        with attention_backend(self._attention):
+            return plain_forward(self._model, sample, timestep, encoder_hidden_states, _added(text_embeds, time_ids))
 
     def run_captured(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                     text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """What each bucket captures: the compiled model when there is one, else `run_eager`.
+                     text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> Any:
+        """What each bucket captures: the compiled forward when there is one, else the eager one;
+        with `keeps_features`, the prediction and the deep features.
 
-        The compiled model is traced once with the row count symbolic (2 and up), so every bucket
-        shares one compiled graph; a single row (guidance off) would need a second one and runs
-        eagerly inside its graph instead. Calls outside the buckets (another image size) stay
-        eager too: compiling for them mid-service would stall the model for a minute.
+        The compiled forward is traced once with the row count symbolic (2 and up), so those
+        buckets share one compiled graph; a single row (guidance off, or outside a guidance
+        interval) gets a trace of its own. Calls outside the buckets (another image size) stay
+        eager: compiling for them mid-service would stall the model for a minute.
         """
-        if self._compiled is None or sample.shape[0] < 2:
-            return self.run_eager(sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+        function = feature_cache.forward_keeping_features if self.keeps_features else plain_forward
         inputs = [sample, timestep, encoder_hidden_states] + [t for t in (text_embeds, time_ids) if t is not None]
-        for tensor in inputs:
-            torch._dynamo.mark_dynamic(tensor, 0)
-        return self._forward(self._compiled, sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+        compiled = self._compiled is not None
+        return self._run(self._compiled if compiled else function, compiled, inputs,
+                         sample, timestep, encoder_hidden_states, _added(text_embeds, time_ids))
 
-    def _forward(self, model: Any, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                 text_embeds: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:
-        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+    def run_reuse_captured(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                           features: torch.Tensor, text_embeds: torch.Tensor | None = None,
+                           time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """What each reuse bucket captures: the outer blocks on kept features."""
+        inputs = [sample, timestep, encoder_hidden_states, features] + [t for t in (text_embeds, time_ids) if t is not None]
+        compiled = self._compiled_reuse is not None
+        return self._run(self._compiled_reuse if compiled else feature_cache.forward_from_features, compiled,
+                         inputs, sample, timestep, encoder_hidden_states, features, _added(text_embeds, time_ids))
+
+    def _run(self, function: Any, compiled: bool, row_inputs: list[torch.Tensor], *args: Any) -> Any:
+        if compiled and row_inputs[0].shape[0] >= 2:
+            for tensor in row_inputs:
+                torch._dynamo.mark_dynamic(tensor, 0)
         with attention_backend(self._attention):
-            return model(
-                sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
-            )[0]
+            return function(self._model, *args)
+
+    def forward_keeping_features(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                                 added_cond_kwargs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction and the deep features (`feature_cache.forward_keeping_features`)."""
+        inputs = _inputs(sample, timestep, encoder_hidden_states, added_cond_kwargs)
+        call = None if self._eager else self.calls.get(tuple(sample.shape[-2:]))
+        if self.keeps_features and call is not None and call.accepts(inputs):
+            with torch.inference_mode():
+                noise, features = call(inputs)
+            return noise, features
+        with attention_backend(self._attention):
+            return feature_cache.forward_keeping_features(self._model, sample, inputs["timestep"], encoder_hidden_states,
+                                                          added_cond_kwargs)
+
+    def forward_from_features(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                              features: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The prediction from kept deep features (`feature_cache.forward_from_features`)."""
+        inputs = _inputs(sample, timestep, encoder_hidden_states, added_cond_kwargs)
+        inputs["features"] = features
+        call = None if self._eager else self.reuse_calls.get(tuple(sample.shape[-2:]))
+        if call is not None and call.accepts(inputs):
+            with torch.inference_mode():
+                return call(inputs)
+        with attention_backend(self._attention):
+            return feature_cache.forward_from_features(self._model, sample, inputs["timestep"], encoder_hidden_states,
+                                                       features, added_cond_kwargs)
 
     def __call__(
         self,
@@ -91,19 +148,14 @@ class UNetRunner(_ModelRunner):
         return_dict: bool = True,
         **extra: Any,
     ) -> Any:
-        rows = sample.shape[0]
-        # A scalar timestep (the same for every row) becomes one per row, as the model does itself.
-        timesteps = torch.as_tensor(timestep, device=sample.device)
-        timesteps = timesteps.reshape(1).expand(rows) if timesteps.ndim == 0 else timesteps
-        inputs = {"sample": sample, "timestep": timesteps, "encoder_hidden_states": encoder_hidden_states}
-        if added_cond_kwargs:
-            inputs["text_embeds"] = added_cond_kwargs["text_embeds"]
-            inputs["time_ids"] = added_cond_kwargs["time_ids"]
+        inputs = _inputs(sample, timestep, encoder_hidden_states, added_cond_kwargs)
         call = None if self._eager else self.calls.get(tuple(sample.shape[-2:]))
         unused_extra = all(value is None for value in extra.values())
         if call is not None and unused_extra and call.accepts(inputs):
             with torch.inference_mode():
                 output = call(inputs)
+            if isinstance(output, tuple):
+                output = output[0]  # the features of a feature-keeping graph are not needed here
         elif unused_extra:
             output = self.run_eager(**inputs)
         else:
@@ -115,6 +167,23 @@ class UNetRunner(_ModelRunner):
 
             return UNet2DConditionOutput(sample=output)
         return (output,)
+
+
+def _inputs(sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor,
+            added_cond_kwargs: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    rows = sample.shape[0]
+    # A scalar timestep (the same for every row) becomes one per row, as the model does itself.
+    timesteps = torch.as_tensor(timestep, device=sample.device)
+    timesteps = timesteps.reshape(1).expand(rows) if timesteps.ndim == 0 else timesteps
+    inputs = {"sample": sample, "timestep": timesteps, "encoder_hidden_states": encoder_hidden_states}
+    if added_cond_kwargs:
+        inputs["text_embeds"] = added_cond_kwargs["text_embeds"]
+        inputs["time_ids"] = added_cond_kwargs["time_ids"]
+    return inputs
+
+
+def _added(text_embeds: torch.Tensor | None, time_ids: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+    return None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
 
 
 class VaeRunner(_ModelRunner):

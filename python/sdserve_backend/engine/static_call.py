@@ -17,7 +17,9 @@ import torch
 
 from sdserve_backend.engine.buckets import pick_bucket
 
-Function = Callable[..., torch.Tensor]
+# A function returns one tensor, or a tuple of tensors with one row per input row each.
+Output = torch.Tensor | tuple[torch.Tensor, ...]
+Function = Callable[..., Output]
 log = logging.getLogger("sdserve.engine")
 # Warm-up runs before a capture: the first call picks kernels and allocates workspaces.
 WARMUP_RUNS = 2
@@ -49,7 +51,7 @@ class BucketedCall:
                 buffer = buffer.contiguous(memory_format=torch.channels_last)
             self.buffers[name] = buffer
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._outputs: dict[int, torch.Tensor] = {}
+        self._outputs: dict[int, Output] = {}
 
     @property
     def max_rows(self) -> int:
@@ -86,7 +88,7 @@ class BucketedCall:
             self._outputs[size] = output
         torch.cuda.synchronize()
 
-    def _capture_one(self, views: Mapping[str, torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture_one(self, views: Mapping[str, torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, Output]:
         try:
             return self._capture_once(views)
         except torch.AcceleratorError as error:
@@ -99,14 +101,14 @@ class BucketedCall:
             torch.cuda.synchronize()
             return self._capture_once(views)
 
-    def _capture_once(self, views: Mapping[str, torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture_once(self, views: Mapping[str, torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, Output]:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             output = self.function(**views)
         return graph, output
 
-    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The function's output for `inputs` (which `accepts` must allow), as a fresh tensor."""
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> Output:
+        """The function's output for `inputs` (which `accepts` must allow), as fresh tensors."""
         rows = next(iter(inputs.values())).shape[0]
         size = pick_bucket(rows, self.buckets)
         assert size is not None, f"{rows} rows exceed the largest bucket {self.max_rows}"
@@ -119,6 +121,8 @@ class BucketedCall:
         else:
             output = self.function(**self._views(size))
         # A copy: the next replay of any bucket (they share one memory pool) overwrites the output.
+        if isinstance(output, tuple):
+            return tuple(part[:rows].clone(memory_format=torch.contiguous_format) for part in output)
         return output[:rows].clone(memory_format=torch.contiguous_format)
 
     def _views(self, size: int) -> dict[str, torch.Tensor]:

@@ -11,6 +11,16 @@ Each state brings its rows (its latents, twice under guidance with the unconditi
 its own timestep for each row (the UNet takes one timestep per sample) and its own conditioning.
 Guidance and the scheduler step then run per state on its share of the prediction, so each state
 advances exactly as it would alone. Nothing here waits on the device (no host syncs).
+
+Two fast modes, each off unless a request asks for it, trade a measured deviation for speed:
+- a guidance interval (Kynkäänniemi et al. 2024): classifier-free guidance only on the steps in
+  [guidance_start, guidance_end) as fractions of the schedule; the other steps run the positive
+  rows alone (one row per image instead of two). The whole range [0, 1) is exact guidance.
+- feature caching (`feature_cache`, DeepCache): every `cache_interval`-th step runs the whole UNet
+  and keeps its deep features; the steps between reuse them and run only the outer blocks.
+  Interval 1 is the plain UNet call. A state whose rows change (entering or leaving its guidance
+  interval) runs its next step in full, since the kept features are per row.
+States that run in full and states that reuse their features take one UNet call each.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import SchedulerMixin
+
+from sdserve_backend.pipelines import feature_cache
 
 
 @dataclass
@@ -50,6 +62,13 @@ class DenoisingState:
     after_decode: Callable[[np.ndarray], np.ndarray] | None = None
     # The request's LoRAs (`lora_layers.ChosenLora`), applied to its rows of each UNet call.
     loras: Sequence[Any] = ()
+    # Fast modes (module docstring): guidance only within [start, end) of the schedule; the whole
+    # UNet every `cache_interval`-th step, the outer blocks on kept features in between.
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    cache_interval: int = 1
+    # The deep features of the last full step (one row per UNet row), and whether they were guided.
+    features: torch.Tensor | None = None
+    features_guided: bool = False
 
     @property
     def done(self) -> bool:
@@ -57,12 +76,43 @@ class DenoisingState:
 
     @property
     def guided(self) -> bool:
+        """Whether the request uses classifier-free guidance (its conditioning has negative rows)."""
         return self.guidance_scale > 1.0
 
     @property
     def rows(self) -> int:
-        """The rows this state has in a UNet call (its latents twice under guidance)."""
-        return int(self.latents.shape[0]) * (2 if self.guided else 1)
+        """The rows this state has in this step's UNet call (its latents twice while guided)."""
+        return int(self.latents.shape[0]) * (2 if self.guided_now else 1)
+
+    @property
+    def guided_now(self) -> bool:
+        """Whether this step applies guidance: the request's, within its guidance interval."""
+        if not self.guided:
+            return False
+        start, end = self.guidance_interval
+        position = self.step_index / len(self.timesteps)
+        return start <= position < end
+
+    @property
+    def reuses_features_now(self) -> bool:
+        """Whether this step reuses the features of an earlier full step."""
+        return (
+            self.cache_interval > 1
+            and self.step_index % self.cache_interval != 0
+            and self.features is not None
+            and self.features_guided == self.guided_now
+        )
+
+    def conditioning_now(self) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """This step's text conditioning (and SDXL's added conditioning): the positive rows only
+        when the request is guided but this step is outside its guidance interval."""
+        if not self.guided or self.guided_now:
+            return self.encoder_hidden_states, self.added_cond_kwargs
+        rows = self.latents.shape[0]
+        added = None if self.added_cond_kwargs is None else {
+            key: value[rows:] for key, value in self.added_cond_kwargs.items()
+        }
+        return self.encoder_hidden_states[rows:], added
 
     def completed_steps(self, steps: int) -> int:
         """How many of the caller's `steps` are done. Some schedulers take more than one UNet
@@ -78,6 +128,8 @@ def start_denoising(
     added_cond_kwargs: dict[str, torch.Tensor] | None,
     guidance_scale: float,
     timesteps: torch.Tensor | None = None,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    cache_interval: int = 1,
 ) -> DenoisingState:
     """A state at the first of `timesteps` (by default all of `scheduler`'s, set already);
     `generators` is, per latent row, the generator that schedulers adding noise each step draw from."""
@@ -91,49 +143,86 @@ def start_denoising(
         added_cond_kwargs=added_cond_kwargs,
         guidance_scale=guidance_scale,
         step_kwargs=_step_kwargs(scheduler, generators),
+        guidance_interval=guidance_interval,
+        cache_interval=cache_interval,
     )
 
 
 @torch.inference_mode()
 def denoise_step(unet: Any, states: Sequence[DenoisingState]) -> None:
-    """Advance each of `states` by one step of its own scheduler, with one UNet call for all.
+    """Advance each of `states` by one step of its own scheduler, with one UNet call for all
+    (two when some reuse their cached features and others run in full).
 
     `unet` is called as `unet(sample, timestep, encoder_hidden_states=..., added_cond_kwargs=...,
     return_dict=False)` with one float32 timestep per row: the diffusers UNet, or the engine's
-    runner that stands in for it.
+    runner that stands in for it. Feature caching calls `forward_keeping_features` and
+    `forward_from_features` on it when it has them (the engine's runner), else
+    `feature_cache`'s functions on the model.
     """
     # 1. Each state's model input, scaled by its own scheduler, with its timestep per row
+    guided = [state.guided_now for state in states]
     inputs: list[torch.Tensor] = []
     timesteps: list[torch.Tensor] = []
-    for state in states:
-        model_input = torch.cat([state.latents] * 2) if state.guided else state.latents
+    for state, both in zip(states, guided, strict=True):
+        model_input = torch.cat([state.latents] * 2) if both else state.latents
         model_input = state.scheduler.scale_model_input(model_input, state.timesteps_on_host[state.step_index])
         if state.extra_channels is not None:
-            extra = torch.cat([state.extra_channels] * 2) if state.guided else state.extra_channels
+            extra = torch.cat([state.extra_channels] * 2) if both else state.extra_channels
             model_input = torch.cat([model_input, extra], dim=1)
         inputs.append(model_input)
         # float32 for all: schedulers disagree on the timestep dtype (int64, float32), and the
         # UNet's sinusoidal embedding converts it to float32 anyway.
         timesteps.append(state.timesteps[state.step_index].to(torch.float32).expand(model_input.shape[0]))
 
-    # 2. One UNet call over every row of every state
-    added_cond_kwargs = None
-    if all(state.added_cond_kwargs is not None for state in states):
-        added_cond_kwargs = {
-            key: torch.cat([state.added_cond_kwargs[key] for state in states if state.added_cond_kwargs])
-            for key in ("text_embeds", "time_ids")
-        }
-    noise_pred = unet(
-        torch.cat(inputs),
-        torch.cat(timesteps),
-        encoder_hidden_states=torch.cat([state.encoder_hidden_states for state in states]),
-        added_cond_kwargs=added_cond_kwargs,
-        return_dict=False,
-    )[0]
+    # 2. The UNet over every row: one call for the states running in full, one for those reusing
+    #    their features
+    # Per-request LoRAs apply to the rows of one call over every state in order: with any, every
+    # state runs in full this step (and keeps no features).
+    caching = (any(state.cache_interval > 1 for state in states) and not any(state.loras for state in states)
+               and feature_cache.supports(_model_of(unet)))
+    if not caching:
+        for state in states:
+            state.features = None
+    reusing = [caching and state.reuses_features_now for state in states]
+    predictions: list[torch.Tensor | None] = [None] * len(states)
+    for reuse in (False, True):
+        members = [index for index, flag in enumerate(reusing) if flag == reuse]
+        if not members:
+            continue
+        conditioning = [states[index].conditioning_now() for index in members]
+        sample = torch.cat([inputs[index] for index in members])
+        timestep = torch.cat([timesteps[index] for index in members])
+        encoder_hidden_states = torch.cat([text for text, _ in conditioning])
+        added_cond_kwargs = None
+        if all(added is not None for _, added in conditioning):
+            added_cond_kwargs = {
+                key: torch.cat([added[key] for _, added in conditioning if added is not None])
+                for key in ("text_embeds", "time_ids")
+            }
+        keep = caching and any(states[index].cache_interval > 1 for index in members)
+        features = None
+        if reuse:
+            kept = torch.cat([states[index].features for index in members if states[index].features is not None])
+            noise_pred = _forward_from_features(unet, sample, timestep, encoder_hidden_states, kept, added_cond_kwargs)
+        elif keep:
+            noise_pred, features = _forward_keeping_features(unet, sample, timestep, encoder_hidden_states,
+                                                             added_cond_kwargs)
+        else:
+            noise_pred = unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                              added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
+        rows = [inputs[index].shape[0] for index in members]
+        for index, prediction in zip(members, noise_pred.split(rows), strict=True):
+            predictions[index] = prediction
+        if features is not None:
+            for index, kept_rows in zip(members, features.split(rows), strict=True):
+                if states[index].cache_interval > 1:
+                    states[index].features = kept_rows
+                    states[index].features_guided = guided[index]
 
     # 3. Per state: its rows, its guidance, its scheduler's step
-    for state, prediction in zip(states, noise_pred.split([rows.shape[0] for rows in inputs]), strict=True):
-        if state.guided:
+    for state, prediction, both in zip(states, predictions, guided, strict=True):
+        assert prediction is not None
+        if both:
             # Classifier-free guidance (Ho & Salimans 2022): push away from the unconditional prediction.
             negative, positive = prediction.chunk(2)
             prediction = negative + state.guidance_scale * (positive - negative)
@@ -142,8 +231,34 @@ def denoise_step(unet: Any, states: Sequence[DenoisingState]) -> None:
             return_dict=False,
         )[0]
         state.step_index += 1
+        if state.done:
+            state.features = None
         if state.after_step is not None:
             state.after_step(state)
+
+
+def _model_of(unet: Any) -> Any:
+    # The engine's runner hands attribute reads to the model; `model` is the diffusers UNet itself.
+    return getattr(unet, "model", unet)
+
+
+def _forward_keeping_features(unet: Any, sample: torch.Tensor, timestep: torch.Tensor,
+                              encoder_hidden_states: torch.Tensor,
+                              added_cond_kwargs: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    own = getattr(type(unet), "forward_keeping_features", None)
+    if own is not None:
+        return own(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs)
+    return feature_cache.forward_keeping_features(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs)
+
+
+def _forward_from_features(unet: Any, sample: torch.Tensor, timestep: torch.Tensor,
+                           encoder_hidden_states: torch.Tensor, features: torch.Tensor,
+                           added_cond_kwargs: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    own = getattr(type(unet), "forward_from_features", None)
+    if own is not None:
+        return own(unet, sample, timestep, encoder_hidden_states, features, added_cond_kwargs)
+    return feature_cache.forward_from_features(unet, sample, timestep, encoder_hidden_states, features,
+                                               added_cond_kwargs)
 
 
 def _step_kwargs(scheduler: SchedulerMixin, generators: list[torch.Generator]) -> dict[str, Any]:
@@ -154,8 +269,8 @@ def _step_kwargs(scheduler: SchedulerMixin, generators: list[torch.Generator]) -
         kwargs["eta"] = 0.0
     if "generator" in accepted:
         # A request draws from its generator as a whole, like diffusers for a call with that
-        # request alone. Seeded CPU noise is what makes the images match diffusers'; its copy to
-        # the device is the one host sync per step that stochastic schedulers (euler_a, ddpm) keep.
+        # request alone. On a GPU it is a generator there (the task's `step_noise_generator`), so
+        # the noise of euler_a and ddpm costs no host-to-device copy per step.
         distinct = {id(generator) for generator in generators}
         kwargs["generator"] = generators[0] if len(distinct) == 1 else generators
     return kwargs

@@ -52,6 +52,12 @@ class GenerationSettings:
     guidance_scale: float
     # "" is the model's own scheduler; else a short name ("euler") or a diffusers class name.
     scheduler: str = ""
+    # Fast modes (pipelines/denoise.py), off by default: classifier-free guidance only on the steps
+    # within [guidance_start, guidance_end) as fractions of the schedule; the whole UNet every
+    # `cache_interval`-th step and its outer blocks on kept deep features in between.
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    cache_interval: int = 1
 
     @property
     def uses_classifier_free_guidance(self) -> bool:

@@ -19,8 +19,8 @@ thread when it admits them, the first wait drains the queue and the rest are imm
 loop, the engine never waits on the step it just queued; it waits on the step STEPS_AHEAD before
 it, which bounds how far the host runs ahead of the GPU (see `_bound_lookahead`) while the GPU
 always has work queued. Cancellation and progress are host flags and counters; the schedulers
-that draw noise each step (euler_a, ddpm) copy their seeded CPU noise to the device, as they do
-outside the batcher.
+that draw noise each step (euler_a, ddpm) draw it on the GPU from the request's seeded generator
+there, as they do outside the batcher.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import { connect } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { startMetricsServer, type MetricsServerOptions } from '../../../src/metrics/metrics-server.js';
+import { zeroStatistics } from '../../../src/core/statistics.js';
 import type { MetricsSource } from '../../../src/metrics/metrics-source.js';
 
 const NO_MODELS: MetricsSource = {
@@ -41,5 +42,30 @@ describe('metrics service', () => {
     t.after(() => sockets.forEach((socket) => socket.destroy()));
     await Promise.race([once(sockets[0]!, 'close'), once(sockets[1]!, 'close'), once(sockets[2]!, 'close')]);
     assert.deepEqual(sockets.map((socket) => socket.readyState), ['open', 'open', 'closed']);
+  });
+
+  it('reads the statistics once per scrape, and afresh for the next', async (t) => {
+    let readings = 0;
+    const stats = zeroStatistics('m', '1');
+    const source: MetricsSource = {
+      ...NO_MODELS,
+      statistics: () => {
+        readings += 1;
+        stats.inference_count = readings;
+        return [structuredClone(stats)];
+      },
+      modelConfig: () => ({ backend: 'diffusion' }),
+    };
+    const server = await startMetricsServer(source, { host: '127.0.0.1', port: 0 });
+    t.after(() => server.close());
+    const url = `http://127.0.0.1:${server.port}/metrics`;
+    const first = await (await fetch(url)).text();
+    assert.equal(readings, 1);
+    // Every counter of one scrape shows the same reading.
+    assert.match(first, /nv_inference_count\{model="m",version="1"\} 1\n/);
+    assert.match(first, /sdserve_images_generated_total\{model="m",version="1"\} 1\n/);
+    const second = await (await fetch(url)).text();
+    assert.equal(readings, 2);
+    assert.match(second, /nv_inference_count\{model="m",version="1"\} 2\n/);
   });
 });

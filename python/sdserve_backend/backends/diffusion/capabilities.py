@@ -62,6 +62,10 @@ def declare(defaults: ModelDefaults, max_images: int, max_steps: int) -> dict[st
         "loras": {"type": "string", "default": "",
                   "description": 'LoRAs for this request: a JSON list of {"name": <file name without .safetensors>, '
                                  '"scale": <number, default 1>}; prompts may also hold <lora:name:scale>'},
+        # Fast modes (pipelines/denoise.py): a guidance interval, feature caching across steps.
+        "guidance_start": {"type": "number", "minimum": 0, "maximum": 1, "default": base.guidance_start},
+        "guidance_end": {"type": "number", "minimum": 0, "maximum": 1, "default": base.guidance_end},
+        "cache_interval": {"type": "integer", "minimum": 1, "maximum": max_steps, "default": base.cache_interval},
     }
     return {
         "tasks": list(TASKS),

@@ -31,7 +31,8 @@ MAX_IMAGE_SIDE = 4096
 # One less than the 1000 training timesteps of every SD model: see max_inference_steps.
 MAX_STEPS = 999
 # Per-request parameters that override the config; the config spells the image size differently.
-REQUEST_OVERRIDES = ("steps", "guidance_scale", "seed", "scheduler", "height", "width")
+REQUEST_OVERRIDES = ("steps", "guidance_scale", "seed", "scheduler", "height", "width", "guidance_start", "guidance_end",
+                     "cache_interval")
 
 # Every config.pbtxt parameter a diffusion model may set, and what it does; any other name fails
 # the load. A feature that reads a new config parameter adds it here (one place).
@@ -41,6 +42,9 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "steps": "default number of denoising steps",
     "guidance_scale": "default classifier-free guidance scale",
     "scheduler": 'default scheduler ("" is the model\'s own)',
+    "guidance_start": "fast mode, default 0: classifier-free guidance only from this fraction of the steps on",
+    "guidance_end": "fast mode, default 1: classifier-free guidance only before this fraction of the steps",
+    "cache_interval": "fast mode, default 1 (off): the whole UNet every N-th step, its outer blocks on kept deep features between",
     "seed": "default seed (empty: a fresh random seed per request)",
     "version": "the Stable Diffusion version the weights should be (1.5, 2.1, xl-1.0); a warning when they differ",
     "weights": "where the weights are, relative to the version folder",
@@ -118,6 +122,9 @@ def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) 
         steps=parse_steps(parameters.get("steps", ""), 30, source),
         guidance_scale=parse_guidance_scale(parameters.get("guidance_scale", ""), 7.5, source),
         scheduler=str(parameters.get("scheduler", "")).strip(),
+        guidance_start=parse_fraction("guidance_start", parameters.get("guidance_start", ""), 0.0, source),
+        guidance_end=parse_fraction("guidance_end", parameters.get("guidance_end", ""), 1.0, source),
+        cache_interval=parse_cache_interval(parameters.get("cache_interval", ""), 1, source),
     )
     seed_text = str(parameters.get("seed", "")).strip()
     return ModelDefaults(
@@ -152,6 +159,9 @@ def read_request_overrides(parameters_json: str, defaults: ModelDefaults) -> tup
         if "guidance_scale" in parameters
         else base.guidance_scale,
         scheduler=_parse_scheduler(parameters["scheduler"]) if "scheduler" in parameters else base.scheduler,
+        guidance_start=parse_fraction("guidance_start", parameters.get("guidance_start", ""), base.guidance_start, source),
+        guidance_end=parse_fraction("guidance_end", parameters.get("guidance_end", ""), base.guidance_end, source),
+        cache_interval=parse_cache_interval(parameters.get("cache_interval", ""), base.cache_interval, source),
     )
     seed = parameters.get("seed", "")
     if seed == "" or seed is None:
@@ -340,6 +350,26 @@ def parse_guidance_scale(value: Any, default: float, source: str) -> float:
     if not math.isfinite(scale) or scale < 0:
         raise ValueError(f"{source} 'guidance_scale' must be a finite number >= 0, got {value!r}")
     return scale
+
+
+def parse_fraction(name: str, value: Any, default: float, source: str) -> float:
+    """A fraction of the denoising steps, 0 to 1 (the guidance interval's ends)."""
+    if value == "" or value is None:
+        return default
+    try:
+        fraction = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"{source} '{name}' must be a number from 0 to 1, got {value!r}")
+    return fraction
+
+
+def parse_cache_interval(value: Any, default: int, source: str) -> int:
+    interval = _parse_int("cache_interval", value, default, source)
+    if not 1 <= interval <= MAX_STEPS:
+        raise ValueError(f"{source} 'cache_interval' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
+    return interval
 
 
 def parse_seed(value: Any, source: str) -> int:

@@ -76,8 +76,10 @@ class ImageToImage(TextToImage):
         noise = randn_tensor(init_latents.shape, generator=generator, device=self.components.device,
                              dtype=self.components.dtype)
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(init_latents.shape[0]))
-        return start_denoising(scheduler, latents, [generator] * len(request.prompts), *conditioning,
-                               guidance_scale=settings.guidance_scale, timesteps=timesteps)
+        return start_denoising(scheduler, latents, [self.step_noise_generator(request, generator)] * len(request.prompts), *conditioning,
+                               guidance_scale=settings.guidance_scale, timesteps=timesteps,
+                               guidance_interval=(settings.guidance_start, settings.guidance_end),
+                               cache_interval=settings.cache_interval)
 
     # -----------------------------------------------------------------------------------------
     # Stages

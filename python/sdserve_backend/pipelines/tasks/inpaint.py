@@ -104,8 +104,10 @@ class Inpaint(ImageToImage):
         latent_mask = torch.nn.functional.interpolate(mask, size=shape[-2:]).to(components.device, components.dtype)
         latent_mask = self.repeat_per_prompt(latent_mask, request)
         masked_image_latents = self.repeat_per_prompt(self.encode_for_inpainting(masked_image, generator), request)
-        state = start_denoising(scheduler, latents, [generator] * rows, *conditioning,
-                                guidance_scale=settings.guidance_scale, timesteps=timesteps)
+        state = start_denoising(scheduler, latents, [self.step_noise_generator(request, generator)] * rows, *conditioning,
+                                guidance_scale=settings.guidance_scale, timesteps=timesteps,
+                               guidance_interval=(settings.guidance_start, settings.guidance_end),
+                               cache_interval=settings.cache_interval)
         # 6. The mask's part: UNet input channels, or blending the known region back after each step
         if components.is_inpainting:
             state.extra_channels = torch.cat([latent_mask, masked_image_latents], dim=1)

@@ -3,7 +3,8 @@ prompts' conditioning, decoded by the VAE (Stable Diffusion 1.x / 2.x and XL).
 
 Each request keeps its own seed: its initial latents (and any noise an ancestral scheduler adds)
 come from its own `torch.Generator`, drawn exactly as diffusers draws them for a call with that
-request alone. So an image does not depend on what it was batched with.
+request alone (the per-step noise is drawn on the GPU there: `step_noise_generator`). So an
+image does not depend on what it was batched with.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ class TextToImage:
             raise ValueError(f"steps must be an integer from 1 to {max_steps}{with_scheduler}, got {settings.steps!r}")
         if not math.isfinite(settings.guidance_scale) or settings.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {settings.guidance_scale!r}")
+        start, end = settings.guidance_start, settings.guidance_end
+        if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start <= end <= 1.0):
+            raise ValueError(
+                f"guidance_start and guidance_end must be fractions with 0 <= guidance_start <= guidance_end <= 1, "
+                f"got {start!r} and {end!r}"
+            )
+        if not isinstance(settings.cache_interval, int) or not 1 <= settings.cache_interval <= max_steps:
+            raise ValueError(f"cache_interval must be an integer from 1 to {max_steps}, got {settings.cache_interval!r}")
         if len(request.prompts) == 0:
             raise ValueError("prompt must hold at least one prompt, got none")
         if not all(isinstance(prompt, str) for prompt in request.prompts):
@@ -89,8 +98,10 @@ class TextToImage:
         # 3. Draw the initial latents from the request's seed
         latents, generator = self.prepare_latents(request, settings, scheduler)
         # 4. Bundle the UNet conditioning (negative half first under guidance) with the latents
-        return start_denoising(scheduler, latents, [generator] * len(request.prompts), *conditioning,
-                               guidance_scale=settings.guidance_scale)
+        return start_denoising(scheduler, latents, [self.step_noise_generator(request, generator)] * len(request.prompts),
+                               *conditioning, guidance_scale=settings.guidance_scale,
+                               guidance_interval=(settings.guidance_start, settings.guidance_end),
+                               cache_interval=settings.cache_interval)
 
     def conditioning(
         self, request: GenerationRequest, settings: GenerationSettings
@@ -142,6 +153,17 @@ class TextToImage:
         shape = (len(request.prompts), channels, settings.height // factor, settings.width // factor)
         latents = randn_tensor(shape, generator=generator, device=self.components.device, dtype=self.components.dtype)
         return latents * scheduler.init_noise_sigma, generator
+
+    def step_noise_generator(self, request: GenerationRequest, latents_generator: torch.Generator) -> torch.Generator:
+        """Where the noise that euler_a and ddpm add each step comes from: on a GPU, a generator on
+        the GPU seeded with the request's seed, so the noise is drawn there (a CPU generator's noise
+        is a host-to-device copy every step); on the CPU, the latents' own generator, as diffusers
+        draws it. So one seed gives one image on one kind of device, but GPU images of those two
+        schedulers differ from diffusers' CPU-generator ones (the initial latents still match)."""
+        device = self.components.device
+        if device.type == "cpu":
+            return latents_generator
+        return torch.Generator(device=device).manual_seed(request.seed)
 
     def _sdxl_time_ids(self, settings: GenerationSettings) -> torch.Tensor:
         # original size, crop top-left, target size: the image is generated at its native size.
