@@ -13,6 +13,7 @@ import { delimiter, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 
+import { setStageTimings } from '../core/stage-timings.js';
 import type { ImagePreview, InferRequest, InferResponse, StreamedAnswer } from '../core/types.js';
 import { SdserveError, toSdserveError, type ErrorCode } from '../errors.js';
 import { encodeFrame, FrameDecoder, type Frame, type MalformedFrameError } from './frame.js';
@@ -231,7 +232,19 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
       for (const entry of each) entry.reject(unavailable);
       return promises;
     }
-    // 1. encode the batch
+    // 1. encode the batch (timed with its write: the requests' compute_input)
+    const encodeStarted = process.hrtime.bigint();
+    let inputNs = 0;
+    // A streamed request's responses are decoded as they come: their decoding adds up.
+    const streamedOutputNs = new Map<number, number>();
+    const decode = (index: number, response: ResponseMeta, payload: Buffer): InferResponse | SdserveError => {
+      const started = process.hrtime.bigint();
+      const outcome = toInferResponse(requests[index], response, payload);
+      if (!(outcome instanceof SdserveError)) {
+        setStageTimings(outcome, { inputNs, outputNs: Number(process.hrtime.bigint() - started) });
+      }
+      return outcome;
+    };
     const payload = new PayloadBuilder();
     const metadata: ExecuteRequestMeta = {
       requests: requests.map((request) => ({
@@ -265,7 +278,7 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
         WHOLE_CALL_FAILURES.add(error);
         failOpen(error);
       } else {
-        answer.responses.forEach((response, index) => settle(index, toInferResponse(requests[index], response, frame.payload)));
+        answer.responses.forEach((response, index) => settle(index, decode(index, response, frame.payload)));
       }
     };
     // 4. a decoupled model answers each request on its own, final flag last
@@ -276,7 +289,9 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
         return;
       }
       if (onAnswer !== undefined) {
+        const started = process.hrtime.bigint();
         const answer = response === undefined ? undefined : toInferResponse(requests[index], response, frame.payload);
+        streamedOutputNs.set(index, (streamedOutputNs.get(index) ?? 0) + Number(process.hrtime.bigint() - started));
         const isFinal = final === true;
         try {
           onAnswer(index, answer instanceof SdserveError ? { error: answer, final: isFinal }
@@ -284,14 +299,18 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
         } catch (err) {
           this.logger.warn(`[${this.label}] response listener failed: ${(err as Error).message}`);
         }
-        if (isFinal) settle(index, answeredAlready(requests[index]));
+        if (isFinal) {
+          const answered = answeredAlready(requests[index]);
+          setStageTimings(answered, { inputNs, outputNs: streamedOutputNs.get(index) ?? 0 });
+          settle(index, answered);
+        }
         return;
       }
       if (response !== undefined) latest.set(index, { response, payload: frame.payload });
       if (final !== true) return;
       const last = latest.get(index);
       settle(index, last !== undefined
-        ? toInferResponse(requests[index], last.response, last.payload)
+        ? decode(index, last.response, last.payload)
         : new SdserveError('SDS_ERR_BACKEND', `backend ${this.label} ended request ${index} without sending a response`));
     };
     this.pending.set(correlationId, {
@@ -305,6 +324,7 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
       onResponse,
     });
     this.write(encodeFrame(MessageType.ExecuteRequest, correlationId, metadata, payload.parts));
+    inputNs = Number(process.hrtime.bigint() - encodeStarted);
     return promises;
   }
 

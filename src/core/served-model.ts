@@ -12,6 +12,7 @@ import { executionDeadline } from './execution-deadline.js';
 import { initializeConfig } from './initialize-config.js';
 import { placeInstances } from './instance-placement.js';
 import { ModelInstance, type BackendStartOptions } from './model-instance.js';
+import { stageTimings, type StageTimings } from './stage-timings.js';
 import { StatisticsRecorder, type ModelStatistics } from './statistics.js';
 import type { AnswerCallback, InferRequest, InferResponse, ModelState, ProgressCallback, QueuePositionCallback } from './types.js';
 import { checkRequestParameters } from './request-parameters.js';
@@ -74,7 +75,7 @@ export class ServedModel {
   ) {
     this.config = repositoryConfig;
     this.scheduler = new RequestScheduler(`${repositoryConfig.name}:${version}`, schedulerPolicy(repositoryConfig),
-      (batchSize, computeNs) => this.stats.recordExecution(batchSize, computeNs));
+      (batchSize, computeNs, responses) => this.stats.recordExecution(batchSize, computeNs, executionStages(responses)));
   }
 
   get label(): string {
@@ -178,7 +179,7 @@ export class ServedModel {
         priority: queueParameter(priority, 'priority'), timeoutUs: queueParameter(timeout, 'timeout'), signal,
         onProgress: onProgress && progressReporter(onProgress), onQueuePosition, onAnswer,
       });
-      this.stats.recordSuccess(batchSize, elapsedNs(), result.queueNs, result.computeNs);
+      this.stats.recordSuccess(batchSize, elapsedNs(), result.queueNs, result.computeNs, stageTimings(result.response));
       this.logAccess(request, internalId, 'OK', result.queueNs, result.computeNs);
       return result.response;
     } catch (err) {
@@ -312,4 +313,13 @@ export function notReady(name: string, version?: string, exists = true, reason?:
   return exists
     ? new SdserveError('SDS_ERR_MODEL_NOT_READY', `Request for unknown model: '${name}' version ${version} is not at ready state`)
     : new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: '${name}' version ${version} is not found`);
+}
+
+/** One execution's stages: its requests were encoded in one frame (the same input time for all), each decoded on its own. */
+function executionStages(responses: InferResponse[]): StageTimings {
+  const stages = responses.map((response) => stageTimings(response));
+  return {
+    inputNs: Math.max(0, ...stages.map((stage) => stage.inputNs)),
+    outputNs: stages.reduce((sum, stage) => sum + stage.outputNs, 0),
+  };
 }

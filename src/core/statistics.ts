@@ -40,8 +40,18 @@ export interface ModelStatistics {
   batch_stats: InferBatchStatistics[];
 }
 
+import type { StageTimings } from './stage-timings.js';
+
 const zero = (): StatisticDuration => ({ count: 0, ns: 0 });
+const NO_STAGES: StageTimings = { inputNs: 0, outputNs: 0 };
 const add = (stat: StatisticDuration, ns: number) => { stat.count += 1; stat.ns += ns; };
+
+function addStages(into: Pick<InferStatistics, 'compute_input' | 'compute_infer' | 'compute_output'>, computeNs: number,
+  stages: StageTimings): void {
+  add(into.compute_input, stages.inputNs);
+  add(into.compute_infer, Math.max(0, computeNs - stages.inputNs - stages.outputNs));
+  add(into.compute_output, stages.outputNs);
+}
 
 /** Statistics of a version that has served nothing. */
 export function zeroStatistics(name: string, version: string): ModelStatistics {
@@ -59,15 +69,17 @@ export class StatisticsRecorder {
   };
   private readonly batches = new Map<number, InferBatchStatistics>();
 
-  /** A request that got its response: its whole time, and its share of the stages. */
-  recordSuccess(batchSize: number, requestNs: number, queueNs: number, computeNs: number): void {
+  /**
+   * A request that got its response: its whole time, and its share of the stages. `stages` splits
+   * the compute time: the core's input encoding and output decoding, the backend's the rest.
+   */
+  recordSuccess(batchSize: number, requestNs: number, queueNs: number, computeNs: number,
+    stages: StageTimings = NO_STAGES): void {
     this.lastInference = Date.now();
     this.inferenceCount += batchSize;
     add(this.stats.success, requestNs);
     add(this.stats.queue, queueNs);
-    add(this.stats.compute_input, 0);
-    add(this.stats.compute_infer, computeNs);
-    add(this.stats.compute_output, 0);
+    addStages(this.stats, computeNs, stages);
   }
 
   recordFailure(requestNs: number): void {
@@ -76,16 +88,14 @@ export class StatisticsRecorder {
   }
 
   /** One execution of the model on a batch of `batchSize` inferences. */
-  recordExecution(batchSize: number, computeNs: number): void {
+  recordExecution(batchSize: number, computeNs: number, stages: StageTimings = NO_STAGES): void {
     this.executionCount += 1;
     let batch = this.batches.get(batchSize);
     if (!batch) {
       batch = { batch_size: batchSize, compute_input: zero(), compute_infer: zero(), compute_output: zero() };
       this.batches.set(batchSize, batch);
     }
-    add(batch.compute_input, 0);
-    add(batch.compute_infer, computeNs);
-    add(batch.compute_output, 0);
+    addStages(batch, computeNs, stages);
   }
 
   snapshot(name: string, version: string): ModelStatistics {

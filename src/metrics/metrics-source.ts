@@ -29,6 +29,6 @@ export function readOncePerScrape(source: MetricsSource): MetricsSource {
     },
     backendRestarts: () => source.backendRestarts(),
     pendingRequests: () => source.pendingRequests(),
-    modelConfig: (name, version) => source.modelConfig(name, version),
+    modelCapabilities: (name, version) => source.modelCapabilities(name, version),
   };
 }

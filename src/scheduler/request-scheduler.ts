@@ -78,7 +78,7 @@ export interface ScheduledResponse {
 }
 
 /** Told of every execution, for statistics. */
-export type ExecutionObserver = (batchSize: number, computeNs: number) => void;
+export type ExecutionObserver = (batchSize: number, computeNs: number, responses: InferResponse[]) => void;
 
 interface Entry {
   request: InferRequest;
@@ -324,7 +324,8 @@ export class RequestScheduler {
       results = batch.map(() => error);
     }
     const computeNs = this.finish(executor, batch, startNs);
-    this.observeExecution(batch.reduce((n, entry) => n + entry.batchSize, 0), computeNs);
+    this.observeExecution(batch.reduce((n, entry) => n + entry.batchSize, 0), computeNs,
+      results.filter((result): result is InferResponse => !(result instanceof SdserveError)));
     batch.forEach((entry, i) => this.settle(entry, results[i], computeNs));
     this.afterRun();
   }
@@ -339,7 +340,7 @@ export class RequestScheduler {
       result = toSdserveError(err, 'SDS_ERR_BACKEND');
     }
     const computeNs = this.finish(executor, [entry], startNs);
-    this.observeExecution(entry.batchSize, computeNs);
+    this.observeExecution(entry.batchSize, computeNs, result instanceof SdserveError ? [] : [result]);
     this.settle(entry, result, computeNs);
     this.afterRun();
   }

@@ -461,3 +461,21 @@ def test_metadata_is_written_as_json(tmp_path: Path) -> None:
     path = metadata.write_metadata(tmp_path / "engine", {**expected_metadata(), "buckets": (1, 2)})
     assert json.loads(path.read_text())["buckets"] == [1, 2]
     assert [p.name for p in (tmp_path / "engine").iterdir()] == [ENGINE_FILE]
+
+
+def test_engine_sizes_parameter_lists_the_sizes_to_capture_besides_the_default() -> None:
+    from sdserve_backend.backends.diffusion import settings as model_settings
+
+    defaults = model_settings.read_model_defaults({"engine_sizes": "768x768, 512X768,768x768"}, 512)
+    assert defaults.engine_sizes == ((768, 768), (512, 768))
+    assert model_settings.read_model_defaults({}, 512).engine_sizes == ()
+    with pytest.raises(ValueError, match="'engine_sizes' must be sizes like 768x768 separated by commas, got '768'"):
+        model_settings.read_model_defaults({"engine_sizes": "768"}, 512)
+    with pytest.raises(ValueError, match="'engine_sizes' must be a multiple of 8 from 8 to 4096, got '770'"):
+        model_settings.read_model_defaults({"engine_sizes": "770x768"}, 512)
+
+
+def test_feature_caching_parameter_turns_on_the_engines_caching_graphs() -> None:
+    assert engine_build.engine_options({"cache_interval": "3"}).feature_cache is True
+    assert engine_build.engine_options({"cache_interval": "1"}).feature_cache is False
+    assert engine_build.engine_options({}).feature_cache is False

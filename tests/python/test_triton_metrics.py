@@ -119,3 +119,19 @@ def test_only_get_metrics_is_served(server: ServerAddresses) -> None:
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(f"http://{server.metrics}/v2/health/live", timeout=30)
     assert caught.value.code == 404
+
+
+def test_compute_statistics_split_the_compute_time_into_its_stages(
+    server: ServerAddresses, client: httpclient.InferenceServerClient
+) -> None:
+    # compute_input: the core encoding the request for its backend; compute_output: decoding the
+    # response's tensors; compute_infer: the rest, the backend's. Each is measured, none is zero.
+    generate(client, 2)
+    (stats,) = client.get_inference_statistics("tiny_sd", "1")["model_stats"]
+    infer = stats["inference_stats"]
+    for stage in ("compute_input", "compute_infer", "compute_output"):
+        assert infer[stage]["count"] == infer["success"]["count"] > 0, stage
+        assert int(infer[stage]["ns"]) > 0, stage
+    assert int(infer["compute_infer"]["ns"]) > int(infer["compute_input"]["ns"]) + int(infer["compute_output"]["ns"])
+    for batch in stats["batch_stats"]:
+        assert int(batch["compute_input"]["ns"]) > 0 and int(batch["compute_output"]["ns"]) > 0, batch

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sdserve_backend.backends.diffusion.settings import parse_engine_sizes
 from sdserve_backend.engine.build import ENGINE_SUBDIR, engine_options, is_forced
 from sdserve_backend.engine.prepare import prepare
 from sdserve_backend.pipelines.components import DiffusionComponents
@@ -56,6 +57,7 @@ def prepare_for_model(
         weights=weights,
         options=engine_options(dict(parameters)),
         log=log,
+        extra_sizes=parse_engine_sizes(parameters.get("engine_sizes", "")),
     )
 
 

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         weights=weights,
         options=engine_options(parameters),
         log=stage,
+        extra_sizes=defaults.engine_sizes,
     )
     for name, seconds in report.seconds.items():
         stage(f"  {name}: {seconds:.2f} s")

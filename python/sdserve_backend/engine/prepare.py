@@ -100,11 +100,13 @@ def prepare_with_report(
     weights: Path | None = None,
     options: EngineOptions | None = None,
     log: Callable[[str], None] | None = None,
+    extra_sizes: tuple[tuple[int, int], ...] = (),
 ) -> tuple[DiffusionComponents, EngineReport]:
     """Components whose `unet` and `vae` run through the engine, and what was done.
 
     `max_rows` is the most UNet rows one call takes (2 x max_batch_size with guidance); graphs are
-    captured for images of `height` x `width` (the model's default size when None); other sizes run
+    captured for images of `height` x `width` (the model's default size when None) and of each
+    (height, width) of `extra_sizes` (compiled, each size is a compile of its own); other sizes run
     eagerly. `force_rebuild` re-measures the choices even when `engine_dir` holds a current engine.
     """
     options = options or EngineOptions()
@@ -137,6 +139,7 @@ def prepare_with_report(
     # 2. Reuse or measure the choices
     expected = _expected_metadata(components, placement, height, width, buckets, vae_buckets, weights, engine_dir,
                                   options, vae_dtype)
+    expected["extra_sizes"] = [list(size) for size in extra_sizes]
     recorded = metadata.read_metadata(engine_dir) if engine_dir is not None else None
     stale = metadata.stale_fields(recorded, expected)
     reuse = not force_rebuild and not stale and recorded is not None and "choices" in recorded
@@ -178,6 +181,18 @@ def prepare_with_report(
                              compiled_decode)
     seconds["capture_vae"] = time.perf_counter() - stage
     say(f"engine: captured the VAE decoder for images {vae_buckets} in {seconds['capture_vae']:.1f} s")
+    for extra_height, extra_width in extra_sizes:
+        extra_latent = (extra_height // factor, extra_width // factor)
+        if extra_latent in unet_runner.calls:
+            continue
+        stage = time.perf_counter()
+        _capture_unet(unet_runner, components, unet, extra_latent, buckets, choices, options.cuda_graphs, pool)
+        extra_vae_rows = min(options.vae_max_rows, max_rows, options.vae_max_pixels // (extra_height * extra_width))
+        _capture_vae(vae_runner, vae, extra_latent, bucket_sizes(max(1, extra_vae_rows)), choices,
+                     options.cuda_graphs and options.vae_graphs, pool)
+        seconds[f"capture_{extra_height}x{extra_width}"] = time.perf_counter() - stage
+        say(f"engine: captured the UNet and VAE decoder for {extra_height}x{extra_width} in "
+            f"{seconds[f'capture_{extra_height}x{extra_width}']:.1f} s")
     seconds["total"] = time.perf_counter() - started
     report.seconds = seconds
 
@@ -281,6 +296,14 @@ def _unet_runner(components: DiffusionComponents, unet: Any, latent_size: tuple[
     _set_memory_format(unet, choices["channels_last"])
     runner = UNetRunner(unet, choices["attention"], compiled=compiled, keeps_features=keeps_features,
                         compiled_reuse=compiled_reuse)
+    _capture_unet(runner, components, unet, latent_size, buckets, choices, graphs, pool)
+    return runner
+
+
+def _capture_unet(runner: UNetRunner, components: DiffusionComponents, unet: Any, latent_size: tuple[int, int],
+                  buckets: tuple[int, ...], choices: dict[str, Any], graphs: bool, pool: Any) -> None:
+    """The UNet's graphs for one latent size into `runner` (and its feature-caching ones)."""
+    keeps_features = runner.keeps_features
     layout = ("sample",) if choices["channels_last"] else ()
     with torch.inference_mode():
         example = _unet_example(components, unet, latent_size)
@@ -298,13 +321,19 @@ def _unet_runner(components: DiffusionComponents, unet: Any, latent_size: tuple[
             _fill(reuse, example)
             reuse.capture()
             runner.reuse_calls[latent_size] = reuse
-    return runner
 
 
 def _vae_runner(vae: Any, latent_size: tuple[int, int], buckets: tuple[int, ...], choices: dict[str, Any],
                 graphs: bool, pool: Any, compiled_decode: Any = None) -> VaeRunner:
     _set_memory_format(vae, choices["vae_channels_last"])
     runner = VaeRunner(vae, "default", compiled=compiled_decode)
+    _capture_vae(runner, vae, latent_size, buckets, choices, graphs, pool)
+    return runner
+
+
+def _capture_vae(runner: VaeRunner, vae: Any, latent_size: tuple[int, int], buckets: tuple[int, ...],
+                 choices: dict[str, Any], graphs: bool, pool: Any) -> None:
+    """The VAE decoder's graphs for one latent size into `runner`."""
     with torch.inference_mode():
         example = {"latents": torch.randn((1, int(vae.config.latent_channels), *latent_size), device=vae.device, dtype=vae.dtype)}
         call = BucketedCall(runner.run_captured, example, buckets, graphs,
@@ -312,7 +341,6 @@ def _vae_runner(vae: Any, latent_size: tuple[int, int], buckets: tuple[int, ...]
         _fill(call, example)
         call.capture()
     runner.calls[latent_size] = call
-    return runner
 
 
 def _fill(call: BucketedCall, example: dict[str, torch.Tensor]) -> None:

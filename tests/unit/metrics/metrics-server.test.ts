@@ -54,7 +54,7 @@ describe('metrics service', () => {
         stats.inference_count = readings;
         return [structuredClone(stats)];
       },
-      modelConfig: () => ({ backend: 'diffusion' }),
+      modelCapabilities: () => ({ tasks: ['text_to_image'], batching: 'step', max_images: 1, parameters: {}, config_parameters: [] }),
     };
     const server = await startMetricsServer(source, { host: '127.0.0.1', port: 0 });
     t.after(() => server.close());

@@ -56,6 +56,7 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "lora_cache_size": "how many LoRAs are kept loaded on the device (least recently used dropped first)",
     "force_engine_build": "true: rebuild the GPU engine at load",
     "engine_compile": "true: torch.compile the UNet into the GPU engine",
+    "engine_sizes": 'more image sizes the GPU engine captures graphs for, besides image_height x image_width: "768x768,512x768" (height x width)',
     "engine_cache_dir": "where this model's GPU engine is kept (absolute, or relative to the server's --engine-cache-dir)",
     "onnx_opset": "ignored: accepted so that configs written for the ONNX/TensorRT tutorial load",
     # Read and enforced by the core before a request reaches the backend (src/core/request-limits.ts,
@@ -100,6 +101,8 @@ class ModelDefaults:
     prompt_chunking: bool = True
     # LoRAs kept loaded on the device.
     lora_cache_size: int = DEFAULT_LORA_CAPACITY
+    # Image sizes (height, width) the GPU engine also captures, besides the default one.
+    engine_sizes: tuple[tuple[int, int], ...] = ()
 
 
 def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
@@ -137,6 +140,7 @@ def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) 
         prompt_cache_size=parse_prompt_cache_size(parameters.get("prompt_cache_size", ""), source),
         prompt_chunking=parse_bool("prompt_chunking", parameters.get("prompt_chunking", ""), True, source),
         lora_cache_size=parse_lora_cache_size(parameters.get("lora_cache_size", ""), source),
+        engine_sizes=parse_engine_sizes(parameters.get("engine_sizes", ""), source),
     )
 
 
@@ -370,6 +374,22 @@ def parse_cache_interval(value: Any, default: int, source: str) -> int:
     if not 1 <= interval <= MAX_STEPS:
         raise ValueError(f"{source} 'cache_interval' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
     return interval
+
+
+def parse_engine_sizes(value: Any, source: str = "config parameter") -> tuple[tuple[int, int], ...]:
+    """`engine_sizes`: "HEIGHTxWIDTH" pairs separated by commas ("" is none), each side a multiple of 8."""
+    sizes: list[tuple[int, int]] = []
+    for part in str(value or "").split(","):
+        if part.strip() == "":
+            continue
+        sides = part.strip().lower().split("x")
+        if len(sides) != 2:
+            raise ValueError(f"{source} 'engine_sizes' must be sizes like 768x768 separated by commas, got {value!r}")
+        height = parse_image_side("engine_sizes", sides[0].strip(), None, source)  # type: ignore[arg-type]
+        width = parse_image_side("engine_sizes", sides[1].strip(), None, source)  # type: ignore[arg-type]
+        if (height, width) not in sizes:
+            sizes.append((height, width))
+    return tuple(sizes)
 
 
 def parse_seed(value: Any, source: str) -> int:
