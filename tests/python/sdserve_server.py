@@ -1,11 +1,14 @@
 """Starts a real `bin/sdserve serve` for tests that use Triton's official clients as peers."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,3 +104,15 @@ def running_server(repository: Path, *extra_args: str, timeout_s: float = 240.0)
     """Yields the server's HTTP `host:port`; `serving` gives every address."""
     with serving(repository, *extra_args, timeout_s=timeout_s) as addresses:
         yield addresses.http
+
+
+def http_json(server: ServerAddresses, method: str, path: str, body: object = None) -> tuple[int, object]:
+    """A JSON (or raw bytes) request over HTTP: its status and decoded JSON reply, errors included."""
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    request = urllib.request.Request(f"http://{server.http}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)

@@ -6,15 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from sdserve_server import ServerAddresses, serve_tiny_sd_and_add_sub
+from sdserve_server import ServerAddresses, http_json, serve_tiny_sd_and_add_sub
 
 # What A1111 clients typically send, fields at A1111's defaults included.
 A1111_REQUEST = {
@@ -53,16 +51,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddresses
     yield from serve_tiny_sd_and_add_sub(tmp_path_factory, "a1111")
 
 
-def call(server: ServerAddresses, method: str, path: str, body: object = None) -> tuple[int, dict | list]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{server.http}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
 
 def images_of(body: dict) -> list[np.ndarray]:
     arrays = []
@@ -74,7 +62,7 @@ def images_of(body: dict) -> list[np.ndarray]:
 
 
 def test_txt2img_answers_in_a1111_shape_with_the_images_asked_for(server: ServerAddresses) -> None:
-    status, body = call(server, "POST", "/sdapi/v1/txt2img", A1111_REQUEST)
+    status, body = http_json(server, "POST", "/sdapi/v1/txt2img", A1111_REQUEST)
     assert status == 200, body
     assert isinstance(body, dict) and set(body) == {"images", "parameters", "info"}
     images = images_of(body)
@@ -89,15 +77,15 @@ def test_txt2img_answers_in_a1111_shape_with_the_images_asked_for(server: Server
 
 def test_the_same_seed_gives_the_same_images_and_another_seed_others(server: ServerAddresses) -> None:
     request = {**A1111_REQUEST, "batch_size": 1}
-    first = images_of(call(server, "POST", "/sdapi/v1/txt2img", request)[1])
-    again = images_of(call(server, "POST", "/sdapi/v1/txt2img", request)[1])
-    other = images_of(call(server, "POST", "/sdapi/v1/txt2img", {**request, "seed": 99})[1])
+    first = images_of(http_json(server, "POST", "/sdapi/v1/txt2img", request)[1])
+    again = images_of(http_json(server, "POST", "/sdapi/v1/txt2img", request)[1])
+    other = images_of(http_json(server, "POST", "/sdapi/v1/txt2img", {**request, "seed": 99})[1])
     assert np.array_equal(first[0], again[0])
     assert not np.array_equal(first[0], other[0])
 
 
 def test_n_iter_runs_batches_in_turn_with_the_seed_moved_on(server: ServerAddresses) -> None:
-    status, body = call(server, "POST", "/sdapi/v1/txt2img", {**A1111_REQUEST, "batch_size": 1, "n_iter": 2})
+    status, body = http_json(server, "POST", "/sdapi/v1/txt2img", {**A1111_REQUEST, "batch_size": 1, "n_iter": 2})
     assert status == 200, body
     assert len(images_of(body)) == 2
     assert json.loads(body["info"])["all_seeds"] == [1234, 1235]
@@ -105,11 +93,11 @@ def test_n_iter_runs_batches_in_turn_with_the_seed_moved_on(server: ServerAddres
 
 def test_a_random_seed_is_reported_so_the_image_can_be_made_again(server: ServerAddresses) -> None:
     request = {"prompt": "a lighthouse", "seed": -1, "steps": 1, "width": 32, "height": 32}
-    status, body = call(server, "POST", "/sdapi/v1/txt2img", request)
+    status, body = http_json(server, "POST", "/sdapi/v1/txt2img", request)
     assert status == 200, body
     seed = json.loads(body["info"])["seed"]
     assert 0 <= seed < 2**32
-    again = call(server, "POST", "/sdapi/v1/txt2img", {**request, "seed": seed})[1]
+    again = http_json(server, "POST", "/sdapi/v1/txt2img", {**request, "seed": seed})[1]
     assert np.array_equal(images_of(body)[0], images_of(again)[0])
 
 
@@ -121,30 +109,30 @@ def test_a_random_seed_is_reported_so_the_image_can_be_made_again(server: Server
     ({"override_settings": {"sd_model_checkpoint": "add_sub"}}, "'add_sub' is not a text-to-image model"),
 ])
 def test_what_sdserve_cannot_do_is_refused_with_the_reason(server: ServerAddresses, change: dict, message: str) -> None:
-    status, body = call(server, "POST", "/sdapi/v1/txt2img", {**A1111_REQUEST, **change})
+    status, body = http_json(server, "POST", "/sdapi/v1/txt2img", {**A1111_REQUEST, **change})
     assert status == 400
     assert isinstance(body, dict) and message in body["error"]
 
 
 def test_a_batch_larger_than_the_model_takes_is_refused(server: ServerAddresses) -> None:
-    status, body = call(server, "POST", "/sdapi/v1/txt2img", {"prompt": "a fox", "batch_size": 2086266766533})
+    status, body = http_json(server, "POST", "/sdapi/v1/txt2img", {"prompt": "a fox", "batch_size": 2086266766533})
     assert status == 400
     assert isinstance(body, dict)
     assert "\"batch_size\" 2086266766533: model 'tiny_sd' makes 1 to 4 image(s) per request" in body["error"]
 
 
 def test_models_and_samplers_are_listed(server: ServerAddresses) -> None:
-    status, models = call(server, "GET", "/sdapi/v1/sd-models")
+    status, models = http_json(server, "GET", "/sdapi/v1/sd-models")
     assert status == 200 and [model["model_name"] for model in models] == ["tiny_sd"]
-    status, samplers = call(server, "GET", "/sdapi/v1/samplers")
+    status, samplers = http_json(server, "GET", "/sdapi/v1/samplers")
     assert status == 200 and {"Euler a", "DDIM", "DPM++ 2M"} <= {sampler["name"] for sampler in samplers}
 
 
 def test_samplers_with_their_schedule_in_the_name_and_few_step_lcm_run(server: ServerAddresses) -> None:
-    status, samplers = call(server, "GET", "/sdapi/v1/samplers")
+    status, samplers = http_json(server, "GET", "/sdapi/v1/samplers")
     assert status == 200 and {"DPM++ 2M Karras", "DPM2 a Karras", "LCM"} <= {sampler["name"] for sampler in samplers}
     for sampler, steps, cfg_scale in (("DPM++ 2M Karras", 3, 7), ("DPM++ 2M SDE Karras", 2, 7), ("LCM", 1, 1)):
-        status, body = call(server, "POST", "/sdapi/v1/txt2img",
+        status, body = http_json(server, "POST", "/sdapi/v1/txt2img",
                             {"prompt": "a red fox", "seed": 5, "sampler_name": sampler, "steps": steps,
                              "cfg_scale": cfg_scale, "batch_size": 1, "width": 64, "height": 48})
         assert status == 200, body

@@ -22,8 +22,9 @@ from diffusers import (
     StableDiffusionXLInpaintPipeline,
 )
 from diffusers.image_processor import VaeImageProcessor
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from image_inputs import picture, rectangle_mask
 from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
 from sdserve_backend.pipelines import make_scheduler
 from sdserve_backend.tiny_model import make_tiny_model
@@ -76,17 +77,6 @@ def reference_pipeline(variant: str, kind: str, folder: Path) -> DiffusionPipeli
     return _references[key]
 
 
-def picture(seed: int, size: int = SIZE) -> Image.Image:
-    """A smooth random picture: low-frequency noise upscaled, so the VAE sees structure."""
-    rng = np.random.default_rng(seed)
-    small = (rng.random((size // 16, size // 16, 3)) * 255).astype(np.uint8)
-    return Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
-
-
-def rectangle_mask(size: int = SIZE) -> Image.Image:
-    mask = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(mask).rectangle((size // 4, size // 4, size * 3 // 4 - 1, size // 2), fill=255)
-    return mask
 
 
 def as_uint8(images: np.ndarray) -> np.ndarray:
@@ -113,7 +103,7 @@ def test_image_to_image_matches_diffusers(
 ) -> None:
     ours = load_pipeline(variant)
     reference = reference_pipeline(variant, "img2img", model_dirs[variant])
-    images = (picture(1), picture(2))
+    images = (picture(1, SIZE), picture(2, SIZE))
     request = GenerationRequest([PROMPT, OTHER_PROMPT], seed=9, negative_prompts=["blurry", "blurry"],
                                 images=images, strength=strength)
 
@@ -136,12 +126,12 @@ def test_image_to_image_follows_the_image_and_strength(load_pipeline: PipelineLo
     def run(image: Image.Image, strength: float) -> np.ndarray:
         return ours([GenerationRequest([PROMPT], seed=3, images=(image,), strength=strength)], settings)[0]
 
-    base = run(picture(1), 0.6)
-    assert max_difference(base, run(picture(2), 0.6)) > TOLERANCE
-    assert max_difference(base, run(picture(1), 0.8)) > TOLERANCE
+    base = run(picture(1, SIZE), 0.6)
+    assert max_difference(base, run(picture(2, SIZE), 0.6)) > TOLERANCE
+    assert max_difference(base, run(picture(1, SIZE), 0.8)) > TOLERANCE
     # A low strength keeps the image: closer to it than a high one.
-    source = np.asarray(picture(1)).astype(np.int16)
-    assert np.abs(run(picture(1), 0.2) - source).mean() < np.abs(run(picture(1), 1.0) - source).mean()
+    source = np.asarray(picture(1, SIZE)).astype(np.int16)
+    assert np.abs(run(picture(1, SIZE), 0.2) - source).mean() < np.abs(run(picture(1, SIZE), 1.0) - source).mean()
 
 
 @pytest.mark.parametrize("variant", ["sd", "sdxl", "sd-inpaint", "sdxl-inpaint"])
@@ -152,7 +142,7 @@ def test_inpainting_matches_diffusers_with_the_unmasked_pixels_pasted_back(
 ) -> None:
     ours = load_pipeline(variant)
     reference = reference_pipeline(variant, "inpaint", model_dirs[variant])
-    image, mask = picture(4), rectangle_mask()
+    image, mask = picture(4, SIZE), rectangle_mask(SIZE)
     request = GenerationRequest([PROMPT], seed=21, images=(image,), masks=(mask,), strength=strength,
                                 mask_blur=mask_blur)
 
@@ -177,7 +167,7 @@ def test_an_inpainting_model_refuses_a_request_without_a_mask(load_pipeline: Pip
     with pytest.raises(ValueError, match="inpainting model"):
         ours.check_inputs([GenerationRequest([PROMPT], seed=1)], settings)
     with pytest.raises(ValueError, match="inpainting model"):
-        ours.check_inputs([GenerationRequest([PROMPT], seed=1, images=(picture(1),))], settings)
+        ours.check_inputs([GenerationRequest([PROMPT], seed=1, images=(picture(1, SIZE),))], settings)
 
 
 @pytest.mark.parametrize(
@@ -187,14 +177,14 @@ def test_an_inpainting_model_refuses_a_request_without_a_mask(load_pipeline: Pip
         ({"strength": 1.5}, r"strength must be a number in \(0, 1\]"),
         ({"strength": 0.1}, "leaves no step to run"),
         ({"masks": (rectangle_mask(64),)}, "a mask must be the size of its image"),
-        ({"masks": (rectangle_mask(),), "mask_blur": 65}, "mask_blur must be an integer from 0 to 64"),
-        ({"images": (picture(1), picture(2), picture(3))}, "input 'image' must hold 1 or 2 images"),
+        ({"masks": (rectangle_mask(SIZE),), "mask_blur": 65}, "mask_blur must be an integer from 0 to 64"),
+        ({"images": (picture(1, SIZE), picture(2, SIZE), picture(3, SIZE))}, "input 'image' must hold 1 or 2 images"),
     ],
 )
 def test_bad_image_requests_are_refused_naming_the_argument(
     request_fields: dict[str, object], message: str, load_pipeline: PipelineLoader
 ) -> None:
-    fields: dict[str, object] = {"images": (picture(1),), **request_fields}
+    fields: dict[str, object] = {"images": (picture(1, SIZE),), **request_fields}
     request = GenerationRequest([PROMPT, OTHER_PROMPT], seed=1, **fields)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
         load_pipeline("sd").check_inputs([request], GenerationSettings(SIZE, SIZE, STEPS, 7.5))

@@ -11,8 +11,6 @@ import base64
 import io
 import json
 import struct
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Iterator
 
@@ -21,11 +19,12 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from PIL import Image, ImageDraw
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
-from sdserve_server import PROJECT_ROOT, ServerAddresses, serve_tiny_sd_and_add_sub
+from image_inputs import picture, rectangle_mask
+from sdserve_server import PROJECT_ROOT, ServerAddresses, http_json, serve_tiny_sd_and_add_sub
 
 MODEL = "tiny_sd"
 SIZE = 64
@@ -49,16 +48,6 @@ def pipeline() -> TextToImagePipeline:
     return TextToImagePipeline(load_components(folder, torch.device("cpu"), torch.float32))
 
 
-def picture(seed: int, size: int = SIZE) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    small = (rng.random((size // 16, size // 16, 3)) * 255).astype(np.uint8)
-    return Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
-
-
-def rectangle_mask(size: int = SIZE) -> Image.Image:
-    mask = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(mask).rectangle((size // 4, size // 4, size * 3 // 4 - 1, size // 2), fill=255)
-    return mask
 
 
 def png(image: Image.Image) -> bytes:
@@ -107,7 +96,7 @@ def expected(pipeline: TextToImagePipeline, **fields: object) -> np.ndarray:
 def test_img2img_over_v2_http_with_pixels_or_a_png_file_equals_the_pipeline(
     http: httpclient.InferenceServerClient, pipeline: TextToImagePipeline
 ) -> None:
-    image = picture(1)
+    image = picture(1, SIZE)
 
     as_pixels = http.infer(MODEL, [prompt_input(httpclient, [PROMPT]), pixels_input(httpclient, "image", [image])],
                            parameters=PARAMETERS).as_numpy("generated_image")
@@ -123,7 +112,7 @@ def test_img2img_over_v2_http_with_pixels_or_a_png_file_equals_the_pipeline(
 def test_inpainting_over_v2_grpc_keeps_the_unmasked_pixels(
     server: ServerAddresses, pipeline: TextToImagePipeline
 ) -> None:
-    image, mask = picture(2), rectangle_mask()
+    image, mask = picture(2, SIZE), rectangle_mask(SIZE)
     client = grpcclient.InferenceServerClient(url=server.grpc)
     inputs = [prompt_input(grpcclient, [PROMPT]), files_input(grpcclient, "image", [png(image)]),
               pixels_input(grpcclient, "mask", [mask])]
@@ -132,7 +121,7 @@ def test_inpainting_over_v2_grpc_keeps_the_unmasked_pixels(
 
     images = result.as_numpy("generated_image")
     assert np.array_equal(images, expected(pipeline, images=(image,), masks=(mask,), mask_blur=2))
-    unmasked = np.asarray(rectangle_mask()) == 0
+    unmasked = np.asarray(rectangle_mask(SIZE)) == 0
     # Blur widens the repainted edge by a few pixels; far from it the pixels are the input's.
     far = np.zeros_like(unmasked)
     far[:8], far[-8:] = True, True
@@ -146,22 +135,13 @@ def test_the_model_metadata_declares_the_image_inputs(http: httpclient.Inference
     assert config_inputs["image"]["optional"] and config_inputs["mask"]["optional"]
 
 
-def post_json(server: ServerAddresses, path: str, body: object) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://{server.http}{path}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
 
 def test_generate_takes_base64_images(server: ServerAddresses, pipeline: TextToImagePipeline) -> None:
-    image, mask = picture(3), rectangle_mask()
+    image, mask = picture(3, SIZE), rectangle_mask(SIZE)
     body = {"prompt": PROMPT, "image": base64.b64encode(png(image)).decode(),
             "mask": "data:image/png;base64," + base64.b64encode(png(mask)).decode(), "steps": STEPS, "seed": 5}
 
-    status, reply = post_json(server, f"/v2/models/{MODEL}/generate", body)
+    status, reply = http_json(server, "POST", f"/v2/models/{MODEL}/generate", body)
 
     assert status == 200, reply
     [encoded] = reply["generated_image"]
@@ -175,17 +155,17 @@ def test_generate_takes_base64_images(server: ServerAddresses, pipeline: TextToI
         ({"image": base64.b64encode(b"not an image at all").decode()}, "is not a PNG, JPEG or WebP image"),
         ({"image": "%%% not base64 %%%"}, "must be a base64-encoded image file"),
         ({"image": base64.b64encode(png_bomb()).decode()}, "10000x10000; input images may be at most 4096x4096"),
-        ({"image": base64.b64encode(png(picture(1))).decode(),
+        ({"image": base64.b64encode(png(picture(1, SIZE))).decode(),
           "mask": base64.b64encode(png(rectangle_mask(32))).decode()}, "a mask must be the size of its image"),
-        ({"mask": base64.b64encode(png(rectangle_mask())).decode()}, "a mask needs an image"),
-        ({"image": base64.b64encode(png(picture(1))).decode(), "strength": 1.5}, "strength"),
-        ({"image": base64.b64encode(png(picture(1))).decode(), "strength": 0.1, "steps": 4}, "leaves no step to run"),
+        ({"mask": base64.b64encode(png(rectangle_mask(SIZE))).decode()}, "a mask needs an image"),
+        ({"image": base64.b64encode(png(picture(1, SIZE))).decode(), "strength": 1.5}, "strength"),
+        ({"image": base64.b64encode(png(picture(1, SIZE))).decode(), "strength": 0.1, "steps": 4}, "leaves no step to run"),
     ],
     ids=["not-an-image", "not-base64", "decompression-bomb", "mask-size", "mask-alone", "strength-range",
          "strength-too-low"],
 )
 def test_bad_images_are_a_400_naming_the_problem(server: ServerAddresses, body: dict, message: str) -> None:
-    status, reply = post_json(server, f"/v2/models/{MODEL}/generate", {"prompt": PROMPT, **body})
+    status, reply = http_json(server, "POST", f"/v2/models/{MODEL}/generate", {"prompt": PROMPT, **body})
     assert status == 400, reply
     assert message in reply["error"]
 
@@ -219,7 +199,7 @@ def test_openai_images_edit_inpaints_where_the_mask_is_transparent(
 ) -> None:
     import openai
 
-    image = picture(5)
+    image = picture(5, SIZE)
     with openai.OpenAI(base_url=f"http://{server.http}/v1", api_key="unused", max_retries=0) as client:
         edited = client.images.edit(image=("image.png", png(image), "image/png"),
                                     mask=("mask.png", png(transparent_mask()), "image/png"),
@@ -230,7 +210,7 @@ def test_openai_images_edit_inpaints_where_the_mask_is_transparent(
     files = [base64.b64decode(item.b64_json or "") for item in edited.data]
     made = np.stack([np.asarray(Image.open(io.BytesIO(file))) for file in files])
     # One file per image on the wire: two images, each encoded in one VAE batch, as diffusers would.
-    request = GenerationRequest([PROMPT, PROMPT], seed=5, images=(image, image), masks=(rectangle_mask(),) * 2)
+    request = GenerationRequest([PROMPT, PROMPT], seed=5, images=(image, image), masks=(rectangle_mask(SIZE),) * 2)
     assert np.array_equal(made, pipeline([request], GenerationSettings(SIZE, SIZE, STEPS, 7.5))[0])
     # Without a mask (and an opaque image), images.edit() is image-to-image.
     [item] = plain.data
@@ -246,18 +226,18 @@ def test_openai_images_edit_refuses_a_bad_image_in_openai_s_shape(server: Server
             client.images.edit(image=("image.png", b"GIF89a not really", "image/png"), prompt=PROMPT)
         assert "is not a PNG, JPEG or WebP image" in raised.value.message
         with pytest.raises(openai.BadRequestError) as raised:
-            client.images.edit(image=("image.png", png(picture(5)), "image/png"),
+            client.images.edit(image=("image.png", png(picture(5, SIZE)), "image/png"),
                                mask=("mask.png", png(picture(5, 32).convert("RGBA")), "image/png"), prompt=PROMPT)
         assert "a mask must be the size of its image" in raised.value.message
 
 
 def test_a1111_img2img_inpaints_with_its_defaults(server: ServerAddresses, pipeline: TextToImagePipeline) -> None:
-    image, mask = picture(6), rectangle_mask()
+    image, mask = picture(6, SIZE), rectangle_mask(SIZE)
     body = {"prompt": PROMPT, "init_images": [base64.b64encode(png(image)).decode()],
             "mask": base64.b64encode(png(mask)).decode(), "steps": STEPS, "seed": 5, "sampler_name": "Euler",
             "width": SIZE, "height": SIZE, "inpainting_fill": 1, "inpaint_full_res": False}
 
-    status, reply = post_json(server, "/sdapi/v1/img2img", body)
+    status, reply = http_json(server, "POST", "/sdapi/v1/img2img", body)
 
     assert status == 200, reply
     [encoded] = reply["images"]
@@ -277,16 +257,16 @@ def test_a1111_img2img_inpaints_with_its_defaults(server: ServerAddresses, pipel
     ids=["no-image", "fill", "full-res", "not-an-image"],
 )
 def test_a1111_img2img_refuses_what_it_cannot_do(server: ServerAddresses, fields: dict, message: str) -> None:
-    body = {"prompt": PROMPT, "init_images": [base64.b64encode(png(picture(6))).decode()], "steps": 1, **fields}
-    status, reply = post_json(server, "/sdapi/v1/img2img", body)
+    body = {"prompt": PROMPT, "init_images": [base64.b64encode(png(picture(6, SIZE))).decode()], "steps": 1, **fields}
+    status, reply = http_json(server, "POST", "/sdapi/v1/img2img", body)
     assert status == 400 and message in reply["error"], reply
 
 
 def test_the_cli_client_sends_an_image_and_a_mask(server: ServerAddresses, tmp_path) -> None:  # noqa: ANN001
     import subprocess
 
-    (tmp_path / "image.png").write_bytes(png(picture(7)))
-    (tmp_path / "mask.png").write_bytes(png(rectangle_mask()))
+    (tmp_path / "image.png").write_bytes(png(picture(7, SIZE)))
+    (tmp_path / "mask.png").write_bytes(png(rectangle_mask(SIZE)))
     command = ["node", str(PROJECT_ROOT / "bin" / "sdserve"), "client", "--url", server.http, "--model", MODEL,
                "--prompt", PROMPT, "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
                "--strength", "0.5", "--steps", "4", "--seed", "5", "--save-image", "--output-dir", str(tmp_path),

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 import tritonclient.http as httpclient
 from PIL import Image
 
-from sdserve_server import ServerAddresses, serve_tiny_sd_and_add_sub
+from sdserve_server import ServerAddresses, http_json, serve_tiny_sd_and_add_sub
 
 FAST = {"steps": 2, "seed": 21, "width": 64, "height": 64}
 AVAILABLE = "available: tiny_kohya, tiny_peft, tiny_unet_peft"
@@ -28,15 +26,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddresses
     yield from serve_tiny_sd_and_add_sub(tmp_path_factory, "loras")
 
 
-def http_json(server: ServerAddresses, path: str, body: object) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://{server.http}{path}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
 
 def png(b64: str) -> np.ndarray:
     with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
@@ -44,7 +33,7 @@ def png(b64: str) -> np.ndarray:
 
 
 def generate(server: ServerAddresses, prompt: str, **parameters: object) -> np.ndarray:
-    status, body = http_json(server, "/v2/models/tiny_sd/generate", {"prompt": prompt, **FAST, **parameters})
+    status, body = http_json(server, "POST", "/v2/models/tiny_sd/generate", {"prompt": prompt, **FAST, **parameters})
     assert status == 200, body
     return png(body["generated_image"][0])
 
@@ -75,7 +64,7 @@ def test_every_front_end_applies_the_same_loras(server: ServerAddresses) -> None
     [{"name": "../tiny_sd/1/loras/tiny_kohya"}],
 ])
 def test_unknown_or_path_names_are_400s_listing_the_available_loras(server: ServerAddresses, loras: list) -> None:
-    status, body = http_json(server, "/v2/models/tiny_sd/generate", {"prompt": "a cat", **FAST, "loras": loras})
+    status, body = http_json(server, "POST", "/v2/models/tiny_sd/generate", {"prompt": "a cat", **FAST, "loras": loras})
     assert status == 400
     assert AVAILABLE in body["error"]
     with openai.OpenAI(base_url=f"http://{server.http}/v1", api_key="unused", max_retries=0) as client:
@@ -89,13 +78,13 @@ def test_unknown_or_path_names_are_400s_listing_the_available_loras(server: Serv
     ({"prompt": "a cat <lora:tiny_kohya:lots>"}, "scale must be a number"),
 ])
 def test_bad_scales_and_lists_are_400s(server: ServerAddresses, extra: dict, message: str) -> None:
-    status, body = http_json(server, "/v2/models/tiny_sd/generate", {"prompt": "a cat", **FAST, **extra})
+    status, body = http_json(server, "POST", "/v2/models/tiny_sd/generate", {"prompt": "a cat", **FAST, **extra})
     assert status == 400
     assert message in body["error"]
 
 
 def test_the_png_parameters_text_names_the_loras_as_automatic1111_prompts_do(server: ServerAddresses) -> None:
-    status, body = http_json(server, "/v2/models/tiny_sd/generate",
+    status, body = http_json(server, "POST", "/v2/models/tiny_sd/generate",
                              {"prompt": "a cat", **FAST, "loras": [{"name": "tiny_kohya", "scale": 0.8}]})
     assert status == 200, body
     with Image.open(io.BytesIO(base64.b64decode(body["generated_image"][0]))) as image:

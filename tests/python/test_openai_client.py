@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,7 +10,7 @@ import openai
 import pytest
 from PIL import Image
 
-from sdserve_server import ServerAddresses, serve_tiny_sd_and_add_sub
+from sdserve_server import ServerAddresses, http_json, serve_tiny_sd_and_add_sub
 
 FAST = {"steps": 1, "seed": 11}
 
@@ -43,16 +40,6 @@ def decoded(b64_png: str | None) -> np.ndarray:
         assert image.format == "PNG"
         return np.asarray(image.convert("RGB"))
 
-
-def http_json(server: ServerAddresses, method: str, path: str, body: object = None) -> tuple[int, object]:
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(f"http://{server.http}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
 
 
 def test_models_lists_the_ready_text_to_image_models(client: openai.OpenAI, server: ServerAddresses) -> None:
