@@ -30,6 +30,7 @@ const parameterSpecSchema = {
     default: { type: ['string', 'number', 'boolean', 'null'] },
     aliases: { type: 'array', items: { type: 'string' } },
     description: { type: 'string' },
+    examples: { type: 'array', items: { type: 'string' } },
   },
 };
 

@@ -74,6 +74,8 @@ export interface ParameterSpec {
   /** Front-end names that mean this parameter (informational). */
   aliases?: string[];
   description?: string;
+  /** Values known to be accepted, for a form to offer (informational; e.g. the LoRA files present at load). */
+  examples?: string[];
 }
 
 /** An input or output as a backend declares it: KServe datatype, dims without the batch dimension. */

@@ -75,6 +75,8 @@ describe('the web UI\'s server side', () => {
       assert.ok(body.parameters.scheduler.enum.includes('euler_a'));
       assert.deepEqual(body.parameters.strength.aliases, ['denoising_strength']);
       assert.equal(body.parameters.loras.type, 'string');
+      // The LoRA files in tiny_sd's loras/ folder at load, for the page's picker to offer.
+      assert.deepEqual(body.parameters.loras.examples, ['tiny_kohya', 'tiny_peft', 'tiny_unet_peft']);
     }
     const unknown = await fetch(`${server.url}/v2/models/nope/capabilities`);
     assert.equal(unknown.status, 400);

@@ -244,7 +244,7 @@ const components = {
         output_formats: { type: 'array', items: { type: 'string', enum: ['png', 'jpeg', 'webp'] } },
         parameters: {
           type: 'object',
-          description: 'Request parameters by name: type, minimum, maximum, multiple_of, enum, default, aliases, description.',
+          description: 'Request parameters by name: type, minimum, maximum, multiple_of, enum, default, aliases, description, examples.',
           additionalProperties: { type: 'object' },
         },
       },

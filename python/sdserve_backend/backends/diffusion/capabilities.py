@@ -31,8 +31,9 @@ OUTPUTS = (
 )
 
 
-def declare(defaults: ModelDefaults, max_images: int, max_steps: int) -> dict[str, Any]:
-    """The `capabilities` object of the LoadResponse for a model loaded with `defaults`."""
+def declare(defaults: ModelDefaults, max_images: int, max_steps: int, lora_names: list[str] | None = None) -> dict[str, Any]:
+    """The `capabilities` object of the LoadResponse for a model loaded with `defaults`; `lora_names`:
+    the LoRA files present at load, offered to forms as `examples` (files added later work too)."""
     base = defaults.settings
     side = {"type": "integer", "minimum": 8, "maximum": model_settings.MAX_IMAGE_SIDE, "multiple_of": 8}
     seed: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": model_settings.MAX_SEED}
@@ -67,6 +68,8 @@ def declare(defaults: ModelDefaults, max_images: int, max_steps: int) -> dict[st
         "guidance_end": {"type": "number", "minimum": 0, "maximum": 1, "default": base.guidance_end},
         "cache_interval": {"type": "integer", "minimum": 1, "maximum": max_steps, "default": base.cache_interval},
     }
+    if lora_names:
+        parameters["loras"]["examples"] = list(lora_names)
     return {
         "tasks": list(TASKS),
         "batching": "step" if defaults.step_batching else "request",

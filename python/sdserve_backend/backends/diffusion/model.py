@@ -92,7 +92,7 @@ class TritonPythonModel:
                                             lora_cache_size=self.defaults.lora_cache_size)
         max_images = int(model_config.get("max_batch_size", 0) or 0)
         max_steps = min(model_settings.MAX_STEPS, max_inference_steps(components.scheduler_config))
-        self.declared = capabilities.declare(self.defaults, max_images, max_steps)
+        self.declared = capabilities.declare(self.defaults, max_images, max_steps, self.pipeline.loras.available())
         self.encoder = ThreadPoolExecutor(max_workers=ENCODER_THREADS, thread_name_prefix="sdserve-encoder")
 
         # 5. Start the step batcher: up to max_batch_size images share a UNet call
