@@ -187,7 +187,7 @@ def test_an_unknown_config_parameter_fails_the_load_naming_it(backend: Backend, 
     reply = backend.load_file(DIFFUSION_MODEL, tmp_path, config)
 
     assert reply.metadata["error"].startswith(
-        "ValueError: config parameter 'guidance' is not known (did you mean 'guidance_scale'?); known: "
+        "ValueError: config parameter 'guidance' is not known (did you mean 'guidance_end', 'guidance_scale' or 'guidance_start'?); known: "
     )
 
 

@@ -78,8 +78,12 @@ def check_config_parameter_names(parameters: Mapping[str, str]) -> None:
 
 def unknown_name_message(what: str, name: str, accepted: Mapping[str, object] | list[str]) -> str:
     """"config parameter 'stepz' is not known (did you mean 'steps'?); known: ..." """
-    close = difflib.get_close_matches(name, list(accepted), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    # A name that starts several accepted ones ('guidance') names them all; else the closest typo.
+    close = sorted(known for known in accepted if len(name) >= 3 and known.startswith(name))
+    close = close or difflib.get_close_matches(name, list(accepted), n=1)
+    quoted = [repr(known) for known in close]
+    options = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    hint = f" (did you mean {options}?)" if close else ""
     return f"{what} {name!r} is not known{hint}; known: {', '.join(sorted(accepted))}"
 
 
