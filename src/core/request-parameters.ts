@@ -37,7 +37,8 @@ export function acceptedParameters(capabilities: CapabilitiesMeta): string[] {
 function unknownParameter(name: string, capabilities: CapabilitiesMeta, model: string): Error {
   const accepted = acceptedParameters(capabilities);
   const aliasOf = Object.entries(capabilities.parameters).find(([, spec]) => spec.aliases?.includes(name))?.[0];
-  const meant = aliasOf ?? closestName(name, accepted);
+  // In the backend's declaration order: of several names `name` starts, the first declared is meant.
+  const meant = aliasOf ?? closestName(name, [...Object.keys(capabilities.parameters), ...CORE_PARAMETERS]);
   return invalidArg(`model '${model}' has no request parameter '${name}'`
     + `${meant !== undefined ? ` (did you mean '${meant}'?)` : ''}; accepted parameters: ${accepted.join(', ')}`);
 }

@@ -84,7 +84,8 @@ def test_model_metadata_gives_triton_datatypes_and_batch_dims(client: Any, proto
     kwargs = {} if protocol == "http" else {"as_json": True}
     tiny = client.get_model_metadata("tiny_sd", **kwargs)
     assert {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in tiny["inputs"]} == {
-        "prompt": ("BYTES", [-1, 1]), "negative_prompt": ("BYTES", [-1, 1])}
+        "prompt": ("BYTES", [-1, 1]), "negative_prompt": ("BYTES", [-1, 1]),
+        "image": ("UINT8", [-1, -1, -1, -1]), "mask": ("UINT8", [-1, -1, -1, -1])}
     assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in tiny["outputs"]] == [
         ("generated_image", "UINT8", [-1, -1, -1, -1]), ("generated_image_encoded", "BYTES", [-1, 1])]
     add_sub = client.get_model_metadata("add_sub", "1", **kwargs)
@@ -97,7 +98,7 @@ def test_model_config_is_the_repository_config(client: Any, protocol: str) -> No
     assert config["name"] == "tiny_sd"
     assert config["max_batch_size"] == 4
     assert config["backend"] == "diffusion"
-    assert [i["name"] for i in config["input"]] == ["prompt", "negative_prompt"]
+    assert [i["name"] for i in config["input"]] == ["prompt", "negative_prompt", "image", "mask"]
 
 
 @pytest.mark.parametrize(("protocol", "binary"), WIRE_FORMATS)
@@ -211,7 +212,7 @@ def test_missing_required_input_is_invalid_argument(client: Any, module: ModuleT
                  "expected 2 inputs but got 1 inputs for model 'add_sub'. Got input(s) ['INPUT0'], "
                  "but missing required input(s) ['INPUT1']. Please provide all required input(s).")
     expect_error(lambda: client.infer("tiny_sd", [tensor(module, "negative_prompt", np.array([["x"]], dtype=object))]),
-                 protocol, "INVALID_ARG", "expected number of inputs between 1 and 2 but got 1 inputs for model 'tiny_sd'")
+                 protocol, "INVALID_ARG", "expected number of inputs between 1 and 4 but got 1 inputs for model 'tiny_sd'")
 
 
 def test_batch_larger_than_max_batch_size_is_invalid_argument(client: Any, module: ModuleType, protocol: str) -> None:
