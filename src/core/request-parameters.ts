@@ -31,14 +31,19 @@ export function checkRequestParameters(parameters: Parameters, capabilities: Cap
 
 /** Every name a client may send to this model, sorted. */
 export function acceptedParameters(capabilities: CapabilitiesMeta): string[] {
-  return [...Object.keys(capabilities.parameters), ...CORE_PARAMETERS].sort();
+  return declaredParameters(capabilities).sort();
+}
+
+/** Every name a client may send to this model: the backend's in its declaration order, then the core's. */
+function declaredParameters(capabilities: CapabilitiesMeta): string[] {
+  return [...Object.keys(capabilities.parameters), ...CORE_PARAMETERS];
 }
 
 function unknownParameter(name: string, capabilities: CapabilitiesMeta, model: string): Error {
   const accepted = acceptedParameters(capabilities);
   const aliasOf = Object.entries(capabilities.parameters).find(([, spec]) => spec.aliases?.includes(name))?.[0];
   // In the backend's declaration order: of several names `name` starts, the first declared is meant.
-  const meant = aliasOf ?? closestName(name, [...Object.keys(capabilities.parameters), ...CORE_PARAMETERS]);
+  const meant = aliasOf ?? closestName(name, declaredParameters(capabilities));
   return invalidArg(`model '${model}' has no request parameter '${name}'`
     + `${meant !== undefined ? ` (did you mean '${meant}'?)` : ''}; accepted parameters: ${accepted.join(', ')}`);
 }
