@@ -19,3 +19,5 @@ npm run -s build
 
 bin/sdserve make-tiny-model --variant sd --out model_repository/tiny_sd/1
 bin/sdserve make-tiny-model --variant sdxl --out model_repository/tiny_sdxl/1
+bin/sdserve make-tiny-model --variant sd21 --out model_repository/tiny_sd21/1
+bin/sdserve make-tiny-model --variant sdxl_refiner --out model_repository/tiny_sdxl_refiner/1

@@ -6,10 +6,15 @@ with its 8x downsampling, scheduler) is the one a real checkpoint uses, stored i
 folder layout so that the same loading code serves real and tiny weights. Each comes with tiny
 LoRA files in its `loras/` folder (`tiny_lora.py`).
 
-    python -m sdserve_backend.tiny_model --out DIR [--variant sd|sdxl|sd-inpaint|sdxl-inpaint] [--seed 0]
+    python -m sdserve_backend.tiny_model --out DIR [--variant sd|sdxl|sd-inpaint|sdxl-inpaint|sd21|sdxl_refiner] [--seed 0]
 
 The `-inpaint` variants have a 9-channel inpainting UNet (latents, mask, masked image latents), as
-Stable Diffusion's inpainting checkpoints do; everything else is their base variant's.
+Stable Diffusion's inpainting checkpoints do; everything else is their base variant's. `sd21` is
+Stable Diffusion 2.1's architecture (an OpenCLIP-style text encoder with GELU, a v-prediction DDIM
+scheduler, linear-projection transformers with a head size per block, attention upcast, "!" as the
+padding token). `sdxl_refiner` is the SDXL refiner's: only the second text encoder, a UNet
+conditioned on an aesthetic score instead of the target size; its second text encoder and VAE are
+`sdxl`'s (same seed), as the published refiner's are the base's.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    DDIMScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -42,7 +49,7 @@ from transformers import (
 from sdserve_backend.tiny_lora import FILES as TINY_LORAS
 from sdserve_backend.tiny_lora import make_tiny_loras
 
-VARIANTS = ("sd", "sdxl", "sd-inpaint", "sdxl-inpaint")
+VARIANTS = ("sd", "sdxl", "sd-inpaint", "sdxl-inpaint", "sd21", "sdxl_refiner")
 # An inpainting UNet's input: 4 latent channels, the mask, 4 channels of the masked image's latents.
 INPAINTING_IN_CHANNELS = 9
 MARKER_FILE = "sdserve_tiny_model.json"
@@ -67,6 +74,8 @@ TOKENIZER_MAX_LENGTH = 77
 TEXT_HIDDEN_SIZE = 32
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
+# Stable Diffusion 2.x's tokenizer pads with "!" (OpenCLIP's padding id 0), not the end token.
+SD2_PAD_TOKEN = "!"
 
 # A handful of English merges so that common words become single tokens; the rest of any prompt
 # falls back to the byte-level alphabet, so every input is still encodable.
@@ -107,14 +116,19 @@ def make_tiny_model(out_dir: Path, variant: str = "sd", seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER_FILE).unlink(missing_ok=True)
     in_channels = INPAINTING_IN_CHANNELS if variant.endswith("-inpaint") else 4
-    if variant.startswith("sdxl"):
+    if variant == "sdxl_refiner":
+        pipeline = _build_sdxl_refiner_pipeline(seed)
+    elif variant.startswith("sdxl"):
         pipeline = _build_sdxl_pipeline(seed, in_channels)
+    elif variant == "sd21":
+        pipeline = _build_sd21_pipeline(seed)
     else:
         pipeline = _build_sd_pipeline(seed, in_channels)
     with tempfile.TemporaryDirectory(prefix=".tiny-model-", dir=out_dir) as staging:
         staging_dir = Path(staging)
         pipeline.save_pretrained(staging_dir, safe_serialization=True)
-        _write_tokenizer(staging_dir / "tokenizer")
+        if variant != "sdxl_refiner":
+            _write_tokenizer(staging_dir / "tokenizer", pad_token=SD2_PAD_TOKEN if variant == "sd21" else EOS_TOKEN)
         if variant.startswith("sdxl"):
             _write_tokenizer(staging_dir / "tokenizer_2")
         # Also drops what the other variant wrote here before (text_encoder_2/, tokenizer_2/).
@@ -123,7 +137,8 @@ def make_tiny_model(out_dir: Path, variant: str = "sd", seed: int = 0) -> Path:
         for entry in sorted(staging_dir.iterdir()):
             _remove(out_dir / entry.name)
             entry.rename(out_dir / entry.name)
-    make_tiny_loras(out_dir)
+    if variant != "sdxl_refiner":
+        make_tiny_loras(out_dir)
     (out_dir / MARKER_FILE).write_text(json.dumps(_marker(variant, seed), indent=2) + "\n")
     return out_dir
 
@@ -161,12 +176,15 @@ def _expected_files(variant: str) -> list[str]:
         "unet/diffusion_pytorch_model.safetensors",
         "vae/config.json",
         "vae/diffusion_pytorch_model.safetensors",
-        "text_encoder/config.json",
-        "text_encoder/model.safetensors",
-        "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
-        *(f"loras/{name}.safetensors" for name in TINY_LORAS),
     ]
+    if variant != "sdxl_refiner":
+        files += [
+            *(f"loras/{name}.safetensors" for name in TINY_LORAS),
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "tokenizer/vocab.json",
+            "tokenizer/merges.txt",
+        ]
     if variant.startswith("sdxl"):
         files += [
             "text_encoder_2/config.json",
@@ -250,18 +268,7 @@ def _build_sdxl_pipeline(
     text_encoder = CLIPTextModel(_text_config(hidden_act="quick_gelu", projection_dim=TEXT_HIDDEN_SIZE))
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden_act="gelu", projection_dim=TEXT_HIDDEN_SIZE))
-    # The scheduler Stable Diffusion XL 1.0 ships with.
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        interpolation_type="linear",
-        prediction_type="epsilon",
-        steps_offset=1,
-        timestep_spacing="leading",
-        use_karras_sigmas=False,
-    )
+    scheduler = _sdxl_scheduler()
     pipeline_class = StableDiffusionXLInpaintPipeline if in_channels == INPAINTING_IN_CHANNELS else StableDiffusionXLPipeline
     return pipeline_class(
         vae=vae,
@@ -272,6 +279,97 @@ def _build_sdxl_pipeline(
         unet=unet,
         scheduler=scheduler,
         force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def _build_sd21_pipeline(seed: int) -> StableDiffusionPipeline:
+    """Stable Diffusion 2.1's architecture as its published configs (stabilityai/stable-diffusion-2-1)
+    describe it, at toy size."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // VAE_SCALE_FACTOR,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN_SIZE,
+        # 2.x: a head size per block, linear projections in and out of the transformers, and
+        # attention computed in float32 (2.1's upcast_attention).
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        upcast_attention=True,
+    )
+    torch.manual_seed(seed + 1)
+    vae = _build_vae(scaling_factor=0.18215, force_upcast=False)
+    torch.manual_seed(seed + 2)
+    # OpenCLIP ViT-H with GELU; the published config drops its last layer, so the last hidden state
+    # (after the final layer norm) is what 2.x conditions on, as diffusers' pipeline reads it.
+    text_encoder = CLIPTextModel(_text_config(hidden_act="gelu", projection_dim=TEXT_HIDDEN_SIZE,
+                                              pad_token=SD2_PAD_TOKEN))
+    # The scheduler Stable Diffusion 2.1 ships with: DDIM predicting v (Salimans & Ho 2022).
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_build_tokenizer(pad_token=SD2_PAD_TOKEN),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _build_sdxl_refiner_pipeline(seed: int) -> StableDiffusionXLImg2ImgPipeline:
+    """The SDXL refiner's architecture (stabilityai/stable-diffusion-xl-refiner-1.0) at toy size:
+    no first text encoder, and five time ids (original size, crop, aesthetic score)."""
+    time_embed_dim = 8
+    added_embed_dim = 5 * time_embed_dim + TEXT_HIDDEN_SIZE
+    torch.manual_seed(seed + 10)
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // VAE_SCALE_FACTOR,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        # Conditioned on the second encoder alone.
+        cross_attention_dim=TEXT_HIDDEN_SIZE,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=added_embed_dim,
+    )
+    # The base's VAE and second text encoder: the same seeds as `_build_sdxl_pipeline`.
+    torch.manual_seed(seed + 1)
+    vae = _build_vae(scaling_factor=0.13025, force_upcast=True)
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden_act="gelu", projection_dim=TEXT_HIDDEN_SIZE))
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=_build_tokenizer(),
+        unet=unet,
+        scheduler=_sdxl_scheduler(),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
         add_watermarker=False,
     )
 
@@ -293,7 +391,22 @@ def _build_vae(scaling_factor: float, force_upcast: bool) -> AutoencoderKL:
     )
 
 
-def _text_config(hidden_act: str, projection_dim: int) -> CLIPTextConfig:
+def _sdxl_scheduler() -> EulerDiscreteScheduler:
+    """The scheduler Stable Diffusion XL 1.0 (base and refiner) ships with."""
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        interpolation_type="linear",
+        prediction_type="epsilon",
+        steps_offset=1,
+        timestep_spacing="leading",
+        use_karras_sigmas=False,
+    )
+
+
+def _text_config(hidden_act: str, projection_dim: int, pad_token: str = EOS_TOKEN) -> CLIPTextConfig:
     vocab = build_tokenizer_vocab()
     return CLIPTextConfig(
         vocab_size=len(vocab),
@@ -307,7 +420,7 @@ def _text_config(hidden_act: str, projection_dim: int) -> CLIPTextConfig:
         projection_dim=projection_dim,
         bos_token_id=vocab[BOS_TOKEN],
         eos_token_id=vocab[EOS_TOKEN],
-        pad_token_id=vocab[EOS_TOKEN],
+        pad_token_id=vocab[pad_token],
     )
 
 
@@ -342,7 +455,7 @@ def build_tokenizer_vocab() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def _write_tokenizer(folder: Path) -> None:
+def _write_tokenizer(folder: Path, pad_token: str = EOS_TOKEN) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.iterdir():
         stale.unlink()
@@ -356,17 +469,18 @@ def _write_tokenizer(folder: Path) -> None:
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
         "unk_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
+        "pad_token": pad_token,
         "do_lower_case": True,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _build_tokenizer() -> CLIPTokenizer:
+def _build_tokenizer(pad_token: str = EOS_TOKEN) -> CLIPTokenizer:
     return CLIPTokenizer(
         vocab=build_tokenizer_vocab(),
         merges=list(TOKENIZER_MERGES),
         model_max_length=TOKENIZER_MAX_LENGTH,
+        pad_token=pad_token,
     )
 
 

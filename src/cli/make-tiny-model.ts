@@ -9,7 +9,7 @@ export function registerMakeTinyModelCommand(program: Command): void {
     .command('make-tiny-model')
     .description('create the built-in tiny SD-architecture model as a diffusers folder')
     .requiredOption('--out <dir>', 'output folder, e.g. model_repository/tiny_sd/1')
-    .addOption(new Option('--variant <variant>', 'architecture').choices(['sd', 'sdxl', 'sd-inpaint', 'sdxl-inpaint']).default('sd'))
+    .addOption(new Option('--variant <variant>', 'architecture').choices(['sd', 'sdxl', 'sd-inpaint', 'sdxl-inpaint', 'sd21', 'sdxl_refiner']).default('sd'))
     .option('--seed <n>', 'seed for the random weights', '0')
     .action((options: { out: string; variant: string; seed: string }) => {
       const result = spawnSync(defaultPythonExecutable(), [
