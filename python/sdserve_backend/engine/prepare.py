@@ -195,6 +195,8 @@ def prepare_with_report(
             f"{seconds[f'capture_{extra_height}x{extra_width}']:.1f} s")
     seconds["total"] = time.perf_counter() - started
     report.seconds = seconds
+    if compiled_unet is not None:
+        say(f"engine: ready in {seconds['total']:.1f} s; torch.compile's timers (nested) {_compile_timers()}")
 
     # 4. Record the engine
     if engine_dir is not None and not reuse:
@@ -204,6 +206,19 @@ def prepare_with_report(
     elif engine_dir is not None:
         report.metadata_path = str(Path(engine_dir) / metadata.ENGINE_FILE)
     return dataclasses.replace(components, unet=unet_runner, vae=vae_runner), report
+
+
+def _compile_timers(top: int = 12) -> str:
+    """torch.compile's own timers (Dynamo's tracing, Inductor, the cache loads), largest first: where
+    a compiled build's or a warm start's seconds go. Informative only: a timer that moved is skipped."""
+    try:
+        from torch._dynamo.utils import compile_times
+
+        names, values = compile_times(repr="csv", aggregate=True)
+        timers = sorted(((float(value), name) for name, value in zip(names, values, strict=True)), reverse=True)
+    except Exception:  # noqa: BLE001 - private timers; the build goes on without them
+        return "unavailable"
+    return ", ".join(f"{name} {seconds:.1f} s" for seconds, name in timers[:top])
 
 
 def _check_options(options: EngineOptions, max_rows: int) -> None:

@@ -72,7 +72,7 @@ def load_components(
     if weights.is_dir():
         if not (weights / "model_index.json").is_file():
             raise FileNotFoundError(f"{weights} is not a diffusers model folder: it has no model_index.json")
-        components = _load_diffusers_folder(weights, dtype)
+        components = _load_diffusers_folder(weights, dtype, device)
     elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES:
         components = _load_single_file(weights, config_dir, dtype)
     elif weights.is_file():
@@ -91,14 +91,16 @@ def detect_version(components: DiffusionComponents) -> str | None:
     return {768: "1.5", 1024: "2.1"}.get(cross_attention_dim)
 
 
-def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> dict[str, Any]:
+def _load_diffusers_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
     model_index = json.loads((folder / "model_index.json").read_text())
     is_sdxl = _is_present(model_index, "text_encoder_2")
     if not _is_present(model_index, "text_encoder"):
         raise ValueError(f"{folder}: models without a first text encoder (such as the SDXL refiner) are not supported")
+    # On a GPU the safetensors are read straight into device memory (no CPU copy to move after).
+    placed = {"device_map": str(device)} if device.type == "cuda" else {}
 
     def load(model_class: Any, subfolder: str) -> Any:
-        return model_class.from_pretrained(folder, subfolder=subfolder, torch_dtype=dtype, local_files_only=True)
+        return model_class.from_pretrained(folder, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, **placed)
 
     scheduler_class_name = model_index["scheduler"][1]
     scheduler_class = schedulers.resolve_scheduler_class(scheduler_class_name, default_class=SchedulerMixin)
