@@ -181,14 +181,13 @@ def test_a_request_whose_preparation_fails_gets_the_error_and_the_others_finish(
         assert first.result(TIMEOUT_S).shape == last.result(TIMEOUT_S).shape == (1, 64, 64, 3)
 
 
-def test_sizes_never_mix_and_the_oldest_waiting_size_goes_next(sd_runner: Runner) -> None:
+def test_sizes_never_mix_in_a_call_and_another_size_starts_at_the_next_step(sd_runner: Runner) -> None:
     wide = GenerationSettings(64, 96, 2, 7.5, "euler")
     square = GenerationSettings(64, 64, 2, 7.5, "euler")
     waiting: list[Submitted] = []
 
     def two_arrive() -> None:
         waiting.append(sd_runner.submit(GenerationRequest(["a wide view"], seed=4), wide))
-        # Same size as the running batch, but it came after the wide one: it waits its turn.
         waiting.append(sd_runner.submit(GenerationRequest(["a dog"], seed=5), square))
 
     first_key, first = sd_runner.submit(CAT, GenerationSettings(64, 64, 3, 7.5, "euler"), on_step=on_step_number(1, two_arrive))
@@ -197,12 +196,15 @@ def test_sizes_never_mix_and_the_oldest_waiting_size_goes_next(sd_runner: Runner
 
     assert wide_outcome.result(TIMEOUT_S).shape == (1, 64, 96, 3)
     assert square_outcome.result(TIMEOUT_S).shape == (1, 64, 64, 3)
+    # Each size is a group of its own; the groups take turns by work done (pixels x images per
+    # call): the square group's call of two images counts twice the wide one's of one.
     assert sd_runner.compositions() == [
-        ((first_key, 0),), ((first_key, 1),), ((first_key, 2),),
+        ((first_key, 0),),
+        ((first_key, 1), (square_key, 0)),
         ((wide_key, 0),), ((wide_key, 1),),
-        ((square_key, 0),), ((square_key, 1),),
+        ((first_key, 2), (square_key, 1)),
     ]
-    assert [record.size for record in sd_runner.batcher.trace()] == [(64, 64)] * 3 + [(64, 96)] * 2 + [(64, 64)] * 2
+    assert [record.size for record in sd_runner.batcher.trace()] == [(64, 64)] * 2 + [(64, 96)] * 2 + [(64, 64)]
 
 
 def test_a_full_batch_admits_no_more_images_until_a_request_leaves(load_tiny_pipeline: PipelineLoader) -> None:

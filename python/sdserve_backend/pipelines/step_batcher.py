@@ -5,7 +5,10 @@ Every request keeps what makes its image its own: its scheduler instance, step c
 scale, and seeded CPU generator. Only the UNet call is shared (`denoise.denoise_step`, the step
 every way of running a task uses), so a request's image does not depend on what else was in the
 batch. Requests are prepared and finished by their task (`pipelines/tasks/`); those with the same
-batch key (the latent size, for text-to-image) share UNet calls.
+batch key (the latent size, for text-to-image) share UNet calls. Requests of different keys run
+side by side as groups, one UNet call per group, the GPU shared between the groups by their cost
+(`_next_group`): a 512² request arriving while 768² ones run starts at the next step instead of
+waiting for them all to finish.
 
 Threads: `submit` runs on the caller's thread and only checks the request (no GPU work); one
 engine thread prepares admitted requests (prompt encoding, initial latents) and runs the
@@ -120,6 +123,8 @@ class StepBatcher:
         self._waiting: deque[InFlight] = deque()
         self._closing = False
         self._running: list[InFlight] = []  # engine thread only
+        # Per running batch key, the work its UNet calls have had (`_next_group`); engine thread only.
+        self._served: dict[Hashable, float] = {}
         self._trace: deque[StepRecord] = deque(maxlen=TRACE_LENGTH)
         self._decodes: queue.SimpleQueue[list[InFlight] | None] = queue.SimpleQueue()
         self._steps_on_device: deque[torch.cuda.Event] = deque()  # engine thread only
@@ -215,22 +220,23 @@ class StepBatcher:
             self._leave(leaving, RequestCancelled("request was cancelled"))
             if not self._running:
                 continue
-            # 3. One UNet call for the whole batch
-            states = [item.denoising for item in self._running]
-            record = StepRecord(self._running[0].size, tuple((item.key, item.denoising.step_index) for item in self._running))
+            # 3. One UNet call for the group whose turn it is
+            group = self._next_group()
+            states = [item.denoising for item in group]
+            record = StepRecord(group[0].size, tuple((item.key, item.denoising.step_index) for item in group))
             try:
                 self.pipeline.denoise_batch(states)
             except DEVICE_ERRORS:
                 raise
             except Exception as error:  # noqa: BLE001 - a failed step fails its batch, not the engine
-                log.exception("a denoising step of %d request(s) failed", len(self._running))
-                self._leave(list(self._running), error)
+                log.exception("a denoising step of %d request(s) failed", len(group))
+                self._leave(group, error)
                 continue
             with self._lock:
                 self._trace.append(record)
             self._bound_lookahead()
             # 4. Progress, in each request's own steps (Heun takes two UNet calls per step)
-            for item in self._running:
+            for item in group:
                 step = item.denoising.completed_steps(item.settings.steps)
                 if item.on_step is not None and step > item.reported:
                     item.reported = step
@@ -240,10 +246,27 @@ class StepBatcher:
                     else:
                         _call_safely(item.on_step, step, steps)
             # 5. Requests done with their steps leave, to be decoded while the others go on
-            finished = [item for item in self._running if item.denoising.done]
+            finished = [item for item in group if item.denoising.done]
             if finished:
                 self._running = [item for item in self._running if not item.denoising.done]
                 self._decodes.put(finished)
+
+    def _next_group(self) -> list[InFlight]:
+        """The running requests of the batch key whose turn it is: the one whose UNet calls have
+        had the least work so far (latent pixels x images per call, a proxy of the GPU time), so
+        that groups of different sizes share the GPU by time rather than by calls. A key that
+        starts running starts level with the least-served running one, not at zero."""
+        groups: dict[Hashable, list[InFlight]] = {}
+        for item in self._running:
+            groups.setdefault(item.batch_key, []).append(item)
+        served = {key: self._served[key] for key in groups if key in self._served}
+        start = min(served.values(), default=0.0)
+        self._served = {key: served.get(key, start) for key in groups}
+        key = min(groups, key=lambda k: self._served[k])  # ties: the key that came first
+        group = groups[key]
+        height, width = group[0].size
+        self._served[key] += height * width * sum(item.images for item in group)
+        return group
 
     def _bound_lookahead(self) -> None:
         """Keeps the engine at most STEPS_AHEAD steps ahead of the GPU.
@@ -265,10 +288,9 @@ class StepBatcher:
         """Move waiting requests into the batch, oldest first; returns the cancelled waiting ones
         and the admitted ones (to be prepared before the next step).
 
-        The batch keeps one batch key (for text-to-image, the image size): when it is empty it
-        takes the oldest waiting request's. Admission stops at the first request that does not
-        fit (another key, or too many images), so a request never waits behind ones that came
-        after it.
+        Requests of any batch key are admitted (each key runs as its own group, `_next_group`) while
+        the running images stay within max_images. Admission stops at the first request that does
+        not fit, so a request never waits behind ones that came after it.
         """
         cancelled = [item for item in self._waiting if item.is_cancelled()]
         for item in cancelled:
@@ -277,8 +299,7 @@ class StepBatcher:
         images = sum(item.images for item in self._running)
         while self._waiting:
             candidate = self._waiting[0]
-            key = self._running[0].batch_key if self._running else candidate.batch_key
-            if candidate.batch_key != key or (self._running and images + candidate.images > self.max_images):
+            if self._running and images + candidate.images > self.max_images:
                 break
             self._running.append(self._waiting.popleft())
             admitted.append(candidate)
