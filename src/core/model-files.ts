@@ -25,7 +25,7 @@ export interface ModelFilePolicy {
 const PYTHON_BACKEND = 'python';
 const BACKEND_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 /** Config parameters that name a file or folder, relative to the version folder. */
-const PATH_PARAMETERS = ['weights', 'weights_config', 'lora_dir'];
+const PATH_PARAMETERS = ['weights', 'weights_config', 'vae_weights', 'text_encoder_weights', 'lora_dir'];
 /** The config parameter naming where the backend writes this model's engine (relative to --engine-cache-dir). */
 const ENGINE_CACHE_PARAMETER = 'engine_cache_dir';
 

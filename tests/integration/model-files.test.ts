@@ -107,6 +107,10 @@ describe('a load request names only code and files the operator installed', () =
       ['weights_config', '/no/such/folder'],
       ['lora_dir', outside],
       ['lora_dir', '../../../outside'],
+      ['vae_weights', path.join(outside, 'secret.safetensors')],
+      ['vae_weights', '../../../outside/missing.safetensors'],
+      ['text_encoder_weights', path.join(outside, 'secret.safetensors')],
+      ['text_encoder_weights', 'linked_folder/secret.safetensors'],
     ]) {
       const response = await load(withParameter(key, value));
       assert.equal(response.status, 400, `${key}=${value}`);

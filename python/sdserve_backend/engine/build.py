@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     # 2. Load the weights
     started = time.perf_counter()
     placement = choose_placement("GPU", 0)
-    components = load_components(weights, placement.device, placement.dtype, config_dir)
+    components = load_components(weights, placement.device, placement.dtype, config_dir,
+                                 model_settings.read_checkpoint_options(version_dir, parameters))
     stage(f"loaded {weights} on {torch.cuda.get_device_name(placement.device)} in {time.perf_counter() - started:.1f} s")
     defaults = model_settings.read_model_defaults(parameters, components.default_image_size)
 

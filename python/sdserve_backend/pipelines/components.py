@@ -2,8 +2,9 @@
 
 Two on-disk forms are accepted, both strictly offline:
 - a diffusers folder (model_index.json plus one subfolder per component);
-- a single `.safetensors` checkpoint in the original layout, read with diffusers'
-  `from_single_file`, which then needs a local diffusers folder for the component configs.
+- a single `.safetensors` checkpoint in the original layout: its architecture told from its keys,
+  its configs and tokenizers shipped with sdserve (`single_file.py`); or, when a local diffusers
+  folder for the component configs is given, read with diffusers' `from_single_file`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdserve_backend.pipelines import schedulers
+from sdserve_backend.pipelines.single_file import CheckpointOptions, load_single_file
 
 SDXL_PIPELINE_CLASS = "StableDiffusionXLPipeline"
 SD_PIPELINE_CLASS = "StableDiffusionPipeline"
@@ -61,24 +63,35 @@ class DiffusionComponents:
 
 
 def load_components(
-    weights: Path, device: torch.device, dtype: torch.dtype, config_dir: Path | None = None
+    weights: Path, device: torch.device, dtype: torch.dtype, config_dir: Path | None = None,
+    options: CheckpointOptions | None = None,
 ) -> DiffusionComponents:
     """Load a diffusers folder or a single-file checkpoint at `weights` onto `device`.
 
-    `config_dir` is needed only for a single-file checkpoint: a local diffusers folder whose
-    model_index.json and component configs describe the checkpoint's architecture.
+    `config_dir` (optional, single files only): a local diffusers folder whose configs describe the
+    checkpoint, instead of the shipped ones. `options`: a separate VAE, text encoders, prediction type.
     """
+    options = options or CheckpointOptions()
     weights = Path(weights)
     if weights.is_dir():
         if not (weights / "model_index.json").is_file():
             raise FileNotFoundError(f"{weights} is not a diffusers model folder: it has no model_index.json")
+        if options.vae is not None or options.text_encoders is not None:
+            raise ValueError("vae_weights and text_encoder_weights complete a single-file checkpoint; "
+                             f"{weights} is a diffusers folder")
         components = _load_diffusers_folder(weights, dtype, device)
+    elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES and config_dir is None:
+        components = load_single_file(weights, options, dtype)
+        if components["text_encoder"] is None:
+            raise ValueError(f"{weights}: models without a first text encoder (such as the SDXL refiner) are not supported")
     elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES:
         components = _load_single_file(weights, config_dir, dtype)
     elif weights.is_file():
         raise ValueError(f"weights file {weights} is not a .safetensors checkpoint")
     else:
         raise FileNotFoundError(f"weights not found at {weights}")
+    if options.prediction_type is not None:
+        components["scheduler_config"] = {**components["scheduler_config"], "prediction_type": options.prediction_type}
     return _place(components, device, dtype)
 
 

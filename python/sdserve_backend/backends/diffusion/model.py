@@ -71,7 +71,8 @@ class TritonPythonModel:
 
         # 3. Load the models
         started = time.perf_counter()
-        components = load_components(weights, placement.device, placement.dtype, config_dir)
+        components = load_components(weights, placement.device, placement.dtype, config_dir,
+                                     model_settings.read_checkpoint_options(version_dir, parameters))
         loaded = time.perf_counter()
         engine_dir = engine_dir_for(args.get("model_name", ""), str(args.get("model_version", "1")), version_dir,
                                     parameters, args.get("engine_cache_dir"))

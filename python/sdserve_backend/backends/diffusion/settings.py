@@ -21,6 +21,7 @@ from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS, 
 from sdserve_backend.pipelines import GenerationSettings
 from sdserve_backend.pipelines.lora_library import DEFAULT_CAPACITY as DEFAULT_LORA_CAPACITY
 from sdserve_backend.pipelines.lora_library import LoraRequest, merge_requests, parse_loras_parameter, take_prompt_tags
+from sdserve_backend.pipelines.single_file import PREDICTION_TYPES, CheckpointOptions
 from sdserve_backend.pipelines.prompts import DEFAULT_PROMPT_CACHE_SIZE
 from sdserve_backend.pipelines.tasks.inpaint import MAX_MASK_BLUR
 
@@ -48,7 +49,10 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "seed": "default seed (empty: a fresh random seed per request)",
     "version": "the Stable Diffusion version the weights should be (1.5, 2.1, xl-1.0); a warning when they differ",
     "weights": "where the weights are, relative to the version folder",
-    "weights_config": "the local diffusers config folder a single-file checkpoint needs",
+    "weights_config": "a local diffusers folder describing a single-file checkpoint, instead of the shipped configs",
+    "vae_weights": "a single-file checkpoint's VAE from another file (.safetensors, original layout) or diffusers VAE folder",
+    "text_encoder_weights": "text encoders for a single-file checkpoint without them: a .safetensors checkpoint of the same architecture or a diffusers model folder",
+    "prediction_type": 'the scheduler\'s prediction type: "epsilon" or "v_prediction" (default: the model\'s own; SD 2.x single files: v_prediction)',
     "step_batching": "true: requests join and leave the UNet batch per step; false: whole requests",
     "prompt_cache_size": "how many prompts' text embeddings are kept for reuse",
     "prompt_chunking": "default of the request parameter: true: prompts over CLIP's 75 tokens are chunked; false: cut",
@@ -276,6 +280,28 @@ def locate_weights(version_dir: Path, parameters: dict[str, str]) -> tuple[Path,
     if not weights_config:
         return weights, None
     return weights, Path(weights_config) if Path(weights_config).is_absolute() else version_dir / weights_config
+
+
+def read_checkpoint_options(version_dir: Path, parameters: Mapping[str, str]) -> CheckpointOptions:
+    """`vae_weights` and `text_encoder_weights` (relative to the version folder, or absolute: the core
+    has confined them to the model's folder or an --allowed-path root) and `prediction_type`."""
+
+    def path(name: str) -> Path | None:
+        value = str(parameters.get(name, "") or "").strip()
+        if not value:
+            return None
+        located = Path(value) if Path(value).is_absolute() else version_dir / value
+        if located.is_dir() or (located.is_file() and located.suffix == ".safetensors"):
+            return located
+        what = "not found" if not located.exists() else "not a .safetensors file or a folder"
+        raise FileNotFoundError(f"config parameter '{name}': {located} is {what}; {README_HINT}")
+
+    prediction_type = str(parameters.get("prediction_type", "") or "").strip()
+    if prediction_type and prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"config parameter 'prediction_type' must be one of {', '.join(PREDICTION_TYPES)} "
+                         f"(or empty: the model's own), got {prediction_type!r}")
+    return CheckpointOptions(vae=path("vae_weights"), text_encoders=path("text_encoder_weights"),
+                             prediction_type=prediction_type or None)
 
 
 def resolve_weights(version_dir: Path, weights: str, version: str) -> Path:
