@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -230,6 +232,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddresses
         yield addresses
 
 
+def load(server: ServerAddresses, model: str) -> tuple[int, str]:
+    """Triton's repository load: its status and body (empty on success)."""
+    request = urllib.request.Request(f"http://{server.http}/v2/repository/models/{model}/load", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def generated(server: ServerAddresses, model: str, **body: object) -> np.ndarray:
     status, reply = http_json(server, "POST", f"/v2/models/{model}/generate",
                               {"prompt": PROMPT, "negative_prompt": "ugly", "seed": 7, "steps": 4, **body})
@@ -247,7 +260,7 @@ def test_a_lone_checkpoint_draws_what_its_diffusers_folder_draws(server: ServerA
 
 
 def test_the_vae_and_text_encoders_may_come_from_other_files(server: ServerAddresses) -> None:
-    status, reply = http_json(server, "POST", "/v2/repository/models/sd_separate_parts/load", {})
+    status, reply = load(server, "sd_separate_parts")
     assert status == 200, reply
     assert np.array_equal(generated(server, "sd_separate_parts"), generated(server, "sd_folder"))
 
@@ -264,6 +277,6 @@ def test_the_vae_and_text_encoders_may_come_from_other_files(server: ServerAddre
 )
 def test_an_incomplete_or_unknown_checkpoint_fails_its_load_saying_why(server: ServerAddresses, model: str,
                                                                        message: str) -> None:
-    status, reply = http_json(server, "POST", f"/v2/repository/models/{model}/load", {})
-    assert status >= 400, reply
-    assert message in str(reply), reply
+    status, reply = load(server, model)
+    assert status == 400, reply
+    assert message in reply, reply
