@@ -88,10 +88,13 @@ def run_runner(runner: UNetRunner, parts: DiffusionComponents, inputs: dict[str,
 # Buckets
 
 
-def test_buckets_are_powers_of_two_up_to_max_rows() -> None:
+def test_buckets_are_powers_of_two_and_their_half_steps_up_to_max_rows() -> None:
     assert bucket_sizes(1) == (1,)
-    assert bucket_sizes(8) == (1, 2, 4, 8)
+    assert bucket_sizes(2) == (1, 2)
+    assert bucket_sizes(8) == (1, 2, 4, 6, 8)
     assert bucket_sizes(6) == (1, 2, 4, 6)
+    assert bucket_sizes(5) == (1, 2, 4, 5)
+    assert bucket_sizes(32) == (1, 2, 4, 6, 8, 12, 16, 24, 32)
     with pytest.raises(ValueError, match="max_rows"):
         bucket_sizes(0)
 
