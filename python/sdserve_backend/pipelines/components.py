@@ -32,8 +32,9 @@ class DiffusionComponents:
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
+    # None for the SDXL refiner, which conditions on the second encoder alone.
+    tokenizer: CLIPTokenizer | None
+    text_encoder: CLIPTextModel | None
     # Stable Diffusion XL's second (OpenCLIP bigG) encoder; None for 1.x / 2.x.
     tokenizer_2: CLIPTokenizer | None
     text_encoder_2: CLIPTextModelWithProjection | None
@@ -43,6 +44,8 @@ class DiffusionComponents:
     force_zeros_for_empty_prompt: bool
     device: torch.device
     dtype: torch.dtype
+    # The SDXL refiner: its UNet's time ids hold an aesthetic score in place of the target size.
+    requires_aesthetics_score: bool = False
 
     @property
     def is_sdxl(self) -> bool:
@@ -83,7 +86,8 @@ def load_components(
     elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES and config_dir is None:
         components = load_single_file(weights, options, dtype)
         if components["text_encoder"] is None:
-            raise ValueError(f"{weights}: models without a first text encoder (such as the SDXL refiner) are not supported")
+            raise ValueError(f"{weights}: an SDXL refiner as a single-file checkpoint is not supported yet; "
+                             "serve the refiner's diffusers folder")
     elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES:
         components = _load_single_file(weights, config_dir, dtype)
     elif weights.is_file():
@@ -107,8 +111,10 @@ def detect_version(components: DiffusionComponents) -> str | None:
 def _load_diffusers_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
     model_index = json.loads((folder / "model_index.json").read_text())
     is_sdxl = _is_present(model_index, "text_encoder_2")
-    if not _is_present(model_index, "text_encoder"):
-        raise ValueError(f"{folder}: models without a first text encoder (such as the SDXL refiner) are not supported")
+    # The SDXL refiner has the second text encoder only.
+    has_first_encoder = _is_present(model_index, "text_encoder")
+    if not has_first_encoder and not is_sdxl:
+        raise ValueError(f"{folder}: the model has no text encoder (model_index.json names neither text_encoder nor text_encoder_2)")
     # On a GPU the safetensors are read straight into device memory (no CPU copy to move after).
     placed = {"device_map": str(device)} if device.type == "cuda" else {}
 
@@ -120,8 +126,10 @@ def _load_diffusers_folder(folder: Path, dtype: torch.dtype, device: torch.devic
     return {
         "unet": load(UNet2DConditionModel, "unet"),
         "vae": load(AutoencoderKL, "vae"),
-        "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
-        "text_encoder": load(CLIPTextModel, "text_encoder"),
+        "tokenizer": (
+            CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True) if has_first_encoder else None
+        ),
+        "text_encoder": load(CLIPTextModel, "text_encoder") if has_first_encoder else None,
         "tokenizer_2": (
             CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2", local_files_only=True) if is_sdxl else None
         ),
@@ -129,6 +137,7 @@ def _load_diffusers_folder(folder: Path, dtype: torch.dtype, device: torch.devic
         "scheduler_class": scheduler_class,
         "scheduler_config": dict(scheduler_class.load_config(folder, subfolder="scheduler", local_files_only=True)),
         "force_zeros_for_empty_prompt": bool(model_index.get("force_zeros_for_empty_prompt", is_sdxl)),
+        "requires_aesthetics_score": bool(model_index.get("requires_aesthetics_score", False)),
     }
 
 

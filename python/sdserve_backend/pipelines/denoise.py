@@ -69,6 +69,13 @@ class DenoisingState:
     # The deep features of the last full step (one row per UNet row), and whether they were guided.
     features: torch.Tensor | None = None
     features_guided: bool = False
+    # The UNet that runs this state's steps; None: the model's own. A base model's request handed
+    # to its refiner part-way (`tasks/refined.py`) continues on the refiner's.
+    unet: Any = None
+    # A request run in phases (the base, then the refiner): the UNet evaluations of the phases
+    # before this one, and of all phases (None: this phase's alone), for its progress.
+    evaluations_before: int = 0
+    evaluations_total: int | None = None
 
     @property
     def done(self) -> bool:
@@ -117,7 +124,8 @@ class DenoisingState:
     def completed_steps(self, steps: int) -> int:
         """How many of the caller's `steps` are done. Some schedulers take more than one UNet
         evaluation per step (Heun: two; PNDM: one extra at the start)."""
-        return self.step_index * steps // len(self.timesteps)
+        total = self.evaluations_total if self.evaluations_total is not None else len(self.timesteps)
+        return (self.evaluations_before + self.step_index) * steps // max(1, total)
 
 
 def start_denoising(

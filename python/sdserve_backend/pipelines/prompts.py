@@ -61,7 +61,7 @@ class PromptEncoder:
     @property
     def tokenizers(self) -> list[Any]:
         parts = self.components
-        return [parts.tokenizer] + ([parts.tokenizer_2] if parts.tokenizer_2 is not None else [])
+        return [tokenizer for tokenizer in (parts.tokenizer, parts.tokenizer_2) if tokenizer is not None]
 
     def chunk_count(self, texts: Iterable[str], chunked: bool = True) -> int:
         """The chunks each text of one run is encoded in: enough for the longest, up to
@@ -73,7 +73,7 @@ class PromptEncoder:
 
     def truncated_prompts(self, texts: Iterable[str]) -> list[str]:
         """The texts that do not fit one chunk (what an unchunked encoding cuts)."""
-        tokenizer = self.components.tokenizer
+        tokenizer = self.tokenizers[0]
         return [text for text in texts if len(_chunks(tokenizer, text, 1)) > 1]
 
     def too_long(self, texts: Iterable[str]) -> list[str]:
@@ -153,7 +153,8 @@ class PromptEncoder:
         )
 
     def _encode_with_both_clips(self, texts: list[str], chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """SDXL: both encoders' penultimate hidden states side by side, and the second's pooled output."""
+        """SDXL: both encoders' penultimate hidden states side by side (the refiner: the second's
+        alone), and the second's pooled output."""
         hidden_states, pooled = self._cached(texts, chunks, self._run_both_clips)
         return hidden_states, pooled
 
@@ -163,6 +164,8 @@ class PromptEncoder:
         hidden_states: list[torch.Tensor] = []
         pooled = torch.empty(0)
         for tokenizer, encoder in ((parts.tokenizer, parts.text_encoder), (parts.tokenizer_2, parts.text_encoder_2)):
+            if encoder is None:
+                continue
             token_ids, _ = _chunk_rows(tokenizer, texts, chunks)
             output = encoder(token_ids.to(parts.device), output_hidden_states=True)
             hidden_states.append(_join_chunks(output.hidden_states[-2], len(texts)))

@@ -8,6 +8,9 @@ from typing import Any
 from PIL import Image
 
 MAX_SEED = 2**64 - 1
+# diffusers' defaults for the SDXL refiner's aesthetic-score conditioning.
+DEFAULT_AESTHETIC_SCORE = 6.0
+DEFAULT_NEGATIVE_AESTHETIC_SCORE = 2.5
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,13 @@ class GenerationRequest:
 
     # LoRAs for every image of the request (`lora_layers.ChosenLora`: a loaded adapter and a scale).
     loras: tuple[Any, ...] = ()
+    # The SDXL refiner's conditioning (Podell et al. 2023, section 2.5): the aesthetic score its
+    # positive rows and its negative rows are told.
+    aesthetic_score: float = DEFAULT_AESTHETIC_SCORE
+    negative_aesthetic_score: float = DEFAULT_NEGATIVE_AESTHETIC_SCORE
+    # A base model with a refiner: the fraction of the schedule the base runs before the refiner
+    # takes over (diffusers' denoising_end / denoising_start); None or 1.0: the base alone.
+    high_noise_fraction: float | None = None
 
     @property
     def task_name(self) -> str:

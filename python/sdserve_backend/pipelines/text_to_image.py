@@ -31,6 +31,7 @@ from sdserve_backend.pipelines.requests import MAX_SEED, GenerationRequest, Gene
 from sdserve_backend.pipelines.tasks import Task
 from sdserve_backend.pipelines.tasks.image_to_image import ImageToImage
 from sdserve_backend.pipelines.tasks.inpaint import Inpaint
+from sdserve_backend.pipelines.tasks.refined import RefinedTextToImage
 from sdserve_backend.pipelines.tasks.text_to_image import TextToImage
 
 __all__ = [
@@ -50,7 +51,10 @@ class TextToImagePipeline:
     """Stable Diffusion text-to-image over loaded `DiffusionComponents`."""
 
     def __init__(self, components: DiffusionComponents, prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
-                 lora_dir: Path | None = None, lora_cache_size: int = DEFAULT_LORA_CAPACITY) -> None:
+                 lora_dir: Path | None = None, lora_cache_size: int = DEFAULT_LORA_CAPACITY,
+                 refiner: DiffusionComponents | None = None) -> None:
+        """`refiner`: an SDXL refiner's components that finish text-to-image requests asking for
+        it (`GenerationRequest.high_noise_fraction`, `tasks/refined.py`)."""
         self.components = components
         # The LoRAs of `lora_dir`, applied per request without touching the base weights.
         self.loras = LoraLibrary(components, lora_dir, lora_cache_size)
@@ -59,10 +63,17 @@ class TextToImagePipeline:
         self.image_tasks: dict[str, Task] = {
             task.name: task for task in (ImageToImage(components, self.prompt_encoder), Inpaint(components, self.prompt_encoder))
         }
+        self.refiner = refiner
+        self.refined_task: RefinedTextToImage | None = None
+        if refiner is not None:
+            refiner_task = ImageToImage(refiner, PromptEncoder(refiner, prompt_cache_size))
+            self.refined_task = RefinedTextToImage(self.task, refiner_task)
 
     def task_for(self, request: GenerationRequest) -> Task:
         """The task that runs `request`: inpainting with a mask, image-to-image with an image,
-        else text-to-image."""
+        else text-to-image (finished by the refiner when the request asks for it)."""
+        if request.task_name == "text_to_image" and self.refined_task is not None and uses_refiner(request):
+            return self.refined_task
         return self.image_tasks.get(request.task_name, self.task)
 
     @property
@@ -99,9 +110,13 @@ class TextToImagePipeline:
                 reported = step
                 on_step(step, settings.steps)
 
-        # 4. Decode and hand each request its images
-        images = self.task.finish(torch.cat([state.latents for state in states]))
-        return finish_per_request(images, requests, states)
+        # 4. Decode (each task with its own VAE) and hand each request its images
+        tasks = [self.task_for(request) for request in requests]
+        if all(task is tasks[0] for task in tasks):
+            images = tasks[0].finish(torch.cat([state.latents for state in states]))
+            return finish_per_request(images, requests, states)
+        return [finish_per_request(task.finish(state.latents), [request], [state])[0]
+                for task, request, state in zip(tasks, requests, states, strict=True)]
 
     def prepare(self, task: Task, request: GenerationRequest, settings: GenerationSettings) -> DenoisingState:
         """The task's state for `request`, with the request's LoRAs for its rows of each UNet call
@@ -121,15 +136,27 @@ class TextToImagePipeline:
         """One step of each of `states`, with one UNet call for all (`denoise.denoise_step`); each
         state's LoRAs apply to its own rows."""
         unet = self.components.unet
-        with self.loras.unet_rows([(state.rows, state.loras) for state in states]) as adapted:
+        # States handed to the refiner (`tasks/refined.py`) take their own call on its UNet.
+        own = [state for state in states if state.unet is None]
+        refined = [state for state in states if state.unet is not None]
+        if refined:
+            denoise_step(refined[0].unet, refined)
+        if not own:
+            return
+        with self.loras.unet_rows([(state.rows, state.loras) for state in own]) as adapted:
             # The engine's CUDA graphs hold the base model only: rows with LoRAs run it eagerly.
             eager = unet.eager() if adapted and hasattr(unet, "eager") else contextlib.nullcontext()
             with eager:
-                denoise_step(unet, states)
+                denoise_step(unet, own)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents -> uint8 images [B, H, W, 3] on the host."""
         return self.task.finish(latents)
+
+
+def uses_refiner(request: GenerationRequest) -> bool:
+    """Whether a request asks for the refiner to finish it (a high-noise fraction under 1)."""
+    return request.high_noise_fraction is not None and request.high_noise_fraction != 1.0
 
 
 def finish_per_request(

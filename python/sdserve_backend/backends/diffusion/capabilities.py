@@ -9,7 +9,9 @@ from typing import Any
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.settings import ModelDefaults
 from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS
+from sdserve_backend.pipelines.requests import DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE
 from sdserve_backend.pipelines.tasks.inpaint import MAX_MASK_BLUR
+from sdserve_backend.pipelines.tasks.text_to_image import MAX_AESTHETIC_SCORE
 from sdserve_backend.pipelines.schedulers import available_short_names, supported_scheduler_names
 
 TASKS = ("text_to_image", "image_to_image", "inpaint")
@@ -31,9 +33,11 @@ OUTPUTS = (
 )
 
 
-def declare(defaults: ModelDefaults, max_images: int, max_steps: int, lora_names: list[str] | None = None) -> dict[str, Any]:
+def declare(defaults: ModelDefaults, max_images: int, max_steps: int, lora_names: list[str] | None = None,
+            is_refiner: bool = False) -> dict[str, Any]:
     """The `capabilities` object of the LoadResponse for a model loaded with `defaults`; `lora_names`:
-    the LoRA files present at load, offered to forms as `examples` (files added later work too)."""
+    the LoRA files present at load, offered to forms as `examples` (files added later work too);
+    `is_refiner`: an SDXL refiner (image tasks only, aesthetic scores)."""
     base = defaults.settings
     side = {"type": "integer", "minimum": 8, "maximum": model_settings.MAX_IMAGE_SIDE, "multiple_of": 8}
     seed: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": model_settings.MAX_SEED}
@@ -70,8 +74,22 @@ def declare(defaults: ModelDefaults, max_images: int, max_steps: int, lora_names
     }
     if lora_names:
         parameters["loras"]["examples"] = list(lora_names)
+    if is_refiner:
+        parameters["strength"]["description"] = "how much of the schedule runs from the image (default 0.3)"
+        parameters["aesthetic_score"] = {
+            "type": "number", "minimum": 0, "maximum": MAX_AESTHETIC_SCORE, "default": DEFAULT_AESTHETIC_SCORE,
+            "description": "SDXL refiner: the aesthetic score (0-10) the image is conditioned on"}
+        parameters["negative_aesthetic_score"] = {
+            "type": "number", "minimum": 0, "maximum": MAX_AESTHETIC_SCORE, "default": DEFAULT_NEGATIVE_AESTHETIC_SCORE,
+            "description": "SDXL refiner: the aesthetic score of the negative (unconditional) rows"}
+    if defaults.refiner:
+        parameters["high_noise_fraction"] = {
+            "type": "number", "minimum": 0, "maximum": 1, "default": defaults.high_noise_fraction,
+            "aliases": ["refiner_switch_at"],
+            "description": f"text-to-image: the fraction of the schedule this model runs before its refiner "
+                           f"{defaults.refiner!r} takes over (1: this model alone)"}
     return {
-        "tasks": list(TASKS),
+        "tasks": [task for task in TASKS if not (is_refiner and task == "text_to_image")],
         "batching": "step" if defaults.step_batching else "request",
         "max_images": max(1, max_images),
         "inputs": [dict(tensor) for tensor in INPUTS],

@@ -88,12 +88,16 @@ class TritonPythonModel:
             resolve_scheduler_class(self.defaults.settings.scheduler, components.scheduler_class)
         except ValueError as error:
             raise ValueError(f"config parameter {error}") from None
+        refiner = None
+        if self.defaults.refiner:
+            refiner = self._load_refiner(Path(args["model_repository"]), self.defaults.refiner, placement, components)
         self.pipeline = TextToImagePipeline(components, prompt_cache_size=self.defaults.prompt_cache_size,
                                             lora_dir=model_settings.locate_lora_dir(version_dir, parameters),
-                                            lora_cache_size=self.defaults.lora_cache_size)
+                                            lora_cache_size=self.defaults.lora_cache_size, refiner=refiner)
         max_images = int(model_config.get("max_batch_size", 0) or 0)
         max_steps = min(model_settings.MAX_STEPS, max_inference_steps(components.scheduler_config))
-        self.declared = capabilities.declare(self.defaults, max_images, max_steps, self.pipeline.loras.available())
+        self.declared = capabilities.declare(self.defaults, max_images, max_steps, self.pipeline.loras.available(),
+                                             is_refiner=components.requires_aesthetics_score)
         self.encoder = ThreadPoolExecutor(max_workers=ENCODER_THREADS, thread_name_prefix="sdserve-encoder")
 
         # 5. Start the step batcher: up to max_batch_size images share a UNet call
@@ -105,6 +109,21 @@ class TritonPythonModel:
             f"{'SDXL' if components.is_sdxl else 'SD'}, "
             f"{'step' if self.step_batching else 'request'}-level batching, defaults {self.defaults.settings} ({seconds})"
         )
+
+    def _load_refiner(self, model_dir: Path, name: str, placement: Any, base: Any) -> Any:
+        """The refiner model `name` of this repository, from its highest version folder, onto this
+        model's device: its weights are read, its config is not (it is served on its own too)."""
+        refiner_dir = model_dir.parent / name
+        versions = sorted((int(entry.name) for entry in refiner_dir.iterdir() if entry.name.isdigit() and entry.is_dir()),
+                          reverse=True) if refiner_dir.is_dir() else []
+        if not versions:
+            raise FileNotFoundError(f"config parameter 'refiner': no model {name!r} with a version folder in {model_dir.parent}")
+        weights = model_settings.resolve_weights(refiner_dir / str(versions[0]), "", "")
+        refiner = load_components(weights, placement.device, placement.dtype)
+        if not refiner.requires_aesthetics_score or not base.is_sdxl:
+            raise ValueError(f"config parameter 'refiner': {name!r} must be an SDXL refiner (its model_index.json sets "
+                             "requires_aesthetics_score) and this model an SDXL base")
+        return refiner
 
     @property
     def step_batching(self) -> bool:
@@ -249,6 +268,11 @@ class TritonPythonModel:
             encoding = model_settings.read_output_encoding(
                 request.parameters(), ENCODED_OUTPUT_NAME in _requested_output_names(request)
             )
+            refining = model_settings.read_refiner_parameters(request.parameters(), self.defaults,
+                                                              self.pipeline.components.requires_aesthetics_score)
+            if images is not None and "high_noise_fraction" in json.loads(request.parameters() or "{}"):
+                raise ValueError("parameter 'high_noise_fraction' applies to text-to-image; the refiner does not run "
+                                 "on requests with an input 'image'")
             chunk_prompts = model_settings.read_prompt_chunking(request.parameters(), self.defaults.prompt_chunking)
             prompts, requested_loras = model_settings.read_loras(request.parameters(), prompts)
             loras = self.pipeline.loras.choose(requested_loras)
@@ -259,7 +283,10 @@ class TritonPythonModel:
             return RuntimeError(f"loading the LoRAs failed: {error}")
         generation = GenerationRequest(prompts=prompts, seed=seed, negative_prompts=list(negatives) if negatives else None,
                                        chunk_prompts=chunk_prompts, images=images, masks=masks,
-                                       strength=image_parameters.strength, mask_blur=image_parameters.mask_blur, loras=loras)
+                                       strength=image_parameters.strength, mask_blur=image_parameters.mask_blur, loras=loras,
+                                       aesthetic_score=refining.aesthetic_score,
+                                       negative_aesthetic_score=refining.negative_aesthetic_score,
+                                       high_noise_fraction=refining.high_noise_fraction)
         return Job(generation, settings, encoding, self._prompt_warnings(generation))
 
     def _prompt_warnings(self, request: GenerationRequest) -> tuple[str, ...]:

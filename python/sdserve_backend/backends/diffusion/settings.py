@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,12 +24,17 @@ from sdserve_backend.pipelines.lora_library import DEFAULT_CAPACITY as DEFAULT_L
 from sdserve_backend.pipelines.lora_library import LoraRequest, merge_requests, parse_loras_parameter, take_prompt_tags
 from sdserve_backend.pipelines.single_file import PREDICTION_TYPES, CheckpointOptions
 from sdserve_backend.pipelines.prompts import DEFAULT_PROMPT_CACHE_SIZE
+from sdserve_backend.pipelines.requests import DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE
 from sdserve_backend.pipelines.tasks.inpaint import MAX_MASK_BLUR
+from sdserve_backend.pipelines.tasks.refined import DEFAULT_HIGH_NOISE_FRACTION
+from sdserve_backend.pipelines.tasks.text_to_image import MAX_AESTHETIC_SCORE
 
 README_HINT = 'see README "Serving real weights"'
 KNOWN_VERSIONS = ("1.5", "2.1", "xl-1.0")
 MAX_SEED = 2**64 - 1
 MAX_IMAGE_SIDE = 4096
+# A model's name as a repository folder: no separators, so it never leaves the repository.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # One less than the 1000 training timesteps of every SD model: see max_inference_steps.
 MAX_STEPS = 999
 # Per-request parameters that override the config; the config spells the image size differently.
@@ -62,6 +68,10 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "engine_compile": "true: torch.compile the UNet into the GPU engine",
     "engine_sizes": 'more image sizes the GPU engine captures graphs for, besides image_height x image_width: "768x768,512x768" (height x width)',
     "engine_cache_dir": "where this model's GPU engine is kept (absolute, or relative to the server's --engine-cache-dir)",
+    "refiner": "SDXL base: the name of an SDXL refiner model in this repository whose weights (its highest version "
+               "folder) finish text-to-image requests, loaded into this model's backend",
+    "high_noise_fraction": "with a refiner, default 0.8: the fraction of the schedule the base runs before the refiner "
+                           "takes over (1: the base alone)",
     "onnx_opset": "ignored: accepted so that configs written for the ONNX/TensorRT tutorial load",
     # Read and enforced by the core before a request reaches the backend (src/core/request-limits.ts,
     # src/core/execution-deadline.ts; README "Security").
@@ -111,6 +121,9 @@ class ModelDefaults:
     lora_cache_size: int = DEFAULT_LORA_CAPACITY
     # Image sizes (height, width) the GPU engine also captures, besides the default one.
     engine_sizes: tuple[tuple[int, int], ...] = ()
+    # The refiner model that finishes text-to-image requests ("": none), and where it takes over.
+    refiner: str = ""
+    high_noise_fraction: float = DEFAULT_HIGH_NOISE_FRACTION
 
 
 def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
@@ -149,6 +162,9 @@ def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) 
         prompt_chunking=parse_bool("prompt_chunking", parameters.get("prompt_chunking", ""), True, source),
         lora_cache_size=parse_lora_cache_size(parameters.get("lora_cache_size", ""), source),
         engine_sizes=parse_engine_sizes(parameters.get("engine_sizes", ""), source),
+        refiner=parse_model_name("refiner", parameters.get("refiner", ""), source),
+        high_noise_fraction=parse_fraction("high_noise_fraction", parameters.get("high_noise_fraction", ""),
+                                           DEFAULT_HIGH_NOISE_FRACTION, source),
     )
 
 
@@ -228,6 +244,36 @@ def read_image_parameters(parameters_json: str) -> ImageParameters:
         mask_from_alpha=parse_bool("mask_from_alpha", parameters.get("mask_from_alpha"), False, "parameter"),
         size_given="height" in parameters or "width" in parameters,
     )
+
+
+@dataclass(frozen=True)
+class RefinerParameters:
+    """The request parameters of the SDXL refiner and of a base model with one."""
+
+    aesthetic_score: float = DEFAULT_AESTHETIC_SCORE
+    negative_aesthetic_score: float = DEFAULT_NEGATIVE_AESTHETIC_SCORE
+    # A base with a refiner: where the refiner takes over (None: the model has no refiner).
+    high_noise_fraction: float | None = None
+
+
+def read_refiner_parameters(parameters_json: str, defaults: ModelDefaults, is_refiner: bool) -> RefinerParameters:
+    """`aesthetic_score` and `negative_aesthetic_score` (a refiner), `high_noise_fraction` (a base
+    with a refiner); each refused, naming it, by a model that does not read it."""
+    parameters = json.loads(parameters_json or "{}")
+    source = "parameter"
+    scores = {}
+    for name, default in (("aesthetic_score", DEFAULT_AESTHETIC_SCORE),
+                          ("negative_aesthetic_score", DEFAULT_NEGATIVE_AESTHETIC_SCORE)):
+        if name in parameters and not is_refiner:
+            raise ValueError(f"{source} '{name}' is read by SDXL refiner models only; this model is not one")
+        scores[name] = parse_number_in(name, parameters.get(name), default, 0.0, MAX_AESTHETIC_SCORE, source)
+    fraction = None
+    if defaults.refiner:
+        fraction = parse_fraction("high_noise_fraction", parameters.get("high_noise_fraction", ""),
+                                  defaults.high_noise_fraction, source)
+    elif "high_noise_fraction" in parameters:
+        raise ValueError(f"{source} 'high_noise_fraction' needs a model with a refiner (config parameter 'refiner')")
+    return RefinerParameters(high_noise_fraction=fraction, **scores)
 
 
 def read_prompt_chunking(parameters_json: str, default: bool) -> bool:
@@ -397,6 +443,27 @@ def parse_fraction(name: str, value: Any, default: float, source: str) -> float:
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"{source} '{name}' must be a number from 0 to 1, got {value!r}")
     return fraction
+
+
+def parse_number_in(name: str, value: Any, default: float, low: float, high: float, source: str) -> float:
+    """A number from `low` to `high`."""
+    if value == "" or value is None:
+        return default
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not low <= number <= high:
+        raise ValueError(f"{source} '{name}' must be a number from {low:g} to {high:g}, got {value!r}")
+    return number
+
+
+def parse_model_name(name: str, value: Any, source: str) -> str:
+    """A model of the repository, by its plain name ("" for none): never a path."""
+    text = str(value or "").strip()
+    if text and (not MODEL_NAME.match(text) or text in (".", "..")):
+        raise ValueError(f"{source} '{name}' must be the plain name of a model in the repository, got {value!r}")
+    return text
 
 
 def parse_cache_interval(value: Any, default: int, source: str) -> int:

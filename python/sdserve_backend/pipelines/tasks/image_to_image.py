@@ -24,8 +24,17 @@ from sdserve_backend.pipelines.prompts import PromptEncoder
 from sdserve_backend.pipelines.requests import GenerationRequest, GenerationSettings
 from sdserve_backend.pipelines.tasks.text_to_image import TextToImage
 
-# diffusers' default strength for image-to-image.
+# diffusers' default strength for image-to-image; for the SDXL refiner, its SDXL pipeline's.
 DEFAULT_STRENGTH = 0.8
+REFINER_DEFAULT_STRENGTH = 0.3
+
+
+def denoising_cutoff(scheduler: SchedulerMixin, fraction: float) -> int:
+    """The training timestep `fraction` of the schedule reaches (diffusers' discrete timestep
+    cutoff of denoising_end / denoising_start): a base model runs the timesteps at or above it,
+    its refiner those below."""
+    train_timesteps = int(scheduler.config.num_train_timesteps)
+    return int(round(train_timesteps - fraction * train_timesteps))
 
 
 class ImageToImage(TextToImage):
@@ -58,7 +67,9 @@ class ImageToImage(TextToImage):
             )
 
     def strength(self, request: GenerationRequest) -> float:
-        return self.default_strength if request.strength is None else request.strength
+        if request.strength is not None:
+            return request.strength
+        return REFINER_DEFAULT_STRENGTH if self.components.requires_aesthetics_score else self.default_strength
 
     @torch.inference_mode()
     def prepare(self, request: GenerationRequest, settings: GenerationSettings) -> DenoisingState:
@@ -85,14 +96,40 @@ class ImageToImage(TextToImage):
     # Stages
 
     @staticmethod
-    def start_timesteps(scheduler: SchedulerMixin, steps: int, strength: float) -> torch.Tensor:
+    def start_timesteps(scheduler: SchedulerMixin, steps: int, strength: float,
+                        denoising_start: float | None = None) -> torch.Tensor:
         """The timesteps from where `strength` starts (diffusers' `get_timesteps`), the scheduler's
-        begin index set to match."""
-        skipped = steps - min(int(steps * strength), steps)
-        begin = skipped * scheduler.order
+        begin index set to match. With `denoising_start` (a refiner continuing a base model's
+        latents), those below the timestep that fraction of the training schedule reaches instead,
+        a second-order scheduler never starting between its two evaluations of one step."""
+        if denoising_start is None:
+            skipped = steps - min(int(steps * strength), steps)
+            begin = skipped * scheduler.order
+        else:
+            remaining = int((scheduler.timesteps < denoising_cutoff(scheduler, denoising_start)).sum())
+            if scheduler.order == 2 and remaining % 2 == 0:
+                remaining += 1
+            begin = len(scheduler.timesteps) - remaining
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(begin)
         return scheduler.timesteps[begin:]
+
+    @torch.inference_mode()
+    def continuation(self, request: GenerationRequest, settings: GenerationSettings, denoising_start: float,
+                     generators: list[torch.Generator]) -> DenoisingState:
+        """The rest of a request another model denoised up to `denoising_start` of the schedule:
+        this model's conditioning, scheduler and remaining timesteps, on this model's UNet; the
+        latents are the other model's when it hands over (diffusers' img2img pipelines given
+        latents and denoising_start: no noise is added)."""
+        conditioning = self.conditioning(request, settings)
+        scheduler = self.make_scheduler(settings)
+        timesteps = self.start_timesteps(scheduler, settings.steps, 1.0, denoising_start)
+        state = start_denoising(scheduler, torch.empty(0), generators, *conditioning,
+                                guidance_scale=settings.guidance_scale, timesteps=timesteps,
+                                guidance_interval=(settings.guidance_start, settings.guidance_end),
+                                cache_interval=settings.cache_interval)
+        state.unet = self.components.unet
+        return state
 
     def preprocess_images(self, request: GenerationRequest, settings: GenerationSettings) -> torch.Tensor:
         """The input images at the request's size, as float32 [-1, 1] NCHW (resized with

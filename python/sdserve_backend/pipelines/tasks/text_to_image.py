@@ -26,6 +26,8 @@ from sdserve_backend.pipelines.vae import decode_latents
 
 # SDXL micro-conditioning: no crop (Podell et al. 2023, "SDXL", section 2.2).
 CROP_TOP_LEFT = (0, 0)
+# The refiner's aesthetic scores are LAION aesthetic predictor ratings, 0 to 10.
+MAX_AESTHETIC_SCORE = 10.0
 
 
 class TextToImage:
@@ -75,6 +77,12 @@ class TextToImage:
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {request.seed!r}")
         if self.name == "text_to_image" and self.components.is_inpainting:
             raise ValueError("this is an inpainting model (its UNet takes a mask): give an input 'image' and a 'mask'")
+        if self.name == "text_to_image" and self.components.requires_aesthetics_score:
+            raise ValueError("this is an SDXL refiner, which refines an image: give an input 'image' (image-to-image)")
+        for name in ("aesthetic_score", "negative_aesthetic_score"):
+            score = getattr(request, name)
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= MAX_AESTHETIC_SCORE:
+                raise ValueError(f"{name} must be a number from 0 to {MAX_AESTHETIC_SCORE}, got {score!r}")
 
     def batch_key(self, request: GenerationRequest, settings: GenerationSettings) -> Hashable:
         # Rows of one UNet call share the latent size and the length of the text conditioning
@@ -116,10 +124,11 @@ class TextToImage:
         added_cond_kwargs = None
         if self.components.is_sdxl:
             assert embeddings.pooled_positive is not None
-            rows = embeddings.positive.shape[0] * (2 if guided else 1)
+            rows = embeddings.positive.shape[0]
+            positive_ids, negative_ids = self._sdxl_time_ids(request, settings)
             added_cond_kwargs = {
                 "text_embeds": _with_negative_first(embeddings.pooled_positive, embeddings.pooled_negative, guided),
-                "time_ids": self._sdxl_time_ids(settings).repeat(rows, 1),
+                "time_ids": _with_negative_first(positive_ids.repeat(rows, 1), negative_ids.repeat(rows, 1), guided),
             }
         return _with_negative_first(embeddings.positive, embeddings.negative, guided), added_cond_kwargs
 
@@ -165,16 +174,24 @@ class TextToImage:
             return latents_generator
         return torch.Generator(device=device).manual_seed(request.seed)
 
-    def _sdxl_time_ids(self, settings: GenerationSettings) -> torch.Tensor:
-        # original size, crop top-left, target size: the image is generated at its native size.
+    def _sdxl_time_ids(self, request: GenerationRequest, settings: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positive and negative rows' time ids: original size, crop top-left, then the target
+        size (the image is generated at its native size) or, for the refiner, the aesthetic score."""
         size = (settings.height, settings.width)
-        time_ids = [*size, *CROP_TOP_LEFT, *size]
-        return torch.tensor([time_ids], dtype=self.components.dtype, device=self.components.device)
+        if self.components.requires_aesthetics_score:
+            positive = [*size, *CROP_TOP_LEFT, request.aesthetic_score]
+            negative = [*size, *CROP_TOP_LEFT, request.negative_aesthetic_score]
+        else:
+            positive = negative = [*size, *CROP_TOP_LEFT, *size]
+        parts = self.components
+        return (torch.tensor([positive], dtype=parts.dtype, device=parts.device),
+                torch.tensor([negative], dtype=parts.dtype, device=parts.device))
 
     def _check_sdxl_time_embedding(self) -> None:
         unet, encoder_2 = self.components.unet, self.components.text_encoder_2
         assert encoder_2 is not None
-        given = int(unet.config.addition_time_embed_dim) * 6 + int(encoder_2.config.projection_dim)
+        time_ids = 5 if self.components.requires_aesthetics_score else 6
+        given = int(unet.config.addition_time_embed_dim) * time_ids + int(encoder_2.config.projection_dim)
         expected = unet.add_embedding.linear_1.in_features
         if given != expected:
             raise ValueError(
