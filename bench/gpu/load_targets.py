@@ -44,6 +44,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MODEL = "served"
+ENGINES = ".engines"  # the engine cache folder, inside the temporary repository
 STARTED = time.perf_counter()
 
 
@@ -119,7 +120,8 @@ def offline_worker(spec_path: Path) -> int:
     placement = choose_placement("GPU", 0)
     components = load_components(Path(parameters["weights"]), placement.device, placement.dtype)
     loaded = time.perf_counter()
-    engine_dir = engine_dir_for(MODEL, "1", version_dir, parameters, None)
+    # The server's --engine-cache-dir (Server below): the server's load finds this engine current.
+    engine_dir = engine_dir_for(MODEL, "1", version_dir, parameters, version_dir.parent.parent / ENGINES)
     components = prepare_for_model(components, placement, engine_dir, {"max_batch_size": spec["max_batch"]}, parameters,
                                    Path(parameters["weights"]), lambda message: print(message, flush=True))
     built = time.perf_counter()
@@ -195,7 +197,7 @@ class Server:
         self.process = subprocess.Popen(
             [bench.SDSERVE, "serve", "--model-repository", str(repo), "--model-control-mode", "explicit",
              "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-             "--allowed-path", str(weights)],
+             "--allowed-path", str(weights), "--engine-cache-dir", str(repo / ENGINES)],
             stdout=log_path.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         for _ in range(240):
             if bench.http("GET", "/v2/health/live", timeout=2)[0] == 200:
