@@ -19,7 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from sdserve_backend.pipelines.single_file import ConfigFolder, clip_tokenizer
 from sdserve_backend.single_file_export import export
 
-ARCHITECTURE = {"sd": "sd15", "sd-inpaint": "sd15", "sdxl": "sdxl_base"}
+ARCHITECTURE = {"sd": "sd15", "sd-inpaint": "sd15", "sd21": "sd21", "sdxl": "sdxl_base", "sdxl_refiner": "sdxl_refiner"}
 # What the published configs say about text encoder attention: 64-wide heads.
 TEXT_HEAD_WIDTH = 64
 

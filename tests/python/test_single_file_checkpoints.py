@@ -8,7 +8,7 @@ import io
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,17 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from sdserve_backend.backends.diffusion import settings as model_settings
-from sdserve_backend.pipelines import load_components
+from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
 from sdserve_backend.pipelines.single_file import (
     ARCHITECTURES,
     CLIP_PREFIXES,
     OPEN_CLIP_PREFIXES,
+    CheckpointOptions,
     ConfigFolder,
     clip_tokenizer,
     detect_architecture,
+    load_single_file,
+    read_shapes,
     text_config_from,
     unet_config_from,
     vae_config_from,
@@ -170,6 +173,63 @@ def test_bad_checkpoint_parameters_are_named(tmp_path: Path, parameters: dict, m
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         model_settings.read_checkpoint_options(tmp_path, parameters)
+
+
+# ---------------------------------------------------------------------------------------------
+# In process: the other tiny architectures
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
+    """(diffusers folder, the same as one checkpoint) of a tiny variant, made once."""
+    work = tmp_path_factory.mktemp("single_file_pairs")
+    made: dict[str, tuple[Path, Path]] = {}
+
+    def pair(variant: str) -> tuple[Path, Path]:
+        if variant not in made:
+            tiny = make_tiny_model(work / f"tiny_{variant}", variant, seed=0)
+            folder = published_rules_folder(tiny, work / f"{variant}_folder", variant)
+            made[variant] = folder, single_file(folder, work / f"{variant}.safetensors")
+        return made[variant]
+
+    return pair
+
+
+def equal_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    left, right = a.state_dict(), b.state_dict()
+    return left.keys() == right.keys() and all(torch.equal(left[key], right[key]) for key in left)
+
+
+def test_an_sd21_checkpoint_draws_what_its_diffusers_folder_draws(tiny_pairs: Callable[[str], tuple[Path, Path]]) -> None:
+    folder, checkpoint = tiny_pairs("sd21")
+    images = []
+    for weights in (folder, checkpoint):
+        components = load_components(weights, torch.device("cpu"), torch.float32)
+        assert components.scheduler_config["prediction_type"] == "v_prediction"
+        assert components.unet.config.upcast_attention
+        [image] = TextToImagePipeline(components)(
+            [GenerationRequest(prompts=[PROMPT], seed=3, negative_prompts=["ugly"])], GenerationSettings(128, 128, 4, 7.5, ""))
+        images.append(image)
+    assert np.array_equal(images[0], images[1]) and images[0].std() > 1
+
+
+def test_an_inpainting_checkpoint_loads_its_9_channel_unet(tiny_pairs: Callable[[str], tuple[Path, Path]]) -> None:
+    folder, checkpoint = tiny_pairs("sd-inpaint")
+    ours = load_components(checkpoint, torch.device("cpu"), torch.float32)
+    theirs = load_components(folder, torch.device("cpu"), torch.float32)
+    assert ours.is_inpainting and ours.unet.config.in_channels == 9
+    for name in ("unet", "vae", "text_encoder"):
+        assert equal_weights(getattr(ours, name), getattr(theirs, name)), name
+
+
+def test_a_refiner_checkpoint_is_told_and_read(tiny_pairs: Callable[[str], tuple[Path, Path]]) -> None:
+    folder, checkpoint = tiny_pairs("sdxl_refiner")
+    assert detect_architecture(read_shapes(checkpoint)) == "sdxl_refiner"
+    parts = load_single_file(checkpoint, CheckpointOptions(), torch.float32)
+    assert parts["text_encoder"] is None and parts["tokenizer"] is None
+    assert parts["tokenizer_2"].pad_token == "!"
+    assert equal_weights(parts["unet"], UNet2DConditionModel.from_pretrained(folder, subfolder="unet"))
+    assert equal_weights(parts["text_encoder_2"], CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2"))
 
 
 # ---------------------------------------------------------------------------------------------
