@@ -26,11 +26,9 @@ from sdserve_backend.pipelines.single_file import (
     ARCHITECTURES,
     CLIP_PREFIXES,
     OPEN_CLIP_PREFIXES,
-    CheckpointOptions,
     ConfigFolder,
     clip_tokenizer,
     detect_architecture,
-    load_single_file,
     read_shapes,
     text_config_from,
     unet_config_from,
@@ -222,14 +220,17 @@ def test_an_inpainting_checkpoint_loads_its_9_channel_unet(tiny_pairs: Callable[
         assert equal_weights(getattr(ours, name), getattr(theirs, name)), name
 
 
-def test_a_refiner_checkpoint_is_told_and_read(tiny_pairs: Callable[[str], tuple[Path, Path]]) -> None:
+def test_a_refiner_checkpoint_loads_what_its_diffusers_folder_loads(tiny_pairs: Callable[[str], tuple[Path, Path]]) -> None:
     folder, checkpoint = tiny_pairs("sdxl_refiner")
     assert detect_architecture(read_shapes(checkpoint)) == "sdxl_refiner"
-    parts = load_single_file(checkpoint, CheckpointOptions(), torch.float32)
-    assert parts["text_encoder"] is None and parts["tokenizer"] is None
-    assert parts["tokenizer_2"].pad_token == "!"
-    assert equal_weights(parts["unet"], UNet2DConditionModel.from_pretrained(folder, subfolder="unet"))
-    assert equal_weights(parts["text_encoder_2"], CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2"))
+    ours = load_components(checkpoint, torch.device("cpu"), torch.float32)
+    theirs = load_components(folder, torch.device("cpu"), torch.float32)
+    assert ours.text_encoder is None and ours.tokenizer is None and ours.requires_aesthetics_score
+    assert ours.tokenizer_2.pad_token == "!"
+    assert not ours.force_zeros_for_empty_prompt
+    assert ours.scheduler_class is theirs.scheduler_class
+    for name in ("unet", "vae", "text_encoder_2"):
+        assert equal_weights(getattr(ours, name), getattr(theirs, name)), name
 
 
 # ---------------------------------------------------------------------------------------------

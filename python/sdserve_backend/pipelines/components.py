@@ -85,9 +85,6 @@ def load_components(
         components = _load_diffusers_folder(weights, dtype, device)
     elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES and config_dir is None:
         components = load_single_file(weights, options, dtype)
-        if components["text_encoder"] is None:
-            raise ValueError(f"{weights}: an SDXL refiner as a single-file checkpoint is not supported yet; "
-                             "serve the refiner's diffusers folder")
     elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES:
         components = _load_single_file(weights, config_dir, dtype)
     elif weights.is_file():

@@ -116,6 +116,7 @@ def load_single_file(checkpoint: Path, options: CheckpointOptions, dtype: torch.
         "scheduler_class": scheduler_class,
         "scheduler_config": dict(scheduler_class.from_config(scheduler_config).config),
         "force_zeros_for_empty_prompt": bool(model_index.get("force_zeros_for_empty_prompt", False)),
+        "requires_aesthetics_score": bool(model_index.get("requires_aesthetics_score", False)),
     }
     return parts
 
