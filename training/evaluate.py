@@ -89,12 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--workers", type=int, default=0, help="processes that score images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float16", "float32"), help="default: float16 on CUDA, else float32")
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args(argv)
 
     scenes = held_out_scenes(args.count)
     pool = ProcessPoolExecutor(args.workers) if args.workers > 0 else None
-    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
     pipeline = StableDiffusionPipeline.from_pretrained(args.model, dtype=dtype).to(args.device)
     pipeline.set_progress_bar_config(disable=True)
     default_scheduler = pipeline.scheduler
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "checker_on_renders": score_images(to_uint8(renders), scenes, pool),
         "checker_on_vae_round_trip": score_images(to_uint8(round_trip), scenes, pool),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
     }
     print(json.dumps(results, indent=2), flush=True)
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import CLIPTokenizer
 
 from sdserve_server import PROJECT_ROOT
@@ -14,7 +15,8 @@ from training.checker import Score, analyse, score  # noqa: E402
 from training.evaluate import held_out_scenes, to_uint8  # noqa: E402
 from training.render import render_scenes  # noqa: E402
 from training.scenes import SceneSampler, is_held_out, scene_for_caption  # noqa: E402
-from training.tokenizer import learn_merges, write_tokenizer  # noqa: E402
+from training.tokenizer import MAX_LENGTH, learn_merges, write_tokenizer  # noqa: E402
+from training.train import TokenizedBatches, edge_weights  # noqa: E402
 from training.vocabulary import CAPTION_WORDS  # noqa: E402
 
 SHIPPED_TOKENIZER = PROJECT_ROOT / "model_repository" / "shapes_sd" / "1" / "tokenizer"
@@ -48,6 +50,28 @@ def test_the_learned_tokenizer_is_the_same_every_time_and_keeps_caption_words_wh
         for word in CAPTION_WORDS:
             assert tokenizer.tokenize(word) == [word + "</w>"]
         assert len(tokenizer("butterfly in new york, 4k").input_ids) > 2  # other text still encodes
+
+
+def test_prefetched_training_batches_carry_their_own_captions_token_ids_in_the_samplers_order(
+    tmp_path: Path,
+) -> None:
+    tokenizer = write_tokenizer(tmp_path)
+    batches = TokenizedBatches(SceneSampler(3), tokenizer, 16)
+    drawn = [next(batches) for _ in range(3)]
+    expected = SceneSampler(3).sample_many(48)
+    assert [scene.caption for scenes, _ in drawn for scene in scenes] == [scene.caption for scene in expected]
+    for scenes, ids in drawn:
+        direct = tokenizer([scene.caption for scene in scenes], padding="max_length", max_length=MAX_LENGTH,
+                           truncation=True, return_tensors="pt").input_ids
+        assert torch.equal(ids, direct)
+
+
+def test_the_reconstruction_loss_weighs_the_outlines_of_shapes() -> None:
+    image = render_scenes([scene_for_caption("square", "red", "white")], 64) * 2 - 1
+    weights = edge_weights(image)[0, 0]
+    assert weights[0, 0] == 1 and weights[32, 32] == 1  # flat background, inside the square
+    outline = (weights[32] > 1).nonzero().flatten().tolist()  # a row through the square: its two sides
+    assert outline and weights[32, outline[0]] == 5 and outline[-1] - outline[0] > 10
 
 
 def test_the_checker_reads_exact_renders_of_held_out_scenes() -> None:
