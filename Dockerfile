@@ -30,7 +30,7 @@ RUN apt-get update \
 COPY requirements.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "$(grep '^torch==' /tmp/requirements.txt)" \
- && grep -E '^(diffusers|transformers|safetensors|numpy|pillow)==' /tmp/requirements.txt > /tmp/runtime.txt \
+ && grep -E '^(diffusers|transformers|safetensors|numpy|pillow|torchsde|trampoline|scipy)==' /tmp/requirements.txt > /tmp/runtime.txt \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/runtime.txt
 
 # 3. The image: Node's binary, the venv, the server; a non-root user; tini as PID 1

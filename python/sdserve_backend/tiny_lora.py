@@ -62,6 +62,32 @@ def make_tiny_loras(model_dir: Path, out_dir: Path | None = None) -> list[Path]:
     return written
 
 
+# The UNet layers an LCM-LoRA adapts (the attention and feed-forward layers, and also the resnets'
+# convolutions and time projections and the down/upsamplers), after diffusers' LCM-LoRA training script.
+LCM_LORA_LAYERS = UNET_LAYERS + ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv",
+                                 "upsamplers.0.conv")
+
+
+def make_tiny_lcm_lora(model_dir: Path, target: Path, seed: int = 4) -> Path:
+    """Write a LoRA shaped like the published LCM-LoRAs for the tiny model in `model_dir`: the UNet
+    only, Kohya keys, 3x3 convolutions included. Its weights are random like the other tiny LoRAs'."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for path, layer in unet.named_modules():
+        if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) or not path.endswith(LCM_LORA_LAYERS):
+            continue
+        weight = layer.weight
+        down = torch.randn((RANK, weight.shape[1], *weight.shape[2:]), generator=generator) * 0.1
+        up = torch.randn((weight.shape[0], RANK, *([1] * (weight.ndim - 2))), generator=generator) * 0.1
+        tensors.update(_keys("kohya", "unet", path, down, up, False))
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target))
+    return Path(target)
+
+
 def _keys(layout: str, component: str, path: str, down: torch.Tensor, up: torch.Tensor, sdxl: bool) -> dict[str, torch.Tensor]:
     if component != "unet" and not path.startswith("text_model."):
         # The layer names published files use (transformers' CLIPTextModel before version 5).

@@ -6,7 +6,8 @@ with its 8x downsampling, scheduler) is the one a real checkpoint uses, stored i
 folder layout so that the same loading code serves real and tiny weights. Each comes with tiny
 LoRA files in its `loras/` folder (`tiny_lora.py`).
 
-    python -m sdserve_backend.tiny_model --out DIR [--variant sd|sdxl|sd-inpaint|sdxl-inpaint|sd21|sdxl_refiner] [--seed 0]
+    python -m sdserve_backend.tiny_model --out DIR [--variant sd|sdxl|sd-inpaint|sdxl-inpaint|sd21|sdxl_refiner|
+                                                    sd-turbo|sdxl-turbo|sd-lcm|sdxl-lcm] [--seed 0]
 
 The `-inpaint` variants have a 9-channel inpainting UNet (latents, mask, masked image latents), as
 Stable Diffusion's inpainting checkpoints do; everything else is their base variant's. `sd21` is
@@ -14,7 +15,10 @@ Stable Diffusion 2.1's architecture (an OpenCLIP-style text encoder with GELU, a
 scheduler, linear-projection transformers with a head size per block, attention upcast, "!" as the
 padding token). `sdxl_refiner` is the SDXL refiner's: only the second text encoder, a UNet
 conditioned on an aesthetic score instead of the target size; its second text encoder and VAE are
-`sdxl`'s (same seed), as the published refiner's are the base's.
+`sdxl`'s (same seed), as the published refiner's are the base's. The few-step variants are their
+base variant with what their published models change: `-turbo` the scheduler SD-Turbo and
+SDXL-Turbo ship (Euler ancestral, "trailing" timesteps), `-lcm` an LCM UNet that takes the guidance
+scale as an embedded timestep condition (`time_cond_proj_dim`) and the LCM scheduler.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
@@ -49,7 +55,10 @@ from transformers import (
 from sdserve_backend.tiny_lora import FILES as TINY_LORAS
 from sdserve_backend.tiny_lora import make_tiny_loras
 
-VARIANTS = ("sd", "sdxl", "sd-inpaint", "sdxl-inpaint", "sd21", "sdxl_refiner")
+VARIANTS = ("sd", "sdxl", "sd-inpaint", "sdxl-inpaint", "sd21", "sdxl_refiner", "sd-turbo", "sdxl-turbo", "sd-lcm",
+            "sdxl-lcm")
+# The LCM UNet's guidance-embedding width (LCM-distilled Stable Diffusion uses 256).
+LCM_TIME_COND_PROJ_DIM = 64
 # An inpainting UNet's input: 4 latent channels, the mask, 4 channels of the masked image's latents.
 INPAINTING_IN_CHANNELS = 9
 MARKER_FILE = "sdserve_tiny_model.json"
@@ -116,14 +125,19 @@ def make_tiny_model(out_dir: Path, variant: str = "sd", seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER_FILE).unlink(missing_ok=True)
     in_channels = INPAINTING_IN_CHANNELS if variant.endswith("-inpaint") else 4
+    time_cond_proj_dim = LCM_TIME_COND_PROJ_DIM if variant.endswith("-lcm") else None
     if variant == "sdxl_refiner":
         pipeline = _build_sdxl_refiner_pipeline(seed)
     elif variant.startswith("sdxl"):
-        pipeline = _build_sdxl_pipeline(seed, in_channels)
+        pipeline = _build_sdxl_pipeline(seed, in_channels, time_cond_proj_dim)
     elif variant == "sd21":
         pipeline = _build_sd21_pipeline(seed)
     else:
-        pipeline = _build_sd_pipeline(seed, in_channels)
+        pipeline = _build_sd_pipeline(seed, in_channels, time_cond_proj_dim)
+    if variant.endswith("-turbo"):
+        pipeline.scheduler = _turbo_scheduler()
+    elif variant.endswith("-lcm"):
+        pipeline.scheduler = LCMScheduler.from_config(pipeline.scheduler.config)
     with tempfile.TemporaryDirectory(prefix=".tiny-model-", dir=out_dir) as staging:
         staging_dir = Path(staging)
         pipeline.save_pretrained(staging_dir, safe_serialization=True)
@@ -199,7 +213,9 @@ def _expected_files(variant: str) -> list[str]:
 # Components
 
 
-def _build_sd_pipeline(seed: int, in_channels: int = 4) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
+def _build_sd_pipeline(
+    seed: int, in_channels: int = 4, time_cond_proj_dim: int | None = None
+) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=IMAGE_SIZE // VAE_SCALE_FACTOR,
@@ -211,6 +227,7 @@ def _build_sd_pipeline(seed: int, in_channels: int = 4) -> StableDiffusionPipeli
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_HIDDEN_SIZE,
         attention_head_dim=4,
+        time_cond_proj_dim=time_cond_proj_dim,
     )
     torch.manual_seed(seed + 1)
     vae = _build_vae(scaling_factor=0.18215, force_upcast=False)
@@ -240,7 +257,7 @@ def _build_sd_pipeline(seed: int, in_channels: int = 4) -> StableDiffusionPipeli
 
 
 def _build_sdxl_pipeline(
-    seed: int, in_channels: int = 4
+    seed: int, in_channels: int = 4, time_cond_proj_dim: int | None = None
 ) -> StableDiffusionXLPipeline | StableDiffusionXLInpaintPipeline:
     time_embed_dim = 8
     # SDXL's micro-conditioning: six time ids (original size, crop top-left, target size).
@@ -261,6 +278,7 @@ def _build_sdxl_pipeline(
         addition_embed_type="text_time",
         addition_time_embed_dim=time_embed_dim,
         projection_class_embeddings_input_dim=added_embed_dim,
+        time_cond_proj_dim=time_cond_proj_dim,
     )
     torch.manual_seed(seed + 1)
     vae = _build_vae(scaling_factor=0.13025, force_upcast=True)
@@ -371,6 +389,20 @@ def _build_sdxl_refiner_pipeline(seed: int) -> StableDiffusionXLImg2ImgPipeline:
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
         add_watermarker=False,
+    )
+
+
+def _turbo_scheduler() -> EulerAncestralDiscreteScheduler:
+    """The scheduler SD-Turbo and SDXL-Turbo ship: Euler ancestral, "trailing" timesteps (so one
+    step starts at the last training timestep)."""
+    return EulerAncestralDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type="epsilon",
+        steps_offset=1,
+        timestep_spacing="trailing",
     )
 
 

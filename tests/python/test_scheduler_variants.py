@@ -14,6 +14,7 @@ import pytest
 import torch
 from diffusers import (
     DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
@@ -41,6 +42,8 @@ EXPECTED: dict[str, Callable[[dict[str, Any]], SchedulerMixin]] = {
     "dpm++_2m_sde": lambda c: DPMSolverMultistepScheduler.from_config(c, algorithm_type="sde-dpmsolver++"),
     "dpm++_2m_sde_karras": lambda c: DPMSolverMultistepScheduler.from_config(
         c, algorithm_type="sde-dpmsolver++", use_karras_sigmas=True),
+    "dpm++_sde": lambda c: DPMSolverSDEScheduler.from_config(c),
+    "dpm++_sde_karras": lambda c: DPMSolverSDEScheduler.from_config(c, use_karras_sigmas=True),
     "dpm2": lambda c: KDPM2DiscreteScheduler.from_config(c),
     "dpm2_karras": lambda c: KDPM2DiscreteScheduler.from_config(c, use_karras_sigmas=True),
     "dpm2_a": lambda c: KDPM2AncestralDiscreteScheduler.from_config(c),
@@ -87,6 +90,8 @@ def reference_image(reference: StableDiffusionPipeline, scheduler: SchedulerMixi
     ("dpm++_2m_karras", 4, 7.5),
     ("dpm++_2m_sde_karras", 4, 7.5),  # stochastic: noise from the request's generator
     ("dpm2_a_karras", 3, 7.5),
+    ("dpm++_sde", 3, 7.5),  # stochastic: a Brownian tree seeded with the request's seed
+    ("dpm++_sde_karras", 4, 7.5),
     ("lcm", 4, 1.0),  # LCM-LoRA style: guidance 1 is none
     ("lcm", 1, 0.0),
     ("tcd", 2, 0.0),
@@ -100,6 +105,9 @@ def test_variants_and_few_step_generation_match_diffusers(
     config = ours.components.scheduler_config
     expected_scheduler = EXPECTED[name](config) if name in EXPECTED else make_scheduler(
         name, ours.components.scheduler_class, config)
+    if isinstance(expected_scheduler, DPMSolverSDEScheduler):
+        # diffusers draws its Brownian tree's seed at random unless the config gives one.
+        expected_scheduler = DPMSolverSDEScheduler.from_config(expected_scheduler.config, noise_sampler_seed=11)
     expected = reference_image(reference, expected_scheduler, steps, guidance, seed=11)
     [image] = ours([GenerationRequest(prompts=[PROMPT], seed=11)], GenerationSettings(SIZE, SIZE, steps, guidance, name))
     assert image.shape == (1, SIZE, SIZE, 3)
@@ -126,3 +134,21 @@ def test_variants_batch_apart_and_spellings_of_one_scheduler_together(
     assert canonical_scheduler_name("euler", default) == canonical_scheduler_name("EulerDiscreteScheduler", default)
     assert canonical_scheduler_name("Euler_Karras", default) == "euler_karras"
     assert len({canonical_scheduler_name(name, default) for name in EXPECTED}) == len(EXPECTED)
+
+
+@pytest.mark.parametrize("name", ["dpm++_sde_karras", "dpm++_2m_sde", "euler_a"])
+def test_stochastic_schedulers_give_a_request_the_same_image_alone_or_batched(
+    name: str, sd: tuple[TextToImagePipeline, StableDiffusionPipeline]
+) -> None:
+    """A request's step noise comes from its own seed over its own rows: batched with another
+    request (another seed, two prompts) it gets the image it gets alone (up to the UNet's float
+    rounding at another batch size), and another seed another."""
+    ours, _ = sd
+    settings = GenerationSettings(SIZE, SIZE, 3, 7.5, name)
+    alone = ours([GenerationRequest(prompts=[PROMPT], seed=5)], settings)[0]
+    again = ours([GenerationRequest(prompts=[PROMPT], seed=5)], settings)[0]
+    other, batched = ours([GenerationRequest(prompts=[PROMPT, "a green dog"], seed=6),
+                           GenerationRequest(prompts=[PROMPT], seed=5)], settings)
+    assert np.array_equal(alone, again)
+    assert np.abs(alone.astype(int) - batched.astype(int)).max() <= 1
+    assert np.abs(alone[0].astype(int) - other[0].astype(int)).max() > 16

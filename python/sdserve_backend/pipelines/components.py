@@ -57,6 +57,13 @@ class DiffusionComponents:
         return int(self.unet.config.in_channels) == 9
 
     @property
+    def guidance_embedding_dim(self) -> int | None:
+        """A guidance-distilled UNet (LCM): the width of the guidance-scale embedding it takes as
+        a timestep condition instead of running classifier-free guidance; None for others."""
+        dim = self.unet.config.time_cond_proj_dim
+        return None if dim is None else int(dim)
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -173,9 +180,6 @@ def _load_single_file(checkpoint: Path, config_dir: Path | None, dtype: torch.dt
 
 
 def _place(parts: dict[str, Any], device: torch.device, dtype: torch.dtype) -> DiffusionComponents:
-    unet: UNet2DConditionModel = parts["unet"]
-    if unet.config.time_cond_proj_dim is not None:
-        raise ValueError("guidance-distilled UNets (time_cond_proj_dim set, e.g. LCM) are not supported")
     vae: AutoencoderKL = parts["vae"]
     # The SDXL VAE overflows in float16; diffusers upcasts it for decoding when force_upcast is set.
     # Keeping it in float32 from the start gives the same numbers without casting per batch.

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import SchedulerMixin
+from diffusers.models.embeddings import get_timestep_embedding
 
 from sdserve_backend.pipelines import feature_cache
 
@@ -76,6 +77,9 @@ class DenoisingState:
     # before this one, and of all phases (None: this phase's alone), for its progress.
     evaluations_before: int = 0
     evaluations_total: int | None = None
+    # A guidance-distilled UNet (LCM): the guidance scale embedded per row (`embed_guidance`),
+    # passed as its timestep condition; such a request runs no classifier-free guidance.
+    guidance_embedding: torch.Tensor | None = None
 
     @property
     def done(self) -> bool:
@@ -84,7 +88,7 @@ class DenoisingState:
     @property
     def guided(self) -> bool:
         """Whether the request uses classifier-free guidance (its conditioning has negative rows)."""
-        return self.guidance_scale > 1.0
+        return self.guidance_scale > 1.0 and self.guidance_embedding is None
 
     @property
     def rows(self) -> int:
@@ -156,6 +160,15 @@ def start_denoising(
     )
 
 
+def embed_guidance(state: DenoisingState, embedding_dim: int) -> None:
+    """Give `state` the timestep condition of a guidance-distilled UNet: its guidance scale w as
+    diffusers' pipelines embed it for LCM UNets (w - 1, scaled by 1000, sinusoidal with the sines
+    first), one row per latent. The state then runs no classifier-free guidance."""
+    w = torch.full((state.latents.shape[0],), state.guidance_scale - 1.0) * 1000.0
+    embedding = get_timestep_embedding(w, embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1)
+    state.guidance_embedding = embedding.to(device=state.latents.device, dtype=state.latents.dtype)
+
+
 @torch.inference_mode()
 def denoise_step(unet: Any, states: Sequence[DenoisingState]) -> None:
     """Advance each of `states` by one step of its own scheduler, with one UNet call for all
@@ -186,7 +199,9 @@ def denoise_step(unet: Any, states: Sequence[DenoisingState]) -> None:
     #    their features
     # Per-request LoRAs apply to the rows of one call over every state in order: with any, every
     # state runs in full this step (and keeps no features).
+    # Guidance-distilled UNets (LCM) take a timestep condition the cached forward does not pass.
     caching = (any(state.cache_interval > 1 for state in states) and not any(state.loras for state in states)
+               and not any(state.guidance_embedding is not None for state in states)
                and feature_cache.supports(_model_of(unet)))
     if not caching:
         for state in states:
@@ -216,8 +231,11 @@ def denoise_step(unet: Any, states: Sequence[DenoisingState]) -> None:
             noise_pred, features = _forward_keeping_features(unet, sample, timestep, encoder_hidden_states,
                                                              added_cond_kwargs)
         else:
+            # One model serves all the states: either every row has a guidance embedding or none.
+            embedded = [states[index].guidance_embedding for index in members]
+            extra = {} if embedded[0] is None else {"timestep_cond": torch.cat(embedded)}  # type: ignore[arg-type]
             noise_pred = unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                              added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
+                              added_cond_kwargs=added_cond_kwargs, return_dict=False, **extra)[0]
         rows = [inputs[index].shape[0] for index in members]
         for index, prediction in zip(members, noise_pred.split(rows), strict=True):
             predictions[index] = prediction

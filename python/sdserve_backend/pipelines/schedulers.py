@@ -69,6 +69,11 @@ SUPPORTED_SCHEDULER_CLASSES: frozenset[str] = frozenset(member.name for member i
 }
 
 _NEEDS_SCIPY = frozenset({"LMSDiscreteScheduler"})
+# Schedulers whose step noise comes from a Brownian tree seeded by their config's
+# noise_sampler_seed (torchsde's BrownianInterval), not from a generator passed to `step`: each
+# request's gets the request's seed, over that request's own rows only, so the noise is the one
+# diffusers draws for that request alone whatever it is batched with.
+_SEEDED_NOISE = frozenset({"DPMSolverSDEScheduler"})
 # Schedulers that draw their timesteps from a distillation schedule of this many steps (their
 # config's original_inference_steps) and cannot run more.
 _DISTILLED = frozenset({"LCMScheduler", "TCDScheduler"})
@@ -152,13 +157,17 @@ def max_inference_steps(scheduler_config: Mapping[str, Any]) -> int:
 
 
 def make_scheduler(
-    name: str, default_class: type[SchedulerMixin], model_config: Mapping[str, Any]
+    name: str, default_class: type[SchedulerMixin], model_config: Mapping[str, Any], seed: int | None = None
 ) -> SchedulerMixin:
     """A new scheduler of the class `name` names, configured like the model's own scheduler
     with its variant's options (Karras sigmas, an SDE solver).
 
     Building from the model's config keeps its noise schedule and prediction type (epsilon or
-    v-prediction), as diffusers does when swapping schedulers.
+    v-prediction), as diffusers does when swapping schedulers. `seed`: the request's, for the
+    schedulers that draw their step noise from a seed of their own rather than from the request's
+    generator (DPM++ SDE's Brownian tree); without it they draw a random one.
     """
     scheduler_class, options = resolve_scheduler(name, default_class)
+    if seed is not None and scheduler_class.__name__ in _SEEDED_NOISE:
+        options = {**options, "noise_sampler_seed": seed}
     return scheduler_class.from_config(model_config, **options)

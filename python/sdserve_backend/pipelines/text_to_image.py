@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sdserve_backend.pipelines.components import DiffusionComponents
-from sdserve_backend.pipelines.denoise import DenoisingState, denoise_step
+from sdserve_backend.pipelines.denoise import DenoisingState, denoise_step, embed_guidance
 from sdserve_backend.pipelines.lora_library import DEFAULT_CAPACITY as DEFAULT_LORA_CAPACITY
 from sdserve_backend.pipelines.lora_library import LoraLibrary
 from sdserve_backend.pipelines.prompt_cache import PromptCache
@@ -123,6 +123,8 @@ class TextToImagePipeline:
         (every task's: a task's own conditioning applies their text-encoder parts)."""
         state = task.prepare(request, settings)
         state.loras = request.loras
+        if self.components.guidance_embedding_dim is not None:
+            embed_guidance(state, self.components.guidance_embedding_dim)
         return state
 
     def check_inputs(self, requests: Sequence[GenerationRequest], settings: GenerationSettings) -> None:

@@ -27,6 +27,8 @@ const SAMPLERS: Record<string, string> = {
   'DPM++ 2M Karras': 'dpm++_2m_karras',
   'DPM++ 2M SDE': 'dpm++_2m_sde',
   'DPM++ 2M SDE Karras': 'dpm++_2m_sde_karras',
+  'DPM++ SDE': 'dpm++_sde',
+  'DPM++ SDE Karras': 'dpm++_sde_karras',
   DPM2: 'dpm2',
   'DPM2 Karras': 'dpm2_karras',
   'DPM2 a': 'dpm2_a',

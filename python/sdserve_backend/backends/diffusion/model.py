@@ -43,6 +43,7 @@ from sdserve_backend.pipelines import (
     load_components,
     resolve_scheduler_class,
 )
+from sdserve_backend.pipelines.few_step import few_step_defaults
 from sdserve_backend.pipelines.schedulers import max_inference_steps
 
 OUTPUT_NAME = "generated_image"
@@ -83,7 +84,13 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(mismatch)
 
         # 4. Check the defaults against the model
-        self.defaults = model_settings.read_model_defaults(parameters, components.default_image_size)
+        few_step = few_step_defaults(components)
+        if few_step is not None:
+            pb_utils.Logger.log_info(f"{self.model_name}: a few-step model ({few_step.kind}): defaults {few_step.steps} "
+                                     f"steps at guidance {few_step.guidance_scale} unless the config sets them")
+        self.defaults = model_settings.read_model_defaults(
+            parameters, components.default_image_size,
+            *((few_step.steps, few_step.guidance_scale) if few_step is not None else ()))
         try:
             resolve_scheduler_class(self.defaults.settings.scheduler, components.scheduler_class)
         except ValueError as error:

@@ -46,8 +46,8 @@ REQUEST_OVERRIDES = ("steps", "guidance_scale", "seed", "scheduler", "height", "
 CONFIG_PARAMETERS: dict[str, str] = {
     "image_height": "default image height (a multiple of 8); also the size the GPU engine captures",
     "image_width": "default image width (a multiple of 8); also the size the GPU engine captures",
-    "steps": "default number of denoising steps",
-    "guidance_scale": "default classifier-free guidance scale",
+    "steps": "default number of denoising steps (30; few-step models' weights call for 1 or 4)",
+    "guidance_scale": "default classifier-free guidance scale (7.5; few-step models' weights call for 0, 1 or 8.5)",
     "scheduler": 'default scheduler ("" is the model\'s own)',
     "guidance_start": "fast mode, default 0: classifier-free guidance only from this fraction of the steps on",
     "guidance_end": "fast mode, default 1: classifier-free guidance only before this fraction of the steps",
@@ -135,16 +135,23 @@ def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
-def read_model_defaults(parameters: Mapping[str, str], default_image_size: int) -> ModelDefaults:
+# An ordinary model's defaults when the config sets none.
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE_SCALE = 7.5
+
+
+def read_model_defaults(parameters: Mapping[str, str], default_image_size: int, default_steps: int = DEFAULT_STEPS,
+                        default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE) -> ModelDefaults:
     """Check the config parameters; raises ValueError naming the first bad one (an unknown name
-    included)."""
+    included). `default_steps` and `default_guidance_scale` apply where the config sets none (a
+    few-step model's weights call for their own: `pipelines/few_step.py`)."""
     check_config_parameter_names(parameters)
     source = "config parameter"
     settings = GenerationSettings(
         height=parse_image_side("image_height", parameters.get("image_height", ""), default_image_size, source),
         width=parse_image_side("image_width", parameters.get("image_width", ""), default_image_size, source),
-        steps=parse_steps(parameters.get("steps", ""), 30, source),
-        guidance_scale=parse_guidance_scale(parameters.get("guidance_scale", ""), 7.5, source),
+        steps=parse_steps(parameters.get("steps", ""), default_steps, source),
+        guidance_scale=parse_guidance_scale(parameters.get("guidance_scale", ""), default_guidance_scale, source),
         scheduler=str(parameters.get("scheduler", "")).strip(),
         guidance_start=parse_fraction("guidance_start", parameters.get("guidance_start", ""), 0.0, source),
         guidance_end=parse_fraction("guidance_end", parameters.get("guidance_end", ""), 1.0, source),

@@ -78,7 +78,7 @@ class ImageToImage(TextToImage):
         # 1. Encode the prompts
         conditioning = self.conditioning(request, settings)
         # 2. Prepare the scheduler and the timesteps that `strength` leaves
-        scheduler = self.make_scheduler(settings)
+        scheduler = self.make_scheduler(settings, request.seed)
         timesteps = self.start_timesteps(scheduler, settings.steps, self.strength(request))
         # 3. Encode the images, then noise them to the first timestep (in diffusers' draw order)
         generator = torch.Generator(device="cpu").manual_seed(request.seed)

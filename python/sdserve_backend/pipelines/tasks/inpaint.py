@@ -77,7 +77,7 @@ class Inpaint(ImageToImage):
         # 1. Encode the prompts
         conditioning = self.conditioning(request, settings)
         # 2. Prepare the scheduler and the timesteps that `strength` leaves
-        scheduler = self.make_scheduler(settings)
+        scheduler = self.make_scheduler(settings, request.seed)
         strength = self.strength(request)
         timesteps = self.start_timesteps(scheduler, settings.steps, strength)
         starts_from_noise = strength == 1.0

@@ -92,7 +92,7 @@ class TextToImage:
     def prompt_chunks(self, request: GenerationRequest, settings: GenerationSettings) -> int:
         """How many 77-token chunks the request's text conditioning has."""
         texts = list(request.prompts)
-        if settings.uses_classifier_free_guidance:
+        if self.uses_classifier_free_guidance(settings):
             texts += [text or "" for text in request.negatives()]
         return self.prompt_encoder.chunk_count(texts, request.chunk_prompts)
 
@@ -102,7 +102,7 @@ class TextToImage:
         # 1. Encode the prompts
         conditioning = self.conditioning(request, settings)
         # 2. Prepare the scheduler and its timesteps
-        scheduler = self.make_scheduler(settings)
+        scheduler = self.make_scheduler(settings, request.seed)
         # 3. Draw the initial latents from the request's seed
         latents, generator = self.prepare_latents(request, settings, scheduler)
         # 4. Bundle the UNet conditioning (negative half first under guidance) with the latents
@@ -117,10 +117,10 @@ class TextToImage:
         """The UNet's text conditioning (negative half first under guidance) and, for SDXL, its
         added conditioning (pooled text embeddings and time ids)."""
         embeddings = self.prompt_encoder.encode(
-            request.prompts, request.negatives(), settings.uses_classifier_free_guidance, request.chunk_prompts,
+            request.prompts, request.negatives(), self.uses_classifier_free_guidance(settings), request.chunk_prompts,
             loras=request.loras,
         )
-        guided = settings.uses_classifier_free_guidance
+        guided = self.uses_classifier_free_guidance(settings)
         added_cond_kwargs = None
         if self.components.is_sdxl:
             assert embeddings.pooled_positive is not None
@@ -132,6 +132,11 @@ class TextToImage:
             }
         return _with_negative_first(embeddings.positive, embeddings.negative, guided), added_cond_kwargs
 
+    def uses_classifier_free_guidance(self, settings: GenerationSettings) -> bool:
+        """Guidance over 1 runs classifier-free guidance (negative rows), except on a
+        guidance-distilled UNet (LCM), which takes the scale embedded instead."""
+        return settings.uses_classifier_free_guidance and self.components.guidance_embedding_dim is None
+
     def finish(self, latents: torch.Tensor) -> np.ndarray:
         """Latents -> uint8 images [B, H, W, 3] on the host."""
         return decode_latents(self.components.vae, latents)
@@ -139,10 +144,11 @@ class TextToImage:
     # -----------------------------------------------------------------------------------------
     # Stages
 
-    def make_scheduler(self, settings: GenerationSettings) -> SchedulerMixin:
-        """A fresh scheduler for one request, its timesteps set for `settings.steps`."""
+    def make_scheduler(self, settings: GenerationSettings, seed: int | None = None) -> SchedulerMixin:
+        """A fresh scheduler for one request, its timesteps set for `settings.steps`; `seed` is the
+        request's, for the schedulers that seed their own step noise (DPM++ SDE)."""
         scheduler = schedulers.make_scheduler(
-            settings.scheduler, self.components.scheduler_class, self.components.scheduler_config
+            settings.scheduler, self.components.scheduler_class, self.components.scheduler_config, seed
         )
         scheduler.set_timesteps(settings.steps, device=self.components.device)
         # Text-to-image always starts at the first timestep; telling the scheduler so spares it
