@@ -130,8 +130,10 @@ def test_models_and_samplers_are_listed(server: ServerAddresses) -> None:
 
 def test_samplers_with_their_schedule_in_the_name_and_few_step_lcm_run(server: ServerAddresses) -> None:
     status, samplers = http_json(server, "GET", "/sdapi/v1/samplers")
-    assert status == 200 and {"DPM++ 2M Karras", "DPM2 a Karras", "LCM"} <= {sampler["name"] for sampler in samplers}
-    for sampler, steps, cfg_scale in (("DPM++ 2M Karras", 3, 7), ("DPM++ 2M SDE Karras", 2, 7), ("LCM", 1, 1)):
+    assert status == 200 and {"DPM++ 2M Karras", "DPM2 a Karras", "DPM++ SDE Karras", "LCM"} <= {
+        sampler["name"] for sampler in samplers}
+    for sampler, steps, cfg_scale in (("DPM++ 2M Karras", 3, 7), ("DPM++ 2M SDE Karras", 2, 7), ("DPM++ SDE Karras", 2, 7),
+                                      ("LCM", 1, 1)):
         status, body = http_json(server, "POST", "/sdapi/v1/txt2img",
                             {"prompt": "a red fox", "seed": 5, "sampler_name": sampler, "steps": steps,
                              "cfg_scale": cfg_scale, "batch_size": 1, "width": 64, "height": 48})
