@@ -122,7 +122,7 @@ class ImageToImage(TextToImage):
         latents are the other model's when it hands over (diffusers' img2img pipelines given
         latents and denoising_start: no noise is added)."""
         conditioning = self.conditioning(request, settings)
-        scheduler = self.make_scheduler(settings)
+        scheduler = self.make_scheduler(settings, request.seed)
         timesteps = self.start_timesteps(scheduler, settings.steps, 1.0, denoising_start)
         state = start_denoising(scheduler, torch.empty(0), generators, *conditioning,
                                 guidance_scale=settings.guidance_scale, timesteps=timesteps,

@@ -81,7 +81,7 @@ class RefinedTextToImage(TextToImage):
         # 1. Encode the prompts for the base
         conditioning = self.conditioning(request, settings)
         # 2. The base's scheduler, its timesteps cut where the refiner takes over
-        scheduler = self.make_scheduler(settings)
+        scheduler = self.make_scheduler(settings, request.seed)
         timesteps = end_timesteps(scheduler, fraction)
         # 3. Initial latents from the request's seed; the same generator draws both phases' step noise
         latents, generator = self.prepare_latents(request, settings, scheduler)
