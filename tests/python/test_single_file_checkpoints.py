@@ -211,6 +211,17 @@ def test_an_sd21_checkpoint_draws_what_its_diffusers_folder_draws(tiny_pairs: Ca
     assert np.array_equal(images[0], images[1]) and images[0].std() > 1
 
 
+def test_an_older_checkpoint_without_the_text_model_level_loads_the_same_text_encoder(
+        tiny_pairs: Callable[[str], tuple[Path, Path]], tmp_path: Path) -> None:
+    folder, checkpoint = tiny_pairs("sd")
+    older = tmp_path / "older.safetensors"
+    save_file({key.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): value
+               for key, value in load_file(str(checkpoint)).items()}, str(older))
+    ours = load_components(older, torch.device("cpu"), torch.float32)
+    theirs = load_components(folder, torch.device("cpu"), torch.float32)
+    assert equal_weights(ours.text_encoder, theirs.text_encoder)
+
+
 def test_an_inpainting_checkpoint_loads_its_9_channel_unet(tiny_pairs: Callable[[str], tuple[Path, Path]]) -> None:
     folder, checkpoint = tiny_pairs("sd-inpaint")
     ours = load_components(checkpoint, torch.device("cpu"), torch.float32)

@@ -85,13 +85,13 @@ def load_single_file(checkpoint: Path, options: CheckpointOptions, dtype: torch.
     sources = CheckpointSources(checkpoint=Path(checkpoint), vae=options.vae, text_encoders=options.text_encoders,
                                 prediction_type=options.prediction_type)
     # 1. Tell the architecture from the keys and shapes, without reading any weights
-    shapes = read_shapes(sources.checkpoint)
-    text_shapes = read_shapes(sources.text_encoders) if _is_file(sources.text_encoders) else {}
+    shapes = _with_text_model_prefix(read_shapes(sources.checkpoint))
+    text_shapes = _with_text_model_prefix(read_shapes(sources.text_encoders)) if _is_file(sources.text_encoders) else {}
     architecture = detect_architecture({**text_shapes, **shapes}, sources.prediction_type)
     configs = ConfigFolder(architecture)
 
     # 2. The UNet
-    weights = load_file(str(sources.checkpoint))
+    weights = _with_text_model_prefix(load_file(str(sources.checkpoint)))
     unet_config = unet_config_from(shapes, configs.json("unet/config.json"), architecture, {**text_shapes, **shapes})
     unet = _build(UNet2DConditionModel, unet_config)
     _fill(unet, ldm.convert_ldm_unet_checkpoint(weights, dict(unet.config)), f"{sources.checkpoint}: the UNet", dtype)
@@ -374,7 +374,7 @@ def _load_text_encoders(sources: CheckpointSources, architecture: str, configs: 
         return parts
 
     if sources.text_encoders is not None:
-        extra = load_file(str(sources.text_encoders))
+        extra = _with_text_model_prefix(load_file(str(sources.text_encoders)))
         weights = {**extra, **weights}
     where = f"{sources.checkpoint}" + (f" and text_encoder_weights {sources.text_encoders}" if sources.text_encoders else "")
     wanted = []
@@ -391,7 +391,10 @@ def _load_text_encoders(sources: CheckpointSources, architecture: str, configs: 
     for name, prefix, open_clip in wanted:
         published = configs.json(f"{name}/config.json")
         drop_last = open_clip and family == "sd21"
-        config = text_config_from(shapes, published, prefix, open_clip, drop_last_layer=drop_last)
+        try:
+            config = text_config_from(shapes, published, prefix, open_clip, drop_last_layer=drop_last)
+        except KeyError as error:
+            raise ValueError(f"{where}: the text encoder under {prefix!r} has no {error}: not a known layout") from None
         model_class = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
         with init_empty_weights():
             model = model_class(CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"}))
@@ -468,6 +471,18 @@ def _first_key(shapes: Shapes, suffix: str) -> str:
         if key.startswith(UNET_PREFIX) and key.endswith(suffix):
             return key
     raise ValueError(f"the checkpoint's UNet has no '*{suffix}': not a known layout")
+
+
+def _with_text_model_prefix(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Older checkpoints keep CLIP ViT-L without transformers' `text_model.` level
+    (`cond_stage_model.transformer.embeddings...`); give them the level the newer ones have."""
+    renamed = {}
+    for key, value in tensors.items():
+        for prefix in CLIP_PREFIXES.values():
+            if key.startswith(prefix) and not key.startswith(prefix + "text_model."):
+                key = f"{prefix}text_model.{key[len(prefix):]}"
+        renamed[key] = value
+    return renamed
 
 
 def _has_prefix(shapes: Mapping[str, object], prefix: str) -> bool:
