@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -261,3 +262,27 @@ def test_bad_refiner_requests_are_a_400_naming_the_problem(server: ServerAddress
                               {"prompt": PROMPT, "steps": STEPS, "height": SIZE, "width": SIZE, **body})
     assert status == 400, reply
     assert message in str(reply)
+
+
+def test_a_base_model_holds_one_copy_of_what_its_refiner_shares_with_it(tiny_model_dirs: dict[str, Path],
+                                                                         refiner_dir: Path, tmp_path: Path) -> None:
+    from sdserve_backend.backends.diffusion.model import TritonPythonModel
+
+    (tmp_path / "base").symlink_to(tiny_model_dirs["sdxl"].parent)
+    (tmp_path / "tiny_refiner").mkdir()
+    (tmp_path / "tiny_refiner" / "1").symlink_to(refiner_dir)
+    values = {"refiner": "tiny_refiner", "high_noise_fraction": "0.6", "step_batching": "false"}
+    config = {"name": "base", "max_batch_size": 2, "parameters": {key: {"string_value": value} for key, value in values.items()}}
+    model = TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path / "base"),
+                      "model_version": tiny_model_dirs["sdxl"].name, "model_name": "base",
+                      "model_instance_kind": "CPU", "model_instance_device_id": "0"})
+    try:
+        base, refiner = model.pipeline.components, model.pipeline.refiner
+        assert refiner is not None and refiner.requires_aesthetics_score
+        # The tiny refiner's second text encoder and VAE are tiny_sdxl's, as the published ones are.
+        assert refiner.text_encoder_2 is base.text_encoder_2 and refiner.vae is base.vae
+        assert refiner.unet is not base.unet
+        assert model.capabilities()["parameters"]["high_noise_fraction"]["default"] == 0.6
+    finally:
+        model.finalize()

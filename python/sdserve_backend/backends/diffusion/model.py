@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 from PIL import Image
 
@@ -130,7 +131,7 @@ class TritonPythonModel:
         if not refiner.requires_aesthetics_score or not base.is_sdxl:
             raise ValueError(f"config parameter 'refiner': {name!r} must be an SDXL refiner (its model_index.json sets "
                              "requires_aesthetics_score) and this model an SDXL base")
-        return refiner
+        return share_equal_modules(refiner, base)
 
     @property
     def step_batching(self) -> bool:
@@ -308,6 +309,24 @@ class TritonPythonModel:
         tokens = MAX_PROMPT_CHUNKS * 75
         return (f"{len(cut)} prompt(s) longer than {tokens} tokens ({MAX_PROMPT_CHUNKS} chunks of 75) were cut "
                 f"to their first {tokens} tokens",) if cut else ()
+
+
+def share_equal_modules(refiner: Any, base: Any) -> Any:
+    """The refiner's components, holding the base's second text encoder and VAE where their
+    weights are the same (as the published SDXL refiner's are the base's): one copy on the device."""
+    shared = {}
+    for name in ("text_encoder_2", "vae"):
+        mine, theirs = getattr(refiner, name), getattr(base, name)
+        if type(mine) is type(theirs) and _same_weights(mine, theirs):
+            shared[name] = theirs
+    return dataclasses.replace(refiner, **shared) if shared else refiner
+
+
+def _same_weights(first: Any, second: Any) -> bool:
+    one, other = first.state_dict(), second.state_dict()
+    return one.keys() == other.keys() and all(
+        one[key].shape == other[key].shape and one[key].dtype == other[key].dtype and torch.equal(one[key], other[key])
+        for key in one)
 
 
 def _input_images(
