@@ -1,5 +1,9 @@
-"""Input pictures and masks for the image-to-image and inpainting tests."""
+"""Input pictures and masks for the image-to-image and inpainting tests, and the base64 PNGs that
+carry images in and out of the generate route."""
 from __future__ import annotations
+
+import base64
+import io
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -17,3 +21,17 @@ def rectangle_mask(size: int) -> Image.Image:
     mask = Image.new("L", (size, size), 0)
     ImageDraw.Draw(mask).rectangle((size // 4, size // 4, size * 3 // 4 - 1, size // 2), fill=255)
     return mask
+
+
+def png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def generated_pixels(reply: object) -> np.ndarray:
+    """The one image of a generate reply, as RGB pixels [H, W, 3]."""
+    assert isinstance(reply, dict)
+    [encoded] = reply["generated_image"]
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+        return np.asarray(image.convert("RGB"))

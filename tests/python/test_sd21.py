@@ -6,8 +6,6 @@ server's images equal them too.
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-from PIL import Image
 
-from image_inputs import picture
+from image_inputs import generated_pixels, picture, png_base64
 from sdserve_backend.pipelines import (
     GenerationRequest,
     GenerationSettings,
@@ -114,19 +111,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddresses
         yield addresses
 
 
-def png(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def decoded(reply: object) -> np.ndarray:
-    assert isinstance(reply, dict)
-    [encoded] = reply["generated_image"]
-    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def test_the_server_draws_what_diffusers_draws(server: ServerAddresses, model_dir: Path,
                                                ours: TextToImagePipeline) -> None:
     status, reply = http_json(server, "POST", "/v2/models/tiny_sd21/generate", {
@@ -137,21 +121,21 @@ def test_the_server_draws_what_diffusers_draws(server: ServerAddresses, model_di
         PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.5, height=SIZE, width=SIZE,
         generator=torch.Generator("cpu").manual_seed(21), output_type="np",
     ).images
-    assert_matches(decoded(reply), as_uint8(expected)[0])
+    assert_matches(generated_pixels(reply), as_uint8(expected)[0])
 
 
 def test_the_server_runs_image_to_image_as_diffusers_does(server: ServerAddresses, model_dir: Path,
                                                           ours: TextToImagePipeline) -> None:
     init = picture(6, SIZE)
     status, reply = http_json(server, "POST", "/v2/models/tiny_sd21/generate", {
-        "prompt": PROMPT, "image": png(init), "strength": 0.7, "steps": STEPS, "seed": 5})
+        "prompt": PROMPT, "image": png_base64(init), "strength": 0.7, "steps": STEPS, "seed": 5})
     assert status == 200, reply
 
     expected = reference(StableDiffusionImg2ImgPipeline, model_dir, ours, "")(
         PROMPT, image=init, strength=0.7, num_inference_steps=STEPS, guidance_scale=7.5,
         generator=torch.Generator("cpu").manual_seed(5), output_type="np",
     ).images
-    assert_matches(decoded(reply), as_uint8(expected)[0])
+    assert_matches(generated_pixels(reply), as_uint8(expected)[0])
 
 
 def test_the_server_tells_the_version_and_defaults(server: ServerAddresses, ours: TextToImagePipeline) -> None:

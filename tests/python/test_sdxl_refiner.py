@@ -8,8 +8,6 @@ and through a real server (a base model whose config names the refiner model of 
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +17,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-from PIL import Image
 
-from image_inputs import picture
+from image_inputs import generated_pixels, picture, png_base64
 from sdserve_backend.pipelines import (
     GenerationRequest,
     GenerationSettings,
@@ -194,23 +191,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddresses
         yield addresses
 
 
-def png(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def decoded(reply: object) -> np.ndarray:
-    assert isinstance(reply, dict)
-    [encoded] = reply["generated_image"]
-    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
-        return np.asarray(image.convert("RGB"))[np.newaxis]
-
-
 def test_the_server_runs_the_refiner_as_diffusers_does(server: ServerAddresses, refiner_dir: Path) -> None:
     init = picture(5, SIZE)
     status, reply = http_json(server, "POST", "/v2/models/tiny_sdxl_refiner/generate", {
-        "prompt": PROMPT, "negative_prompt": NEGATIVE, "image": png(init), "steps": STEPS, "seed": 8,
+        "prompt": PROMPT, "negative_prompt": NEGATIVE, "image": png_base64(init), "steps": STEPS, "seed": 8,
         "aesthetic_score": 7.0, "negative_aesthetic_score": 2.0, "strength": 0.5})
     assert status == 200, reply
 
@@ -219,7 +203,7 @@ def test_the_server_runs_the_refiner_as_diffusers_does(server: ServerAddresses, 
         aesthetic_score=7.0, negative_aesthetic_score=2.0, generator=torch.Generator("cpu").manual_seed(8),
         output_type="np",
     ).images
-    assert_matches(decoded(reply), as_uint8(expected))
+    assert_matches(generated_pixels(reply)[np.newaxis], as_uint8(expected))
 
 
 def test_the_server_hands_the_base_s_latents_to_the_refiner(server: ServerAddresses,
@@ -228,7 +212,7 @@ def test_the_server_hands_the_base_s_latents_to_the_refiner(server: ServerAddres
         "prompt": PROMPT, "steps": STEPS, "seed": 31, "height": SIZE, "width": SIZE, "high_noise_fraction": 0.6})
     assert status == 200, reply
 
-    assert_matches(decoded(reply), ensemble_of_experts(tiny_model_dirs["sdxl"], refiner_dir, "", 0.6, 31, 5.0, None))
+    assert_matches(generated_pixels(reply)[np.newaxis], ensemble_of_experts(tiny_model_dirs["sdxl"], refiner_dir, "", 0.6, 31, 5.0, None))
 
 
 def test_the_models_declare_their_parameters(server: ServerAddresses) -> None:
@@ -257,7 +241,7 @@ def test_the_models_declare_their_parameters(server: ServerAddresses) -> None:
 def test_bad_refiner_requests_are_a_400_naming_the_problem(server: ServerAddresses, model: str, body: dict,
                                                            message: str) -> None:
     if body.get("image") == "IMAGE":
-        body = {**body, "image": png(picture(1, SIZE))}
+        body = {**body, "image": png_base64(picture(1, SIZE))}
     status, reply = http_json(server, "POST", f"/v2/models/{model}/generate",
                               {"prompt": PROMPT, "steps": STEPS, "height": SIZE, "width": SIZE, **body})
     assert status == 400, reply
