@@ -99,11 +99,11 @@ def test_split_per_request_hands_each_request_its_own_images() -> None:
     assert [part.reshape(-1).tolist() for part in parts] == [[0], [1, 2]]
 
 
-def test_a_single_file_checkpoint_without_a_config_folder_says_what_is_needed(tmp_path: Path) -> None:
+def test_a_broken_single_file_checkpoint_or_config_folder_says_what_is_wrong(tmp_path: Path) -> None:
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"")
 
-    with pytest.raises(ValueError, match="needs a local diffusers folder with model_index.json"):
+    with pytest.raises(ValueError, match="model.safetensors is not a readable .safetensors checkpoint"):
         load_components(checkpoint, torch.device("cpu"), torch.float32)
     with pytest.raises(FileNotFoundError, match="config folder .* has no model_index.json"):
         load_components(checkpoint, torch.device("cpu"), torch.float32, config_dir=tmp_path)

@@ -32,7 +32,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as ldm
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -127,8 +127,11 @@ def load_single_file(checkpoint: Path, options: CheckpointOptions, dtype: torch.
 
 def read_shapes(path: Path) -> Shapes:
     """Every tensor's name and shape, read from the safetensors header only."""
-    with safe_open(str(path), framework="pt") as checkpoint:
-        return {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as checkpoint:
+            return {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path.name} is not a readable .safetensors checkpoint: {error}") from error
 
 
 def detect_architecture(shapes: Shapes, prediction_type: str | None = None) -> str:
