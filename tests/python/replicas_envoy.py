@@ -409,7 +409,14 @@ def run_scenario(work: Path, clients: int, requests: int, term_at: float = 0.1, 
             deadline = time.monotonic() + start_timeout_s
             while time.monotonic() < deadline and any(watch.first(e.host, e.restarted_at or 0, True) is None for e in events):
                 time.sleep(0.2)
-            log(f"{time.monotonic() - started:7.2f} s  both restarted replicas healthy in envoy")
+            # All three in rotation at once, and still so a few health checks later: the first passing
+            # check can come while an outlier ejection from the replica's failures before its restart
+            # is still running out.
+            envoy.wait_all_healthy(len(replicas), start_timeout_s)
+            time.sleep(3)
+            envoy.wait_all_healthy(len(replicas), start_timeout_s)
+            rotation = envoy.host_health()
+            log(f"{time.monotonic() - started:7.2f} s  both restarted replicas healthy in envoy: {rotation}")
             # then a few more requests, which every replica serves again
             after = asyncio.run(_after_recovery(envoy.url, RECOVERY_REQUESTS, started))
         for event in events:
@@ -428,6 +435,7 @@ def run_scenario(work: Path, clients: int, requests: int, term_at: float = 0.1, 
         return ScenarioResult(clients, requests, seconds, sorted(outcomes, key=lambda o: o.index), access, events,
                               watch.changes, counters, {r.name: r.address for r in replicas},
                               extra={"after_recovery": {"requests": len(after), "ok": sum(1 for o in after if o.status == 200),
+                                                        "rotation_before": rotation,
                                                         "served_by_replica": after_by_replica}})
     finally:
         envoy.stop()
