@@ -26,7 +26,6 @@ Writes load_targets_<case>.json / start_<case>.json (after every measurement) an
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -43,9 +42,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "bench" / "load"))
+
+from script import STARTED, load_bench, log  # noqa: E402  (bench/load/script.py)
+
 MODEL = "served"
 ENGINES = ".engines"  # the engine cache folder, inside the temporary repository
-STARTED = time.perf_counter()
 
 
 class Plan:
@@ -64,20 +66,6 @@ PLANS = {
     "tiny": Plan((64, 96), 4, {64: (2, 4), 96: (4,)}, 3, 2, 12, 6),
 }
 CLIENTS = 16
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", flush=True)
-
-
-def load_bench() -> Any:
-    # bench/load/run.py: the Case table (size, steps, guidance) and the config template.
-    spec = importlib.util.spec_from_file_location("load_bench", ROOT / "bench" / "load" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def parameters_for(case: Any, weights: Path, extra_size: int | None, compile_engine: bool) -> dict[str, str]:

@@ -17,7 +17,6 @@ results.json (after each case) and results.md into --out, and the server's log.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import socket
@@ -32,24 +31,13 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "bench" / "load"))
+
+from script import STARTED, load_bench, log  # noqa: E402  (bench/load/script.py)
+
 CLIENTS = 16
 # (max_batch_size, requests per client, seconds the case needs once its weights exist)
 PLAN = {"sd15": (16, 2, 110), "sdxl": (8, 1, 170), "tiny": (4, 1, 60)}
-STARTED = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", flush=True)
-
-
-def load_bench() -> Any:
-    # bench/load/run.py: its Case table, config template, server start and client runner.
-    spec = importlib.util.spec_from_file_location("load_bench", ROOT / "bench" / "load" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_weights(case: str, out: Path, gpu: int, log_dir: Path) -> subprocess.Popen[bytes]:
