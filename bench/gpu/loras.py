@@ -11,8 +11,12 @@ UNet call (a denoising step's model evaluation) over `--rows` rows, float16:
   eager          sdserve's per-row LoRA on the eager UNet: 0 LoRAs, 1 LoRA on every row, 4
                  distinct LoRAs (rows split evenly among them)
   engine         the same on `engine.prepare` components (fused QKV, CUDA graphs): 0 LoRAs
-                 replays the captured graph; rows with LoRAs run the model eagerly (graphs hold
-                 the base model only)
+                 replays the captured graph; rows with LoRAs run the model eagerly (the
+                 concatenated adapters of the eager path; `unet_call(graphs=False)`)
+  lora graphs    the same components with the engine's LoRA graphs (pipelines/lora_slots.py):
+                 rows with LoRAs replay graphs captured with the LoRA sites reading slot tables,
+                 each row gathering its own adapter (captured at the first such call: its seconds
+                 and the tables' size are recorded); outputs compared with the engine's eager path
   diffusers      `load_lora_weights` (PEFT layers, unfused) and after `fuse_lora` (weights merged:
                  the base model's speed, one LoRA for every row), with the seconds that loading,
                  fusing and unfusing take, which a server switching LoRAs per request pays
@@ -45,10 +49,14 @@ import run as gpu_run  # noqa: E402  (bench/gpu/run.py: the models and UNet inpu
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 LORAS = 4
 REPEATS = 20
+LABELS = ("eager", "engine", "lora graphs")
+
+
+STARTED = time.perf_counter()
 
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", flush=True)
 
 
 def write_loras(unet: Any, folder: Path, rank: int, count: int) -> list[str]:
@@ -76,18 +84,12 @@ def time_ms(call: Callable[[], Any]) -> float:
     return gpu_run.unet_call_ms(call, REPEATS)
 
 
-def sdserve_rows(components: Any, folder: Path, names: list[str], rows: int, inputs: dict[str, Any],
-                 record: dict[str, Any], label: str) -> torch.Tensor:
-    """Times 0, 1 and 4 distinct LoRAs on `components`' UNet; returns the 1-LoRA output."""
-    from sdserve_backend.pipelines.lora_library import LoraLibrary
+def sdserve_rows(library: Any, adapters: list[Any], unet: Any, rows: int, inputs: dict[str, Any],
+                 record: dict[str, Any], label: str, graphs: bool = False) -> dict[int, torch.Tensor]:
+    """Times 0, 1 and 4 distinct LoRAs on `unet` (with the engine's LoRA graphs when `graphs`);
+    returns the outputs for 1 and 4."""
     from sdserve_backend.pipelines.lora_layers import ChosenLora
 
-    library = LoraLibrary(components, folder)
-    started = time.perf_counter()
-    adapters = [library.load(name) for name in names]
-    torch.cuda.synchronize()
-    record[f"{label} load 4 LoRAs s"] = time.perf_counter() - started
-    unet = components.unet
     per_lora = rows // len(adapters)
     mixes = {
         0: [(rows, ())],
@@ -98,19 +100,42 @@ def sdserve_rows(components: Any, folder: Path, names: list[str], rows: int, inp
 
     def call(blocks: list[Any]) -> Callable[[], Any]:
         def run() -> Any:
-            with library.unet_rows(blocks) as adapted:
-                if adapted and hasattr(unet, "eager"):
-                    with unet.eager():
-                        return unet(**inputs, return_dict=False)[0]
+            with library.unet_call(unet, blocks, graphs=graphs):
                 return unet(**inputs, return_dict=False)[0]
         return run
 
+    if graphs:
+        # The first call with LoRA rows captures the LoRA graphs (and fills the tables).
+        started = time.perf_counter()
+        with torch.inference_mode():
+            call(mixes[1])()
+        torch.cuda.synchronize()
+        record[f"{label} capture s"] = time.perf_counter() - started
+        slots = library.unet_slots()
+        record[f"{label} tables MiB"] = sum(t.numel() * t.element_size() for t in slots.tables.values()) / 2**20
+        record[f"{label} rank per layer"] = slots.rank
+        log(f"  {label}: captured in {record[f'{label} capture s']:.1f} s; tables {record[f'{label} tables MiB']:.0f} MiB "
+            f"({slots.slots} entries, rank {slots.rank} per layer)")
     for count, blocks in mixes.items():
         milliseconds = time_ms(call(blocks))
         record[f"{label} {count} LoRA ms"] = milliseconds
         log(f"  {label}: {count} distinct LoRA(s) over {rows} rows: {milliseconds:.2f} ms")
     with torch.inference_mode():
-        return call(mixes[1])().float()
+        outputs = {count: call(mixes[count])().float() for count in (0, 1, 4)}
+    # What the adapters change: the differences between paths below mean little without it.
+    record[f"{label} LoRA effect max abs"] = (outputs[1] - outputs[0]).abs().max().item()
+    return outputs
+
+
+def load_library(components: Any, folder: Path, names: list[str], record: dict[str, Any], label: str) -> tuple[Any, list[Any]]:
+    from sdserve_backend.pipelines.lora_library import LoraLibrary
+
+    library = LoraLibrary(components, folder)
+    started = time.perf_counter()
+    adapters = [library.load(name) for name in names]
+    torch.cuda.synchronize()
+    record[f"{label} load 4 LoRAs s"] = time.perf_counter() - started
+    return library, adapters
 
 
 def run_case(name: str, rows: int, rank: int, results: dict[str, Any]) -> None:
@@ -140,31 +165,41 @@ def run_case(name: str, rows: int, rank: int, results: dict[str, Any]) -> None:
     parts = gpu_run.build_models(name)
     components = gpu_run.sdserve_components(parts)
     inputs = gpu_run.unet_inputs(parts, case, rows)
-    ours = sdserve_rows(components, folder, names, rows, inputs, record, "eager")
+    library, adapters = load_library(components, folder, names, record, "eager")
+    ours = sdserve_rows(library, adapters, components.unet, rows, inputs, record, "eager")[1]
     if reference is not None:
         difference = (ours - reference).abs().max().item()
         record["eager vs diffusers fused max abs diff"] = difference
         record["reference max abs"] = reference.abs().max().item()
         log(f"[{name}] one LoRA: max |sdserve - diffusers fused| = {difference:.4g} "
             f"(outputs up to {record['reference max abs']:.3g})")
-    del components, parts, ours
+    del components, parts, ours, library, adapters
     gc.collect()
     torch.cuda.empty_cache()
 
-    # 3. sdserve on the engine (fused QKV, CUDA graphs for the base model)
+    # 3. sdserve on the engine (fused QKV, CUDA graphs for the base model): LoRA rows eagerly, then
+    #    through the LoRA graphs
     parts = gpu_run.build_models(name)
     placement = Placement(device=torch.device("cuda"), dtype=torch.float16, warning=None)
     components = prepare(gpu_run.sdserve_components(parts), placement, engine_dir=None, max_rows=rows,
                          height=case["height"], width=case["width"])
     inputs = gpu_run.unet_inputs(parts, case, rows)
-    ours = sdserve_rows(components, folder, names, rows, inputs, record, "engine")
+    library, adapters = load_library(components, folder, names, record, "engine")
+    ours = sdserve_rows(library, adapters, components.unet, rows, inputs, record, "engine")
+    slotted = sdserve_rows(library, adapters, components.unet, rows, inputs, record, "lora graphs", graphs=True)
+    for count in (1, 4):
+        record[f"lora graphs vs engine {count} LoRA max abs diff"] = (slotted[count] - ours[count]).abs().max().item()
     if reference is not None:
-        record["engine vs diffusers fused max abs diff"] = (ours - reference).abs().max().item()
-    for label in ("eager", "engine"):
+        record["engine vs diffusers fused max abs diff"] = (ours[1] - reference).abs().max().item()
+        record["lora graphs vs diffusers fused max abs diff"] = (slotted[1] - reference).abs().max().item()
+    log(f"[{name}] LoRA graphs against the engine's eager LoRA path: max abs diff "
+        f"{record['lora graphs vs engine 1 LoRA max abs diff']:.3g} (1 LoRA), "
+        f"{record['lora graphs vs engine 4 LoRA max abs diff']:.3g} (4 distinct)")
+    for label in LABELS:
         base = record[f"{label} 0 LoRA ms"]
         for count in (1, 4):
             record[f"{label} {count} LoRA overhead %"] = 100 * (record[f"{label} {count} LoRA ms"] / base - 1)
-    del components, parts, ours
+    del components, parts, ours, slotted, library, adapters
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -208,7 +243,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines += ["| case | rows | rank | variant | 0 LoRAs ms | 1 LoRA ms | 4 distinct LoRAs ms | 1 LoRA % | 4 LoRAs % |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results["cases"].items():
-        for label in ("eager", "engine"):
+        for label in LABELS:
             if f"{label} 4 LoRA ms" in r:
                 lines.append(f"| {name} | {r['rows']} | {r['rank']} | sdserve {label} | {r[f'{label} 0 LoRA ms']:.2f} | "
                              f"{r[f'{label} 1 LoRA ms']:.2f} | {r[f'{label} 4 LoRA ms']:.2f} | "
@@ -218,14 +253,19 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                          f"{r['diffusers unfused 1 LoRA ms']:.2f} | - | - | - |")
             lines.append(f"| {name} | {r['rows']} | {r['rank']} | diffusers + fuse_lora | {r['base eager ms']:.2f} | "
                          f"{r['diffusers fused 1 LoRA ms']:.2f} | - | - | - |")
-    lines += ["", "| case | diffusers load s | fuse s | unfuse+unload s | sdserve load 4 s | max abs diff vs diffusers (eager / engine) | errors |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| case | diffusers load s | fuse s | unfuse+unload s | sdserve load 4 s | max abs diff vs diffusers (eager / engine / lora graphs) "
+              "| one LoRA's effect (max abs) | lora graphs vs engine eager (1 / 4 LoRAs) | LoRA graphs capture s | tables MiB | errors |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results["cases"].items():
         def get(key: str, form: str = "{:.3f}") -> str:
             return form.format(r[key]) if key in r else "-"
         lines.append(f"| {name} | {get('diffusers load_lora_weights s')} | {get('diffusers fuse_lora s')} | "
                      f"{get('diffusers unfuse+unload s')} | {get('eager load 4 LoRAs s')} | "
-                     f"{get('eager vs diffusers fused max abs diff', '{:.3g}')} / {get('engine vs diffusers fused max abs diff', '{:.3g}')} | "
+                     f"{get('eager vs diffusers fused max abs diff', '{:.3g}')} / {get('engine vs diffusers fused max abs diff', '{:.3g}')} / "
+                     f"{get('lora graphs vs diffusers fused max abs diff', '{:.3g}')} | "
+                     f"{get('lora graphs LoRA effect max abs', '{:.3g}')} | "
+                     f"{get('lora graphs vs engine 1 LoRA max abs diff', '{:.3g}')} / {get('lora graphs vs engine 4 LoRA max abs diff', '{:.3g}')} | "
+                     f"{get('lora graphs capture s', '{:.1f}')} | {get('lora graphs tables MiB', '{:.0f}')} | "
                      f"{'; '.join(r.get('errors', [])) or '-'} |")
     path.write_text("\n".join(lines) + "\n")
 

@@ -188,8 +188,9 @@ def test_fused_qkv_and_the_engine_runner_apply_the_same_loras(
         tiny_model_dirs: dict[str, Path], lora_dirs: dict[str, Path],
         lora_pipeline: Callable[[str], TextToImagePipeline]) -> None:
     """What the engine does to the UNet on a GPU, on the CPU: QKV projections fused into one, and a
-    runner that pads rows to a bucket (here without CUDA graphs); rows with LoRAs run the model
-    eagerly, and the fused projections take the q/k/v updates in their slices."""
+    runner that pads rows to a bucket (here without CUDA graphs); rows with LoRAs run its LoRA
+    graphs (slot tables, `test_lora_slots.py`), and the fused projections take the q/k/v updates in
+    their slices."""
     plain = lora_pipeline("sd")
     components = load_components(tiny_model_dirs["sd"], torch.device("cpu"), torch.float32)
     unet = components.unet

@@ -47,6 +47,8 @@ def test_missing_config_parameters_fall_back_to_the_models_size_and_common_defau
     assert read.seed is None
     assert read.prompt_cache_size == 256
     assert defaults(prompt_cache_size="0").prompt_cache_size == 0
+    assert (read.lora_slots, read.lora_max_rank) == (8, 128)
+    assert (defaults(lora_slots="0").lora_slots, defaults(lora_max_rank="64").lora_max_rank) == (0, 64)
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,8 @@ def test_missing_config_parameters_fall_back_to_the_models_size_and_common_defau
         ({"seed": "x"}, "config parameter 'seed' must be an integer, got 'x'"),
         ({"prompt_cache_size": "-1"}, "config parameter 'prompt_cache_size' must be an integer >= 0, got '-1'"),
         ({"prompt_cache_size": "lots"}, "config parameter 'prompt_cache_size' must be an integer, got 'lots'"),
+        ({"lora_slots": "1"}, "config parameter 'lora_slots' must be 0 (off) or an integer from 2 to 256, got '1'"),
+        ({"lora_max_rank": "0"}, "config parameter 'lora_max_rank' must be an integer from 1 to 1024, got '0'"),
     ],
 )
 def test_bad_config_parameters_are_named_with_their_value(values: dict[str, str], message: str) -> None:

@@ -8,8 +8,11 @@ to the wrapped model, so pipelines use them unchanged. Calls the captured shapes
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +20,11 @@ from sdserve_backend.engine.attention import attention_backend
 from sdserve_backend.engine.buckets import chunks
 from sdserve_backend.engine.static_call import BucketedCall
 from sdserve_backend.pipelines import feature_cache
+
+if TYPE_CHECKING:
+    from sdserve_backend.pipelines.lora_slots import LoraSlots
+
+log = logging.getLogger("sdserve.engine")
 
 
 class _ModelRunner:
@@ -66,6 +74,11 @@ class UNetRunner(_ModelRunner):
     graph per bucket (and one compile), and `reuse_calls` holds the graphs of the steps that run
     the outer blocks on kept features. `forward_keeping_features` and `forward_from_features` are
     what the denoise step calls for those.
+
+    Inside `lora_rows`, calls run through `lora_calls`: per image size, the graphs of the model
+    with its LoRA sites reading slot tables (`pipelines/lora_slots.py`), captured at the first such
+    call and again when the tables grow. They run the model uncompiled: compiling them too would
+    cost a second compile of the UNet.
     """
 
     def __init__(self, model: Any, attention: str, calls: dict[tuple[int, int], BucketedCall] | None = None,
@@ -74,6 +87,71 @@ class UNetRunner(_ModelRunner):
         self.__dict__["keeps_features"] = keeps_features
         self.__dict__["reuse_calls"] = {}
         self.__dict__["_compiled_reuse"] = compiled_reuse
+        # Latent size -> (the slot tables it reads, their version), call.
+        self.__dict__["lora_calls"] = {}
+        # Inside `lora_rows`: (slot tables, each row's entry).
+        self.__dict__["_lora"] = None
+
+    @contextlib.contextmanager
+    def lora_rows(self, slots: LoraSlots, rows: torch.Tensor) -> Iterator[None]:
+        """Calls inside run through the LoRA graphs, row i with the adapters of entry `rows[i]` of
+        `slots` (`LoraSlots.rows`). Calls those graphs do not cover run the model eagerly, with the
+        adapters `lora_layers.ModelLoras.rows` made active."""
+        self.__dict__["_lora"] = (slots, rows)
+        try:
+            yield
+        finally:
+            self.__dict__["_lora"] = None
+
+    def run_lora_captured(self, slots: LoraSlots, sample: torch.Tensor, timestep: torch.Tensor,
+                          encoder_hidden_states: torch.Tensor, lora_slot: torch.Tensor,
+                          text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """What each LoRA bucket captures: the model's own forward, its LoRA sites adding each row
+        the update of its entry `lora_slot` of `slots`."""
+        with slots.active(lora_slot):
+            return self.run_eager(sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+
+    def _lora_call(self, latent_size: tuple[int, int], slots: LoraSlots) -> BucketedCall | None:
+        """The LoRA graphs for one image size on the current tables, captured when missing or stale,
+        in the buckets, memory pool and layout of the base model's graphs for that size."""
+        base = self.calls.get(latent_size)
+        if base is None:
+            return None
+        key = (id(slots), slots.version)
+        current = self.lora_calls.get(latent_size)
+        if current is not None and current[0] == key:
+            return current[1]
+        self.lora_calls.pop(latent_size, None)
+        started = time.perf_counter()
+        example = {name: buffer[:1].clone() for name, buffer in base.buffers.items()}
+        example["lora_slot"] = torch.zeros((1,), dtype=torch.long, device=example["sample"].device)
+        with torch.inference_mode():
+            # Captured while serving: the step batcher's decoder thread may be decoding meanwhile,
+            # which a "global" capture would forbid (its allocations, its synchronisations).
+            call = BucketedCall(functools.partial(self.run_lora_captured, slots), example, base.buckets, base.use_graphs,
+                                channels_last=base.channels_last, pool=base.pool, capture_error_mode="thread_local")
+            for name, buffer in call.buffers.items():
+                buffer.copy_(example[name].expand_as(buffer))
+            call.capture()
+        self.lora_calls[latent_size] = (key, call)
+        if base.use_graphs:
+            log.info("engine: captured the LoRA graphs (rank %d per layer, %d slots) for latents %s, rows %s in %.1f s",
+                     slots.rank, slots.slots, latent_size, base.buckets, time.perf_counter() - started)
+        return call
+
+    def _captured(self, inputs: dict[str, torch.Tensor]) -> tuple[BucketedCall | None, dict[str, torch.Tensor]]:
+        """The captured call for `inputs` and what it takes (inside `lora_rows`, the LoRA graphs
+        and the rows' entries too), or None when no graph covers them."""
+        latent_size = tuple(inputs["sample"].shape[-2:])
+        base = self.calls.get(latent_size)
+        if base is None or not base.accepts(inputs):
+            return None, inputs
+        if self._lora is None:
+            return base, inputs
+        slots, rows = self._lora
+        with_rows = {**inputs, "lora_slot": rows}
+        call = self._lora_call(latent_size, slots)
+        return (call, with_rows) if call is not None and call.accepts(with_rows) else (None, inputs)
 
     def run_eager(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                   text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,7 +195,7 @@ class UNetRunner(_ModelRunner):
                                  added_cond_kwargs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The prediction and the deep features (`feature_cache.forward_keeping_features`)."""
         inputs = _inputs(sample, timestep, encoder_hidden_states, added_cond_kwargs)
-        call = None if self._eager else self.calls.get(tuple(sample.shape[-2:]))
+        call = None if self._eager or self._lora is not None else self.calls.get(tuple(sample.shape[-2:]))
         if self.keeps_features and call is not None and call.accepts(inputs):
             with torch.inference_mode():
                 noise, features = call(inputs)
@@ -131,7 +209,7 @@ class UNetRunner(_ModelRunner):
         """The prediction from kept deep features (`feature_cache.forward_from_features`)."""
         inputs = _inputs(sample, timestep, encoder_hidden_states, added_cond_kwargs)
         inputs["features"] = features
-        call = None if self._eager else self.reuse_calls.get(tuple(sample.shape[-2:]))
+        call = None if self._eager or self._lora is not None else self.reuse_calls.get(tuple(sample.shape[-2:]))
         if call is not None and call.accepts(inputs):
             with torch.inference_mode():
                 return call(inputs)
@@ -149,11 +227,11 @@ class UNetRunner(_ModelRunner):
         **extra: Any,
     ) -> Any:
         inputs = _inputs(sample, timestep, encoder_hidden_states, added_cond_kwargs)
-        call = None if self._eager else self.calls.get(tuple(sample.shape[-2:]))
         unused_extra = all(value is None for value in extra.values())
-        if call is not None and unused_extra and call.accepts(inputs):
+        call, call_inputs = (None, inputs) if self._eager or not unused_extra else self._captured(inputs)
+        if call is not None:
             with torch.inference_mode():
-                output = call(inputs)
+                output = call(call_inputs)
             if isinstance(output, tuple):
                 output = output[0]  # the features of a feature-keeping graph are not needed here
         elif unused_extra:

@@ -36,10 +36,15 @@ class BucketedCall:
         use_graphs: bool,
         channels_last: tuple[str, ...] = (),
         pool: Any = None,
+        capture_error_mode: str = "global",
     ) -> None:
+        """`capture_error_mode`: torch.cuda.graph's; "thread_local" for a capture while other
+        threads may use the GPU (a capture at load time has it to itself)."""
         self.function = function
+        self.capture_error_mode = capture_error_mode
         self.buckets = tuple(sorted(buckets))
         self.use_graphs = use_graphs
+        self.channels_last = channels_last
         self._pool = pool
         largest = self.buckets[-1]
         # One buffer per input, sized for the largest bucket; bucket b uses its first b rows,
@@ -56,6 +61,11 @@ class BucketedCall:
     @property
     def max_rows(self) -> int:
         return self.buckets[-1]
+
+    @property
+    def pool(self) -> Any:
+        """The graphs' memory pool (None before a capture without one given)."""
+        return self._pool
 
     def accepts(self, inputs: Mapping[str, torch.Tensor]) -> bool:
         """True when `inputs` fit the buffers: same names, per-row shapes and device, rows in range."""
@@ -103,7 +113,7 @@ class BucketedCall:
 
     def _capture_once(self, views: Mapping[str, torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, Output]:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode=self.capture_error_mode):
             output = self.function(**views)
         return graph, output
 

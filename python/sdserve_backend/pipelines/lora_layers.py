@@ -12,6 +12,9 @@ low-rank updates (Chen et al. 2023, "Punica"; Sheng et al. 2023, "S-LoRA"). The 
 never changed: a call without adapters runs the base layer alone, and adapters come and go without
 reloading or re-fusing anything. Layers the engine fused (one QKV projection for three) take their
 adapters' updates at the fused layer, each in its own slice of the outputs.
+
+That is the eager path. Inside the engine's captured graphs the sites read slot tables instead
+(`lora_slots.LoraSlots`): each row gathers its own adapters, so it pays for those alone.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from sdserve_backend.pipelines.lora_files import LoraPair
+
+if TYPE_CHECKING:
+    from sdserve_backend.pipelines.lora_slots import LoraSlots
 
 # Adapter combinations whose concatenated weights are kept (one per mix of adapters in a batch).
 PLAN_CACHE_SIZE = 8
@@ -79,6 +86,11 @@ class LoraSite(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        slots = self._owner.slots
+        if slots is not None:
+            slotted = slots.apply(self, x, y)
+            if slotted is not None:
+                return slotted
         update = self._owner.update_for(self.path)
         if update is None:
             return y
@@ -106,9 +118,12 @@ class _Plan:
 
 @dataclass
 class _Active:
-    plan: _Plan
+    blocks: Sequence[RowBlock]
+    adapters: list[LoraAdapter]
+    # Made at the first site that asks (a call through the slot tables never does).
+    plan: _Plan | None = None
     # [rows or 1, K]: each row's scale of each adapter of the plan.
-    weights: torch.Tensor
+    weights: torch.Tensor | None = None
     row_scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -126,6 +141,8 @@ class ModelLoras:
         self._lock = threading.Lock()
         # Layer path -> (site path, slice of the site's outputs).
         self._routes: dict[str, tuple[str, int, int]] = {}
+        # The slot tables of the engine's LoRA graphs, once a library made them (`lora_slots.py`).
+        self.slots: LoraSlots | None = None
 
     @classmethod
     def of(cls, model: torch.nn.Module, component: str) -> ModelLoras:
@@ -206,25 +223,36 @@ class ModelLoras:
             yield False
             return
         with self._lock:
-            plan = self._plan(adapters)
-            weights = self._row_weights(blocks, adapters, next(iter(plan.sites.values()))[0].device if plan.sites else None)
-            self._active = _Active(plan, weights)
+            self._active = _Active(blocks, adapters)
             try:
                 yield True
             finally:
                 self._active = None
+
+    def site_layers(self) -> dict[str, int]:
+        """Every site wrapped so far, with how many of the model's layers it stands for (3 for a
+        fused QKV projection whose q, k and v some adapter targets)."""
+        layers: dict[str, int] = {}
+        for site_path, _, _ in self._routes.values():
+            layers[site_path] = layers.get(site_path, 0) + 1
+        return layers
 
     def update_for(self, site_path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The active (down, up, per-row scale of each rank) for a site, None when none applies."""
         active = self._active
         if active is None:
             return None
+        if active.plan is None:
+            active.plan = self._plan(active.adapters)
+            device = next(iter(active.plan.sites.values()))[0].device if active.plan.sites else None
+            active.weights = self._row_weights(active.blocks, active.adapters, device)
         site = active.plan.sites.get(site_path)
         if site is None:
             return None
         down, up, owners = site
         row_scale = active.row_scales.get(site_path)
         if row_scale is None:
+            assert active.weights is not None
             row_scale = active.weights.index_select(1, owners).to(down.dtype)
             active.row_scales[site_path] = row_scale
         return down, up, row_scale

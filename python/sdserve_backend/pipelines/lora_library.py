@@ -23,6 +23,7 @@ from typing import Any
 from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.lora_files import read_lora_file
 from sdserve_backend.pipelines.lora_layers import ChosenLora, LoraAdapter, ModelLoras, RowBlock
+from sdserve_backend.pipelines.lora_slots import DEFAULT_MAX_RANK, DEFAULT_SLOTS, LoraSlots
 
 SUFFIX = ".safetensors"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\- ]{0,127}$")
@@ -96,10 +97,16 @@ def _scale(value: Any, name: str) -> float:
 class LoraLibrary:
     """The adapters of one folder for one loaded model."""
 
-    def __init__(self, components: DiffusionComponents, folder: Path | None, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, components: DiffusionComponents, folder: Path | None, capacity: int = DEFAULT_CAPACITY,
+                 slots: int = DEFAULT_SLOTS, max_rank: int = DEFAULT_MAX_RANK) -> None:
+        """`slots` and `max_rank`: the slot tables of the engine's LoRA graphs (`lora_slots.py`),
+        how many adapter sets they hold (one stays empty; 0: no LoRA graphs, rows with LoRAs run
+        the model eagerly) and the largest rank per layer they take."""
         self.components = components
         self.folder = Path(folder) if folder is not None else None
         self.capacity = max(1, capacity)
+        self.slot_count = slots
+        self.max_rank = max_rank
         self._loaded: OrderedDict[str, LoraAdapter] = OrderedDict()
         self._lock = threading.Lock()
         self.models: dict[str, ModelLoras] = {}
@@ -170,6 +177,28 @@ class LoraLibrary:
         """UNet calls inside apply each block's adapters to its rows; yields whether any do."""
         with self.models["unet"].rows(blocks) as active:
             yield active
+
+    @contextlib.contextmanager
+    def unet_call(self, unet: Any, blocks: Sequence[RowBlock], graphs: bool = True) -> Iterator[bool]:
+        """Calls of `unet` (the model, or the engine's runner standing in for it) inside apply each
+        block's adapters to its rows; yields whether any do. On the engine's runner they run in its
+        LoRA graphs, each row gathering its adapters from the slot tables, when the mix fits them
+        (and `graphs`); otherwise the model runs eagerly, as the base graphs hold no adapters."""
+        with self.unet_rows(blocks) as adapted:
+            if not adapted or not hasattr(unet, "lora_rows"):
+                yield adapted
+                return
+            slots = self.unet_slots() if graphs else None
+            rows = slots.rows(blocks) if slots is not None else None
+            with unet.lora_rows(slots, rows) if rows is not None else unet.eager():
+                yield True
+
+    def unet_slots(self) -> LoraSlots | None:
+        """The UNet's slot tables (made at the first use; None when `slots` is 0)."""
+        model = self.models["unet"]
+        if model.slots is None and self.slot_count > 0:
+            model.slots = LoraSlots(model, self.slot_count, self.max_rank)
+        return model.slots
 
     @contextlib.contextmanager
     def text_encoders(self, chosen: Sequence[ChosenLora]) -> Iterator[str]:

@@ -9,7 +9,6 @@ by request, so the three give the same image for the same request.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.denoise import DenoisingState, denoise_step, embed_guidance
 from sdserve_backend.pipelines.lora_library import DEFAULT_CAPACITY as DEFAULT_LORA_CAPACITY
 from sdserve_backend.pipelines.lora_library import LoraLibrary
+from sdserve_backend.pipelines.lora_slots import DEFAULT_MAX_RANK, DEFAULT_SLOTS
 from sdserve_backend.pipelines.prompt_cache import PromptCache
 from sdserve_backend.pipelines.prompts import (
     DEFAULT_PROMPT_CACHE_SIZE,
@@ -52,12 +52,14 @@ class TextToImagePipeline:
 
     def __init__(self, components: DiffusionComponents, prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
                  lora_dir: Path | None = None, lora_cache_size: int = DEFAULT_LORA_CAPACITY,
-                 refiner: DiffusionComponents | None = None) -> None:
+                 refiner: DiffusionComponents | None = None, lora_slots: int = DEFAULT_SLOTS,
+                 lora_max_rank: int = DEFAULT_MAX_RANK) -> None:
         """`refiner`: an SDXL refiner's components that finish text-to-image requests asking for
-        it (`GenerationRequest.high_noise_fraction`, `tasks/refined.py`)."""
+        it (`GenerationRequest.high_noise_fraction`, `tasks/refined.py`). `lora_slots` and
+        `lora_max_rank`: the slot tables of the engine's LoRA graphs (`lora_slots.py`)."""
         self.components = components
         # The LoRAs of `lora_dir`, applied per request without touching the base weights.
-        self.loras = LoraLibrary(components, lora_dir, lora_cache_size)
+        self.loras = LoraLibrary(components, lora_dir, lora_cache_size, lora_slots, lora_max_rank)
         self.prompt_encoder = PromptEncoder(components, prompt_cache_size, self.loras)
         self.task = TextToImage(components, self.prompt_encoder)
         self.image_tasks: dict[str, Task] = {
@@ -145,11 +147,8 @@ class TextToImagePipeline:
             denoise_step(refined[0].unet, refined)
         if not own:
             return
-        with self.loras.unet_rows([(state.rows, state.loras) for state in own]) as adapted:
-            # The engine's CUDA graphs hold the base model only: rows with LoRAs run it eagerly.
-            eager = unet.eager() if adapted and hasattr(unet, "eager") else contextlib.nullcontext()
-            with eager:
-                denoise_step(unet, own)
+        with self.loras.unet_call(unet, [(state.rows, state.loras) for state in own]):
+            denoise_step(unet, own)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents -> uint8 images [B, H, W, 3] on the host."""

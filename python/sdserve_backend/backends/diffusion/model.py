@@ -101,7 +101,8 @@ class TritonPythonModel:
             refiner = self._load_refiner(Path(args["model_repository"]), self.defaults.refiner, placement, components)
         self.pipeline = TextToImagePipeline(components, prompt_cache_size=self.defaults.prompt_cache_size,
                                             lora_dir=model_settings.locate_lora_dir(version_dir, parameters),
-                                            lora_cache_size=self.defaults.lora_cache_size, refiner=refiner)
+                                            lora_cache_size=self.defaults.lora_cache_size, refiner=refiner,
+                                            lora_slots=self.defaults.lora_slots, lora_max_rank=self.defaults.lora_max_rank)
         max_images = int(model_config.get("max_batch_size", 0) or 0)
         max_steps = min(model_settings.MAX_STEPS, max_inference_steps(components.scheduler_config))
         self.declared = capabilities.declare(self.defaults, max_images, max_steps, self.pipeline.loras.available(),

@@ -22,6 +22,8 @@ from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS, 
 from sdserve_backend.pipelines import GenerationSettings
 from sdserve_backend.pipelines.lora_library import DEFAULT_CAPACITY as DEFAULT_LORA_CAPACITY
 from sdserve_backend.pipelines.lora_library import LoraRequest, merge_requests, parse_loras_parameter, take_prompt_tags
+from sdserve_backend.pipelines.lora_slots import DEFAULT_MAX_RANK as DEFAULT_LORA_MAX_RANK
+from sdserve_backend.pipelines.lora_slots import DEFAULT_SLOTS as DEFAULT_LORA_SLOTS
 from sdserve_backend.pipelines.single_file import PREDICTION_TYPES, CheckpointOptions
 from sdserve_backend.pipelines.prompts import DEFAULT_PROMPT_CACHE_SIZE
 from sdserve_backend.pipelines.requests import DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE
@@ -64,6 +66,10 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "prompt_chunking": "default of the request parameter: true: prompts over CLIP's 75 tokens are chunked; false: cut",
     "lora_dir": "the folder of the LoRA files requests may name (default: loras/ in the version folder)",
     "lora_cache_size": "how many LoRAs are kept loaded on the device (least recently used dropped first)",
+    "lora_slots": "GPU engine, default 8: entries of the slot tables its LoRA graphs read, one kept empty (so 7 "
+                  "adapter sets per UNet batch; more run eagerly); 0: no LoRA graphs, rows with LoRAs run eagerly",
+    "lora_max_rank": "GPU engine, default 128: the largest LoRA rank per layer its LoRA graphs take (several LoRAs of "
+                     "one request add up); higher ones run eagerly",
     "force_engine_build": "true: rebuild the GPU engine at load",
     "engine_compile": "true: torch.compile the UNet into the GPU engine",
     "engine_sizes": 'more image sizes the GPU engine captures graphs for, besides image_height x image_width: "768x768,512x768" (height x width)',
@@ -119,6 +125,9 @@ class ModelDefaults:
     prompt_chunking: bool = True
     # LoRAs kept loaded on the device.
     lora_cache_size: int = DEFAULT_LORA_CAPACITY
+    # The slot tables of the engine's LoRA graphs: entries (0: none) and the largest rank per layer.
+    lora_slots: int = DEFAULT_LORA_SLOTS
+    lora_max_rank: int = DEFAULT_LORA_MAX_RANK
     # Image sizes (height, width) the GPU engine also captures, besides the default one.
     engine_sizes: tuple[tuple[int, int], ...] = ()
     # The refiner model that finishes text-to-image requests ("": none), and where it takes over.
@@ -168,6 +177,8 @@ def read_model_defaults(parameters: Mapping[str, str], default_image_size: int, 
         prompt_cache_size=parse_prompt_cache_size(parameters.get("prompt_cache_size", ""), source),
         prompt_chunking=parse_bool("prompt_chunking", parameters.get("prompt_chunking", ""), True, source),
         lora_cache_size=parse_lora_cache_size(parameters.get("lora_cache_size", ""), source),
+        lora_slots=parse_lora_slots(parameters.get("lora_slots", ""), source),
+        lora_max_rank=parse_lora_max_rank(parameters.get("lora_max_rank", ""), source),
         engine_sizes=parse_engine_sizes(parameters.get("engine_sizes", ""), source),
         refiner=parse_model_name("refiner", parameters.get("refiner", ""), source),
         high_noise_fraction=parse_fraction("high_noise_fraction", parameters.get("high_noise_fraction", ""),
@@ -418,6 +429,20 @@ def parse_lora_cache_size(value: Any, source: str) -> int:
     if size < 1:
         raise ValueError(f"{source} 'lora_cache_size' must be an integer >= 1, got {value!r}")
     return size
+
+
+def parse_lora_slots(value: Any, source: str) -> int:
+    slots = _parse_int("lora_slots", value, DEFAULT_LORA_SLOTS, source)
+    if slots != 0 and not 2 <= slots <= 256:
+        raise ValueError(f"{source} 'lora_slots' must be 0 (off) or an integer from 2 to 256, got {value!r}")
+    return slots
+
+
+def parse_lora_max_rank(value: Any, source: str) -> int:
+    rank = _parse_int("lora_max_rank", value, DEFAULT_LORA_MAX_RANK, source)
+    if not 1 <= rank <= 1024:
+        raise ValueError(f"{source} 'lora_max_rank' must be an integer from 1 to 1024, got {value!r}")
+    return rank
 
 
 def parse_prompt_cache_size(value: Any, source: str) -> int:

@@ -1,0 +1,181 @@
+"""The engine's LoRA graphs on the CPU: the engine's runner over padded row buckets (no CUDA graphs
+here, the same function on the same buffers), its LoRA sites reading the slot tables, each row
+gathering its own adapters. The UNet's outputs equal those of the eager per-row LoRA path (float32)
+for one LoRA, four distinct adapter sets and rows with and without LoRAs, on fused QKV projections
+in both memory formats and with 3x3 convolutions (an LCM-LoRA's); mixes the tables cannot hold run
+eagerly with the same outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdserve_backend.engine.runners import UNetRunner
+from sdserve_backend.engine.static_call import BucketedCall
+from sdserve_backend.pipelines import load_components
+from sdserve_backend.pipelines.components import DiffusionComponents
+from sdserve_backend.pipelines.lora_layers import ChosenLora, RowBlock
+from sdserve_backend.pipelines.lora_library import LoraLibrary
+from sdserve_backend.tiny_lora import make_tiny_loras, make_tiny_lcm_lora
+
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+BUCKETS = (2, 4, 8)
+
+
+@pytest.fixture(scope="module")
+def lora_dirs(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("slot_loras")
+    for variant, folder in tiny_model_dirs.items():
+        make_tiny_loras(folder, root / variant)
+        make_tiny_lcm_lora(folder, root / variant / "tiny_lcm.safetensors")
+    return {variant: root / variant for variant in tiny_model_dirs}
+
+
+def engine_like(tiny_model_dirs: dict[str, Path], lora_dirs: dict[str, Path], variant: str, channels_last: bool,
+                **slot_options: int) -> tuple[DiffusionComponents, UNetRunner, LoraLibrary]:
+    """What `engine.prepare` makes on a GPU, on the CPU: fused QKV, the chosen memory format, a
+    runner over row buckets (without CUDA graphs), and a LoRA library on it."""
+    components = load_components(tiny_model_dirs[variant], torch.device("cpu"), torch.float32)
+    unet = components.unet
+    unet.fuse_qkv_projections()
+    unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    runner = UNetRunner(unet, "default")
+    example = unet_inputs(components, 1, seed=99)
+    with torch.inference_mode():
+        runner.calls[tuple(example["sample"].shape[-2:])] = BucketedCall(
+            runner.run_captured, example, BUCKETS, use_graphs=False, channels_last=("sample",) if channels_last else ())
+    library = LoraLibrary(dataclasses.replace(components, unet=runner), lora_dirs[variant], **slot_options)
+    return components, runner, library
+
+
+def unet_inputs(parts: DiffusionComponents, rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    unet = parts.unet
+    size = parts.default_image_size // parts.vae_scale_factor
+    inputs = {
+        "sample": torch.randn((rows, unet.config.in_channels, size, size), generator=generator),
+        "timestep": torch.linspace(10.0, 900.0, rows),
+        "encoder_hidden_states": torch.randn((rows, 77, unet.config.cross_attention_dim), generator=generator),
+    }
+    if parts.is_sdxl:
+        width = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+        inputs["text_embeds"] = torch.randn((rows, width), generator=generator)
+        inputs["time_ids"] = torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]]).repeat(rows, 1)
+    return inputs
+
+
+def run(runner: UNetRunner, library: LoraLibrary, blocks: list[RowBlock], inputs: dict[str, torch.Tensor],
+        graphs: bool = True) -> torch.Tensor:
+    """The runner's output for `inputs` with each block's adapters on its rows: through the LoRA
+    graphs when `graphs` and the mix fits the slot tables, else eagerly."""
+    added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]} if "text_embeds" in inputs else None
+    with torch.inference_mode(), library.unet_call(runner, blocks, graphs=graphs):
+        return runner(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"],
+                      added_cond_kwargs=added, return_dict=False)[0]
+
+
+def slot_rows_of_last_call(runner: UNetRunner, rows: int) -> list[int]:
+    """The entries the last call through the LoRA graphs copied into its buffer, per row."""
+    ((_, call),) = runner.lora_calls.values()
+    return call.buffers["lora_slot"][:rows].tolist()
+
+
+def chosen(library: LoraLibrary, *loras: tuple[str, float]) -> tuple[ChosenLora, ...]:
+    return library.choose(tuple(loras))
+
+
+@pytest.mark.parametrize(("variant", "channels_last"), [("sd", False), ("sd", True), ("sdxl", True)])
+def test_slot_tables_give_each_row_the_eager_lora_output(variant: str, channels_last: bool, tiny_model_dirs: dict[str, Path],
+                                                         lora_dirs: dict[str, Path]) -> None:
+    parts, runner, library = engine_like(tiny_model_dirs, lora_dirs, variant, channels_last)
+    kohya, peft = chosen(library, ("tiny_kohya", 0.8)), chosen(library, ("tiny_peft", 1.0))
+    both = chosen(library, ("tiny_unet_peft", 1.0), ("tiny_peft", -0.5))
+    lcm = chosen(library, ("tiny_lcm", 1.0))
+    mixes: dict[str, list[RowBlock]] = {
+        "one LoRA": [(8, kohya)],
+        "four distinct": [(2, kohya), (2, peft), (2, both), (2, chosen(library, ("tiny_kohya", 1.5)))],
+        "with and without": [(2, ()), (2, both), (1, ()), (1, lcm)],  # 6 rows: padded to the 8-row bucket
+        "3x3 convolutions": [(2, lcm), (2, ())],
+    }
+    plain_inputs = unet_inputs(parts, 8)
+    plain = run(runner, library, [(8, ())], plain_inputs)
+    for name, blocks in mixes.items():
+        rows = sum(count for count, _ in blocks)
+        inputs = {key: tensor[:rows] for key, tensor in plain_inputs.items()}
+        expected = run(runner, library, blocks, inputs, graphs=False)
+        slotted = run(runner, library, blocks, inputs)
+
+        entries = slot_rows_of_last_call(runner, rows)
+        with_lora = [row for row, entry in enumerate(entries) if entry != 0]
+        assert with_lora == [row for row, (count, loras) in enumerate(b for b in blocks for _ in range(b[0])) if loras], name
+        assert len({entries[row] for row in with_lora}) == len({tuple(loras) for _, loras in blocks if loras}), name
+        torch.testing.assert_close(slotted, expected, **TOLERANCE, msg=name)
+        for row in range(rows):
+            changed = not torch.allclose(expected[row], plain[row], **TOLERANCE)
+            assert changed == (row in with_lora), f"{name}: row {row}"
+
+
+def test_mixes_the_tables_cannot_hold_run_eagerly_with_the_same_outputs(tiny_model_dirs: dict[str, Path],
+                                                                         lora_dirs: dict[str, Path]) -> None:
+    # Three entries: two adapter sets at most; rank capacity 4 per layer (the tiny LoRAs' own rank).
+    parts, runner, library = engine_like(tiny_model_dirs, lora_dirs, "sd", False, slots=3, max_rank=4)
+    one, other, third = (chosen(library, (name, 1.0)) for name in ("tiny_kohya", "tiny_peft", "tiny_unet_peft"))
+    stacked = chosen(library, ("tiny_kohya", 1.0), ("tiny_peft", 1.0))  # rank 8 side by side
+    inputs = unet_inputs(parts, 6)
+    slots = library.unet_slots()
+    assert slots is not None
+
+    fits = [(2, one), (2, other), (2, ())]
+    assert slots.rows(fits) is not None
+    torch.testing.assert_close(run(runner, library, fits, inputs), run(runner, library, fits, inputs, graphs=False), **TOLERANCE)
+    for blocks in ([(2, one), (2, other), (2, third)], [(3, stacked), (3, ())]):
+        assert slots.rows(blocks) is None
+        runner.lora_calls.clear()
+        torch.testing.assert_close(run(runner, library, blocks, inputs), run(runner, library, blocks, inputs, graphs=False),
+                                   **TOLERANCE)
+        assert not runner.lora_calls, "the LoRA graphs were not used"
+
+
+def test_entries_are_reused_and_the_least_recently_used_one_is_refilled(tiny_model_dirs: dict[str, Path],
+                                                                        lora_dirs: dict[str, Path]) -> None:
+    parts, runner, library = engine_like(tiny_model_dirs, lora_dirs, "sd", False, slots=3)
+    slots = library.unet_slots()
+    assert slots is not None
+    one, other, third = (chosen(library, (name, 1.0)) for name in ("tiny_kohya", "tiny_peft", "tiny_unet_peft"))
+    first = slots.rows([(1, one), (1, other)]).tolist()
+    assert sorted(first) == [1, 2]
+    assert slots.rows([(2, other)]).tolist() == [first[1]] * 2, "a resident adapter keeps its entry"
+    # `one` is now the least recently used: `third` takes its entry, and gives the eager outputs.
+    blocks: list[RowBlock] = [(1, third), (1, other)]
+    assert slots.rows(blocks).tolist() == [first[0], first[1]]
+    inputs = unet_inputs(parts, 2)
+    torch.testing.assert_close(run(runner, library, blocks, inputs), run(runner, library, blocks, inputs, graphs=False),
+                               **TOLERANCE)
+
+
+def test_the_tables_grow_for_a_higher_rank_and_the_graphs_are_captured_again(tiny_model_dirs: dict[str, Path],
+                                                                             lora_dirs: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "loras"
+    shutil.copytree(lora_dirs["sd"], folder)
+    parts, runner, library = engine_like(tiny_model_dirs, {"sd": folder}, "sd", False)
+    inputs = unet_inputs(parts, 2)
+    single = [(2, chosen(library, ("tiny_kohya", 1.0)))]
+    run(runner, library, single, inputs)
+    slots = library.unet_slots()
+    assert slots is not None
+    first_rank, first_version = slots.rank, slots.version
+    ((first_key, _),) = runner.lora_calls.values()
+
+    # Four adapters side by side in one request: rank 16 per layer, past the first capacity of 8.
+    wide = [(2, chosen(library, *((name, 0.3) for name in ("tiny_kohya", "tiny_peft", "tiny_unet_peft", "tiny_lcm"))))]
+    torch.testing.assert_close(run(runner, library, wide, inputs), run(runner, library, wide, inputs, graphs=False), **TOLERANCE)
+    assert (first_rank, slots.rank) == (8, 16)
+    assert slots.version > first_version
+    ((key, _),) = runner.lora_calls.values()
+    assert key != first_key, "the graphs on the old tables were replaced"
+    torch.testing.assert_close(run(runner, library, single, inputs), run(runner, library, single, inputs, graphs=False),
+                               **TOLERANCE)
