@@ -3,20 +3,22 @@ here, the same function on the same buffers), its LoRA sites reading the slot ta
 gathering its own adapters. The UNet's outputs equal those of the eager per-row LoRA path (float32)
 for one LoRA, four distinct adapter sets and rows with and without LoRAs, on fused QKV projections
 in both memory formats and with 3x3 convolutions (an LCM-LoRA's); mixes the tables cannot hold run
-eagerly with the same outputs."""
+eagerly with the same outputs; requests joining a step batch get their own images through them."""
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sdserve_backend.engine.runners import UNetRunner
 from sdserve_backend.engine.static_call import BucketedCall
-from sdserve_backend.pipelines import load_components
+from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, StepBatcher, TextToImagePipeline, load_components
 from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.lora_layers import ChosenLora, RowBlock
 from sdserve_backend.pipelines.lora_library import LoraLibrary
@@ -24,6 +26,7 @@ from sdserve_backend.tiny_lora import make_tiny_loras, make_tiny_lcm_lora
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 BUCKETS = (2, 4, 8)
+TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +182,45 @@ def test_the_tables_grow_for_a_higher_rank_and_the_graphs_are_captured_again(tin
     assert key != first_key, "the graphs on the old tables were replaced"
     torch.testing.assert_close(run(runner, library, single, inputs), run(runner, library, single, inputs, graphs=False),
                                **TOLERANCE)
+
+
+@pytest.mark.parametrize("variant", ["sd", "sdxl"])
+def test_requests_with_different_loras_joining_a_step_batch_run_in_the_lora_graphs(
+        variant: str, tiny_model_dirs: dict[str, Path], lora_dirs: dict[str, Path]) -> None:
+    """Through the pipeline and its step batcher on the engine-like runner: requests with different
+    LoRAs (or none) join one batch, its UNet calls run in the LoRA graphs, and each gets the image
+    the plain pipeline (no engine, the eager LoRA path) gives it alone."""
+    settings = GenerationSettings(64, 64, 3, 7.5)
+    plain = TextToImagePipeline(load_components(tiny_model_dirs[variant], torch.device("cpu"), torch.float32),
+                                lora_dir=lora_dirs[variant])
+    parts, runner, _ = engine_like(tiny_model_dirs, lora_dirs, variant, channels_last=variant == "sdxl")
+    latent = settings.height // parts.vae_scale_factor
+    example = {name: tensor[:, :, :latent, :latent] if name == "sample" else tensor
+               for name, tensor in unet_inputs(parts, 1, seed=99).items()}
+    with torch.inference_mode():
+        runner.calls[(latent, latent)] = BucketedCall(runner.run_captured, example, BUCKETS, use_graphs=False)
+    engine = TextToImagePipeline(dataclasses.replace(parts, unet=runner), lora_dir=lora_dirs[variant])
+    mixes = [(), (("tiny_kohya", 0.8),), (("tiny_unet_peft", 1.0), ("tiny_lcm", 0.5)), (("tiny_peft", 1.2),)]
+
+    def requests(pipeline: TextToImagePipeline) -> list[GenerationRequest]:
+        return [GenerationRequest(prompts=["a photo of the cat"], seed=seed, loras=pipeline.loras.choose(loras))
+                for seed, loras in enumerate(mixes)]
+
+    alone = [plain([one], settings)[0] for one in requests(plain)]
+    batcher = StepBatcher(engine, max_images=4)
+    try:
+        outcomes: list[Future[np.ndarray]] = []
+        for one in requests(engine):
+            outcome: Future[np.ndarray] = Future()
+            outcomes.append(outcome)
+            batcher.submit(one, settings, outcome.set_result)
+        stepped = [outcome.result(timeout=TIMEOUT_S) for outcome in outcomes]
+        trace = batcher.trace()
+    finally:
+        batcher.close()
+
+    assert max(len(record.members) for record in trace) == len(mixes), "one UNet call held all four requests"
+    assert (latent, latent) in runner.lora_calls, "the LoRA rows ran in the LoRA graphs"
+    for expected, image in zip(alone, stepped, strict=True):
+        assert not isinstance(image, Exception)
+        assert int(np.abs(image.astype(np.int16) - expected.astype(np.int16)).max()) <= 1
