@@ -1,7 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { DataPlane, detectGpus, formatModelTable, ModelManager, type ModelControlMode } from './core/index.js';
+import { BackendSpares } from './backend/index.js';
+import { backendSpawnOptions, DataPlane, detectGpus, formatModelTable, ModelManager, type BackendRuntime, type ModelControlMode } from './core/index.js';
 import type { Logger } from './logger.js';
 import { startMetricsServer } from './metrics/index.js';
 import path from 'node:path';
@@ -38,6 +39,8 @@ export interface ServerOptions {
   exitOnError: boolean;
   backendStartTimeoutMs: number;
   backendLoadTimeoutMs: number;
+  /** `--backend-prestart`: keep a backend process per GPU started ahead, its imports done, for the next load. */
+  backendPrestart?: boolean;
   /** `--backend-directory`: folders of more backends (`<name>/model.py`) besides the built-in ones. */
   backendDirectories?: string[];
   /** `--allowed-path`: folders outside the model folders that model configs may name. */
@@ -79,7 +82,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   // 2. models
   const gpus = detectGpus();
-  const models = new ModelManager(options.modelRepositories, {
+  const spares = options.backendPrestart ? new BackendSpares(options.logger) : undefined;
+  const runtime: BackendRuntime = {
     pythonExecutable: options.pythonExecutable,
     projectRoot: PROJECT_ROOT,
     engineCacheDir: path.resolve(options.engineCacheDir),
@@ -88,19 +92,32 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     loadTimeoutMs: options.backendLoadTimeoutMs,
     stopGraceMs: STOP_GRACE_MS,
     logger: options.logger,
-  }, {
+    ...(spares !== undefined && { spares }),
+  };
+  // One spare per GPU, spawned as a built-in backend pinned to that GPU is (served-model.ts);
+  // on a host without GPUs, one for the CPU.
+  for (const env of gpus.length > 0 ? gpus.map((gpu) => ({ CUDA_VISIBLE_DEVICES: gpu })) : [{}]) {
+    spares?.prestart({ ...backendSpawnOptions(runtime, env), label: 'spare' });
+  }
+  const models = new ModelManager(options.modelRepositories, runtime, {
     builtInBackends: path.join(PROJECT_ROOT, 'python', 'sdserve_backend', 'backends'),
     backendDirectories: (options.backendDirectories ?? []).map((dir) => path.resolve(dir)),
     allowedPaths: (options.allowedPaths ?? []).map((dir) => path.resolve(dir)),
     engineCacheDir: path.resolve(options.engineCacheDir),
   });
-  await models.start(options.modelControlMode, options.loadModels);
+  try {
+    await models.start(options.modelControlMode, options.loadModels);
+  } catch (err) {
+    await spares?.close();
+    throw err;
+  }
   if (options.modelControlMode === 'poll') models.startPolling(options.repositoryPollSecs * 1000);
   const rows = models.attemptedStatuses();
   options.print(formatModelTable(rows), { models: rows });
   const core = new DataPlane(models);
   if (options.exitOnError && (rows.some((row) => row.state !== 'READY') || models.startFailures.length > 0)) {
     await core.shutdown();
+    await spares?.close();
     throw new Error('failed to load all models');
   }
 
@@ -108,6 +125,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const closers: Array<() => Promise<unknown>> = [];
   const closeAll = async () => {
     await Promise.all(closers.map((close) => close()));
+    await spares?.close();
     await core.shutdown();
   };
   const httpAccess = options.httpAccess ?? OPEN_POLICY;

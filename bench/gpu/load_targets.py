@@ -18,8 +18,10 @@
    r/T512 + r/T768 = 0.5, T the offline throughput of each size): p99 of each <= 3x its unloaded
    latency.
 `--part start` serves the model with `engine_compile` on (as the shipped configs) and times the
-first load (the cold build), then an unload and a load in a new backend process (the warm start:
-engine folder reused), twice, and copies the backend's timing lines from the server log.
+first load (the cold build), then an unload and a load (the warm start: engine folder reused) in the
+backend the server started ahead (`--backend-prestart`, unless `--no-prestart`), then one in a new
+backend process after a server restart; it compares the cold and warm engines' images and copies
+the backend's timing lines from the server log.
 Writes load_targets_<case>.json / start_<case>.json (after every measurement) and a short .md.
 """
 
@@ -177,7 +179,8 @@ def free_ports(count: int) -> list[int]:
 
 
 class Server:
-    def __init__(self, bench: Any, repo: Path, weights: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, bench: Any, repo: Path, weights: Path, log_path: Path, env: dict[str, str] | None = None,
+                 flags: tuple[str, ...] = ()) -> None:
         http_port, grpc_port, metrics_port = free_ports(3)
         self.bench, self.log_path = bench, log_path
         self.address = f"127.0.0.1:{http_port}"
@@ -185,7 +188,7 @@ class Server:
         self.process = subprocess.Popen(
             [bench.SDSERVE, "serve", "--model-repository", str(repo), "--model-control-mode", "explicit",
              "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-             "--allowed-path", str(weights), "--engine-cache-dir", str(repo / ENGINES)],
+             "--allowed-path", str(weights), "--engine-cache-dir", str(repo / ENGINES), *flags],
             stdout=log_path.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         for _ in range(240):
             if bench.http("GET", "/v2/health/live", timeout=2)[0] == 200:
@@ -201,6 +204,17 @@ class Server:
         if status != 200:
             raise RuntimeError(f"loading: {status} {body}")
         return time.perf_counter() - started
+
+    def wait_for_spare(self, timeout_s: float = 180) -> float:
+        """Seconds until every spare backend started so far (`--backend-prestart`) has its imports done."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout_s:
+            text = self.log_path.read_text(errors="replace")
+            begun, ready = len(re.findall(r"started ahead of its load", text)), len(re.findall(r"\] .*pre-imported ", text))
+            if begun and ready >= begun:
+                return time.perf_counter() - started
+            time.sleep(0.5)
+        raise RuntimeError("the spare backend did not finish its imports")
 
     def unload(self) -> None:
         status, body = self.bench.http("POST", f"/v2/repository/models/{MODEL}/unload")
@@ -316,38 +330,69 @@ def part_load(bench: Any, case_name: str, out: Path, repo: Path, weights: Path, 
 
 
 def part_start(bench: Any, case_name: str, out: Path, repo: Path, weights: Path, result: dict[str, Any], save: Any,
-               compile_engine: bool, budget_s: float) -> None:
+               compile_engine: bool, budget_s: float, prestart: bool) -> None:
+    """Cold build, then the warm start (engine folder reused) in a backend started ahead of the load
+    (`--backend-prestart`: the server's spare, its imports done) and, budget allowing, in a new
+    backend process that imports everything itself. The images of the cold and the warm engine
+    (same seeds) are compared byte for byte."""
     case = bench.CASES[case_name]
     parameters = parameters_for(case, weights, None, compile_engine)
     write_config(bench, repo, case, weights, 4, parameters)
-    result.update({"max_batch_size": 4, "engine_compile": compile_engine, "warm_loads": []})
+    result.update({"max_batch_size": 4, "engine_compile": compile_engine, "prestart": prestart, "warm_loads": []})
     log_path = out / f"server_start_{case_name}.log"
-    server = Server(bench, repo, weights, log_path)
+    server = Server(bench, repo, weights, log_path, flags=("--backend-prestart",) if prestart else ())
+    image_args = ("--requests", "2", "--seed", "7", "--save-image")
     try:
         result["cold_load_s"] = server.load()
         save()
         log(f"cold load (engine build) {result['cold_load_s']:.1f} s")
-        server.client(out, "start_cold_image", "--requests", "2")
+        server.client(out, "start_cold_image", *image_args, "--output-dir", str(out / "images" / "cold"))
         server.unload()
-        result["warm_loads"].append({"env": {}, "seconds": server.load()})
+        if prestart:
+            result["spare_wait_s"] = server.wait_for_spare()
+            log(f"spare backend ready after {result['spare_wait_s']:.1f} s more")
+        result["warm_loads"].append({"spare": prestart, "seconds": server.load()})
         save()
-        log(f"warm load (engine reused) {result['warm_loads'][-1]['seconds']:.1f} s")
-        result["after_warm"] = server.client(out, "start_warm_image", "--requests", "2")
-        # The same warm start with Inductor's compile workers off (every kernel comes from the cache)
-        if time.perf_counter() - STARTED + 1.5 * result["warm_loads"][-1]["seconds"] < budget_s:
+        log(f"warm load (engine reused{', spare backend' if prestart else ''}) {result['warm_loads'][-1]['seconds']:.1f} s")
+        result["after_warm"] = server.client(out, "start_warm_image", *image_args, "--output-dir", str(out / "images" / "warm"))
+        result["images"] = compare_images(out / "images" / "cold", out / "images" / "warm")
+        log(f"images cold vs warm: {result['images']}")
+        save()
+        # The same warm start in a new backend process that does its own imports
+        if prestart and time.perf_counter() - STARTED + 1.5 * result["warm_loads"][-1]["seconds"] + 30 < budget_s:
             server.unload()
             server.stop()
-            env = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
-            server = Server(bench, repo, weights, log_path, env)
-            result["warm_loads"].append({"env": env, "seconds": server.load()})
+            server = Server(bench, repo, weights, log_path)
+            result["warm_loads"].append({"spare": False, "seconds": server.load()})
             save()
-            log(f"warm load with {env} {result['warm_loads'][-1]['seconds']:.1f} s")
+            log(f"warm load in a new backend process {result['warm_loads'][-1]['seconds']:.1f} s")
     finally:
         server.stop()
         result["engine_log"] = _engine_lines(log_path)
 
 
-TIMING_LINE = re.compile(r"engine:|imported|loading .* \(pid|loaded .* \(.*weights")
+def compare_images(first: Path, second: Path) -> dict[str, Any]:
+    """Byte-identical saved images, or the PSNR of each pair that differs (JPEG, so a bound only)."""
+    pairs = [(path, second / path.name) for path in sorted(first.glob("*.jpg"))]
+    if not pairs or not all(other.is_file() for _, other in pairs):
+        return {"compared": 0}
+    identical = sum(path.read_bytes() == other.read_bytes() for path, other in pairs)
+    result: dict[str, Any] = {"compared": len(pairs), "identical": identical}
+    if identical < len(pairs):
+        import numpy as np
+        from PIL import Image
+
+        psnr = []
+        for path, other in pairs:
+            a = np.asarray(Image.open(path), dtype=np.float64)
+            b = np.asarray(Image.open(other), dtype=np.float64)
+            mse = float(np.mean((a - b) ** 2))
+            psnr.append(float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse))
+        result["psnr_db"] = psnr
+    return result
+
+
+TIMING_LINE = re.compile(r"engine:|imported|loading .* \(pid|loaded .* \(.*weights|started ahead|becomes ")
 
 
 def _engine_lines(log_path: Path) -> list[str]:
@@ -385,8 +430,12 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                              f"{'yes' if entry['p99_over_unloaded'] <= 3 else 'no'} |")
     if "cold_load_s" in result:
         lines += ["", "| start | seconds |", "| --- | --- |", f"| cold load (engine build) | {result['cold_load_s']:.1f} |"]
-        lines += [f"| warm load{' with ' + ' '.join(f'{k}={v}' for k, v in load['env'].items()) if load['env'] else ''} | "
+        lines += [f"| warm load, {'backend started ahead (spare)' if load['spare'] else 'new backend process'} | "
                   f"{load['seconds']:.1f} |" for load in result.get("warm_loads", [])]
+        if "spare_wait_s" in result:
+            lines.append(f"| (waited for the spare's imports after the unload) | {result['spare_wait_s']:.1f} |")
+        if "images" in result:
+            lines += ["", f"Images of the cold and the warm engine, same seeds: {result['images']}"]
     if result.get("engine_log"):
         lines += ["", "Backend timing lines:", "", *(f"    {line}" for line in result["engine_log"][-30:])]
     path.write_text("\n".join(lines) + "\n")
@@ -401,6 +450,7 @@ def main() -> int:
     parser.add_argument("--part", default="load", choices=("load", "start"))
     parser.add_argument("--compile", action="store_true", help="--part load: serve with engine_compile on")
     parser.add_argument("--no-compile", action="store_true", help="--part start: engine_compile off")
+    parser.add_argument("--no-prestart", action="store_true", help="--part start: no backend started ahead")
     parser.add_argument("--budget-s", type=float, default=400, help="--part start: skip the second warm load past this")
     parser.add_argument("--weights", type=Path, help="reuse a random-weight model written earlier")
     args = parser.parse_args()
@@ -434,7 +484,8 @@ def main() -> int:
         if args.part == "load":
             part_load(bench, args.case, args.out, repo, weights, result, save, args.compile)
         else:
-            part_start(bench, args.case, args.out, repo, weights, result, save, not args.no_compile, args.budget_s)
+            part_start(bench, args.case, args.out, repo, weights, result, save, not args.no_compile, args.budget_s,
+                       not args.no_prestart)
     finally:
         save()
     print((args.out / f"{name}.md").read_text())

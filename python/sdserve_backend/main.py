@@ -18,6 +18,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -63,9 +64,15 @@ class BackendServer:
         self._model: Any = None
         self._in_flight_lock = threading.Lock()
         self._in_flight: dict[int, list[pb_utils.InferenceRequest]] = {}
+        # Imports started ahead of the load request (`--preimport`); the load waits for them.
+        self._preimport: threading.Thread | None = None
 
-    def serve(self) -> int:
+    def serve(self, preimport: list[str] | None = None) -> int:
         self._writer.send(MessageType.HELLO_NOTIFY, 0, dict(hello_metadata()))
+        if preimport:
+            self._preimport = threading.Thread(target=import_modules, args=(preimport,), name="sdserve-preimport",
+                                               daemon=True)
+            self._preimport.start()
         threading.Thread(target=self._read_loop, name="sdserve-frame-reader", daemon=True).start()
         while (job := self._jobs.get()) is not None and job():
             pass
@@ -207,6 +214,11 @@ class BackendServer:
         if self._model is not None:
             raise RuntimeError("a model is already loaded in this backend")
         model_file = frame.metadata["model_file"]
+        if self._preimport is not None:
+            # One importer at a time: two threads importing the same packages can deadlock on
+            # their module locks (Python then hands one of them a half-initialized module).
+            self._preimport.join()
+            self._preimport = None
         log.info("loading %s (pid %d)", model_file, os.getpid())
         self._model = load_model(model_file, dict(frame.metadata.get("args", {})))
         self._writer.send(MessageType.LOAD_RESPONSE, frame.correlation_id, dict(load_response_metadata(self._model)))
@@ -296,6 +308,19 @@ def encode_response(request: pb_utils.InferenceRequest, response: pb_utils.Infer
     return meta, payload, offset
 
 
+def import_modules(names: list[str]) -> None:
+    """Import `names` (a backend started before its load request: the load then finds torch and
+    the model code already imported). A module that fails is only logged: the model's own import
+    will report it."""
+    started = time.perf_counter()
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - reported by the load, which imports it again
+            log.warning("pre-importing %s failed: %s", name, describe_exception(error))
+    log.info("pre-imported %s in %.1f s", ", ".join(names), time.perf_counter() - started)
+
+
 def hello_metadata() -> HelloMeta:
     try:
         torch_version: str | None = importlib.metadata.version("torch")
@@ -327,6 +352,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--socket", required=True, help="Unix socket path the core listens on")
     parser.add_argument("--log-level", default=os.environ.get("SDSERVE_BACKEND_LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--preimport", action="append", default=[], metavar="MODULE",
+                        help="import MODULE right after connecting, before any load request (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -340,6 +367,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot connect to %s: %s", args.socket, error)
         return 2
     try:
-        return BackendServer(sock).serve()
+        return BackendServer(sock).serve(args.preimport)
     finally:
         sock.close()

@@ -47,6 +47,24 @@ export interface BackendProcessOptions {
   /** Added to this process's environment. */
   env?: NodeJS.ProcessEnv;
   logger?: BackendLogger;
+  /** Backends started ahead (`--backend-prestart`): `start` takes one spawned alike, if any. */
+  spares?: BackendSpareSource;
+}
+
+/** What `start` needs to spawn a backend, before any model is named. */
+export type BackendSpawnOptions = Pick<BackendProcessOptions, 'pythonExecutable' | 'pythonPath' | 'env'> & {
+  label: string;
+  logger?: BackendLogger;
+  /** Modules the backend imports right after its hello (`--preimport`), before a load request. */
+  preimport?: string[];
+};
+
+/** Hands out backends spawned ahead with the same options, and starts their replacements. */
+export interface BackendSpareSource {
+  /** A live spare spawned as `opts` would spawn it, no longer a spare; undefined if none. */
+  take(opts: BackendSpawnOptions): BackendProcess | undefined;
+  /** Spawn a spare like `opts` unless one is there. */
+  prestart(opts: BackendSpawnOptions): void;
 }
 
 export type ProgressListener = (requestIndex: number, step: number, steps: number, preview?: ImagePreview) => void;
@@ -103,7 +121,8 @@ const stderrLogger: BackendLogger = {
 };
 
 export class BackendProcess extends EventEmitter<BackendProcessEvents> {
-  readonly label: string;
+  /** Names this backend in logs (a spare takes its model instance's name once taken). */
+  label: string;
   /** What the backend said in HelloNotify (set once `start` resolves). */
   hello: HelloMeta | undefined;
   /** What the backend said in its successful LoadResponse: its capabilities, if it declares any. */
@@ -144,6 +163,41 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
    * the reason is the backend's own message when it gave one. The child is dead by then.
    */
   static async start(opts: BackendProcessOptions): Promise<BackendProcess> {
+    // 1-2. a spare spawned ahead with the same options, or a new process
+    const spare = opts.spares?.take(opts);
+    if (spare !== undefined) {
+      spare.logger.info(`[${spare.label}] becomes ${opts.label} (pid ${spare.pid})`);
+      spare.label = opts.label;
+    }
+    const backend = spare ?? await BackendProcess.spawn(opts);
+    try {
+      // 3. hello
+      backend.hello = await withTimeout(backend.helloReceived.promise, opts.startTimeoutMs,
+        () => `backend ${opts.label} did not connect within ${opts.startTimeoutMs} ms`);
+      // 4. load
+      const load: LoadRequestMeta = { model_file: opts.modelFile, args: opts.args };
+      const reply = await backend.request(MessageType.LoadRequest, MessageType.LoadResponse, load, [],
+        { timeoutMs: opts.loadTimeoutMs, timeoutMessage: `backend ${opts.label} did not load ${opts.modelFile} within ${opts.loadTimeoutMs} ms` });
+      if (isErrorMeta(reply.metadata)) throw new SdserveError('SDS_ERR_BACKEND', reply.metadata.error);
+      const problem = loadResponseProblem(reply.metadata);
+      if (problem !== undefined) throw new SdserveError('SDS_ERR_BACKEND', `backend ${opts.label}: ${problem}`);
+      backend.loaded = reply.metadata as unknown as LoadResponseMeta;
+      backend.logger.info(`[${opts.label}] loaded ${opts.modelFile} (pid ${backend.pid})`);
+      // The next start of this kind finds a spare again (started now, not during this load).
+      opts.spares?.prestart(opts);
+      return backend;
+    } catch (err) {
+      await backend.kill();
+      const message = err instanceof Error ? err.message : String(err);
+      throw new SdserveError('SDS_ERR_BACKEND', message, { cause: err });
+    }
+  }
+
+  /**
+   * Spawns a backend that connects and says hello, and no more (no model yet). Throws
+   * SdserveError('SDS_ERR_BACKEND') if its socket cannot be made.
+   */
+  static async spawn(opts: BackendSpawnOptions): Promise<BackendProcess> {
     // 1. listen on a socket only this user can reach (mkdtemp makes the folder 0700)
     const socketDir = await mkdtemp(join(tmpdir(), 'sdserve-backend-'));
     const socketPath = join(socketDir, 'backend.sock');
@@ -159,7 +213,8 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
     }
     // 2. spawn
     const inherited = opts.env?.PYTHONPATH ?? process.env.PYTHONPATH;
-    const child = spawn(opts.pythonExecutable, ['-m', 'sdserve_backend', '--socket', socketPath], {
+    const preimport = (opts.preimport ?? []).flatMap((module) => ['--preimport', module]);
+    const child = spawn(opts.pythonExecutable, ['-m', 'sdserve_backend', '--socket', socketPath, ...preimport], {
       env: {
         ...process.env,
         ...opts.env,
@@ -168,26 +223,7 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    const backend = new BackendProcess(child, server, socketDir, opts.label, opts.logger ?? stderrLogger);
-    try {
-      // 3. hello
-      backend.hello = await withTimeout(backend.helloReceived.promise, opts.startTimeoutMs,
-        () => `backend ${opts.label} did not connect within ${opts.startTimeoutMs} ms`);
-      // 4. load
-      const load: LoadRequestMeta = { model_file: opts.modelFile, args: opts.args };
-      const reply = await backend.request(MessageType.LoadRequest, MessageType.LoadResponse, load, [],
-        { timeoutMs: opts.loadTimeoutMs, timeoutMessage: `backend ${opts.label} did not load ${opts.modelFile} within ${opts.loadTimeoutMs} ms` });
-      if (isErrorMeta(reply.metadata)) throw new SdserveError('SDS_ERR_BACKEND', reply.metadata.error);
-      const problem = loadResponseProblem(reply.metadata);
-      if (problem !== undefined) throw new SdserveError('SDS_ERR_BACKEND', `backend ${opts.label}: ${problem}`);
-      backend.loaded = reply.metadata as unknown as LoadResponseMeta;
-      backend.logger.info(`[${opts.label}] loaded ${opts.modelFile} (pid ${child.pid})`);
-      return backend;
-    } catch (err) {
-      await backend.kill();
-      const message = err instanceof Error ? err.message : String(err);
-      throw new SdserveError('SDS_ERR_BACKEND', message, { cause: err });
-    }
+    return new BackendProcess(child, server, socketDir, opts.label, opts.logger ?? stderrLogger);
   }
 
   get pid(): number | undefined {

@@ -21,6 +21,7 @@ interface ServeOptions {
   backendPython: string;
   engineCacheDir: string;
   backendLoadTimeout: number;
+  backendPrestart: boolean;
   exitTimeoutSecs: number;
   backendDirectory: string[];
   allowedPath: string[];
@@ -150,6 +151,8 @@ export function registerServeCommand(program: Command): void {
     .option('--engine-cache-dir <dir>',
       'where GPU engines and compiled kernels are kept, per model and version (the repository may be read-only)', defaultEngineCacheDir())
     .option('--backend-load-timeout <seconds>', 'how long a backend may take to load its model', nonNegativeInteger, 600)
+    .option('--backend-prestart',
+      'keep a backend process per GPU started ahead, torch and the model code imported, so a load only loads the model', false)
     .option('--exit-timeout-secs <seconds>',
       'on SIGTERM/SIGINT: how long requests in flight may take to finish before the server exits anyway', nonNegativeInteger, 30)
     .option('--backend-directory <path>',
@@ -205,6 +208,7 @@ export function registerServeCommand(program: Command): void {
         exitOnError: options.exitOnError,
         backendStartTimeoutMs: 60_000,
         backendLoadTimeoutMs: options.backendLoadTimeout * 1000,
+        backendPrestart: options.backendPrestart,
         backendDirectories: options.backendDirectory,
         allowedPaths: options.allowedPath,
         logger,

@@ -3,6 +3,7 @@ export { detectGpus } from './gpu.js';
 export { ModelManager, type ModelControlMode } from './model-manager.js';
 export { formatModelTable } from './model-table.js';
 export type { BackendRuntime } from './served-model.js';
+export { backendSpawnOptions } from './served-model.js';
 export type { InferenceCore } from './inference-core.js';
 export * from './types.js';
 export * from './statistics.js';

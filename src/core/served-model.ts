@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { CapabilitiesMeta } from '../backend/index.js';
+import type { BackendSpareSource, CapabilitiesMeta } from '../backend/index.js';
 import { SdserveError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { withParameterPosition } from '../repository/index.js';
@@ -42,6 +42,19 @@ export interface BackendRuntime {
   loadTimeoutMs: number;
   stopGraceMs: number;
   logger: Logger;
+  /** Backends started ahead of their loads (`--backend-prestart`); none when absent. */
+  spares?: BackendSpareSource;
+}
+
+/** How this host spawns a backend whose own environment adds `env` (a GPU's CUDA_VISIBLE_DEVICES). */
+export function backendSpawnOptions(runtime: BackendRuntime, env: Record<string, string>): Pick<BackendStartOptions, 'pythonExecutable' | 'pythonPath' | 'env'> {
+  return {
+    pythonExecutable: runtime.pythonExecutable,
+    pythonPath: [path.join(runtime.projectRoot, 'python')],
+    // Bytecode of a repository's Python models goes to the cache too: nothing is written into
+    // the repository, which may be a read-only volume.
+    env: { ...BACKEND_ENV, PYTHONPYCACHEPREFIX: path.join(runtime.engineCacheDir, 'python-bytecode'), ...env },
+  };
 }
 
 /** What hears of a request as it runs: its steps, its place in the queue, a decoupled model's answers. */
@@ -221,16 +234,13 @@ export class ServedModel {
 
   private startOptions(modelFile: string, args: Record<string, string>, env: Record<string, string>): Omit<BackendStartOptions, 'label'> {
     return {
-      pythonExecutable: this.runtime.pythonExecutable,
-      pythonPath: [path.join(this.runtime.projectRoot, 'python')],
+      ...backendSpawnOptions(this.runtime, env),
       modelFile,
       args,
       startTimeoutMs: this.runtime.startTimeoutMs,
       loadTimeoutMs: this.runtime.loadTimeoutMs,
-      // Bytecode of a repository's Python models goes to the cache too: nothing is written into
-      // the repository, which may be a read-only volume.
-      env: { ...BACKEND_ENV, PYTHONPYCACHEPREFIX: path.join(this.runtime.engineCacheDir, 'python-bytecode'), ...env },
       logger: this.runtime.logger,
+      ...(this.runtime.spares !== undefined && { spares: this.runtime.spares }),
     };
   }
 }

@@ -26,7 +26,7 @@ from sdserve_backend.engine import metadata
 from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
 from sdserve_backend.engine.buckets import chunks
 from sdserve_backend.engine.prepare import EngineOptions, vae_decode_dtype
-from sdserve_backend.engine.runners import UNetRunner, VaeRunner, plain_forward
+from sdserve_backend.engine.runners import UNetRunner, VaeRunner, decode_forward, plain_forward
 from sdserve_backend.engine.static_call import BucketedCall
 from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
 from sdserve_backend.pipelines import feature_cache
@@ -304,7 +304,7 @@ def test_compiled_vae_decoder_is_traced_once_for_one_image_and_once_for_more(
     another, with the row count symbolic."""
     parts = components[variant]
     traces, counting_backend = tracing_backend()
-    runner = VaeRunner(parts.vae, "default", compiled=torch.compile(parts.vae.decode, backend=counting_backend))
+    runner = VaeRunner(parts.vae, "default", compiled=torch.compile(decode_forward, backend=counting_backend))
     size = parts.default_image_size // parts.vae_scale_factor
     for rows in (4, 2, 3, 1):
         latents = torch.randn((rows, 4, size, size), generator=torch.Generator().manual_seed(rows))

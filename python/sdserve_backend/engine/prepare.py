@@ -5,8 +5,9 @@ The build on CUDA, in order:
 2. choose the attention backend and the memory format of UNet and VAE by timing the candidates
    through a captured graph (or reuse the choices of a current `engine/engine.json`);
 3. capture one CUDA graph per row-count bucket for the UNet and the VAE decoder; with
-   `compile` (opt-in) both are first compiled by torch.compile, the Inductor cache kept in
-   `engine/inductor/` so that a restart reuses the compiled kernels;
+   `compile` (opt-in) both are first compiled by torch.compile ahead of time, the compiled code
+   kept in `engine/precompiled/` and the Inductor cache in `engine/inductor/`, so that a restart
+   loads them instead of tracing and compiling again;
 4. record what the engine was built for in `engine/engine.json`.
 Everything here keeps float16 arithmetic of the same model, except that a VAE kept in float32
 (SDXL's, which overflows in float16) decodes in bfloat16: float32's range at half the bytes, images
@@ -31,7 +32,8 @@ import torch
 from sdserve_backend.engine import metadata
 from sdserve_backend.engine.attention import ATTENTION_BACKENDS
 from sdserve_backend.engine.buckets import bucket_sizes
-from sdserve_backend.engine.runners import UNetRunner, VaeRunner, plain_forward
+from sdserve_backend.engine.precompiled import PRECOMPILED_SUBDIR, PrecompiledForward, prune
+from sdserve_backend.engine.runners import UNetRunner, VaeRunner, decode_forward, plain_forward
 from sdserve_backend.engine.static_call import BucketedCall
 from sdserve_backend.pipelines import feature_cache
 from sdserve_backend.pipelines.components import DiffusionComponents
@@ -65,6 +67,9 @@ class EngineOptions:
     # torch.compile the UNet and the VAE decoder before capturing them (Inductor's fused kernels);
     # costs minutes on the first build, seconds on a restart with the cache in the engine folder.
     compile: bool = False
+    # With `compile`: compile ahead of time, keeping the compiled code in the engine folder
+    # (`precompiled.py`), so a restart loads it instead of tracing the models again.
+    precompiled: bool = True
     # Capture (and compile) the feature-caching forwards (pipelines/feature_cache.py): the full
     # graphs also return the deep features, and each bucket gets a graph of the outer blocks.
     feature_cache: bool = False
@@ -82,6 +87,8 @@ class EngineReport:
     buckets: tuple[int, ...] = ()
     vae_buckets: tuple[int, ...] = ()
     metadata_path: str | None = None
+    # With `compile`: per forward, per input signature, "loaded", "compiled" or "torch.compile".
+    precompiled: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def prepare(components: DiffusionComponents, placement: Placement, **kwargs: Any) -> DiffusionComponents:
@@ -168,10 +175,12 @@ def prepare_with_report(
             # The compiled kernels live with the engine they belong to (this process serves one
             # model). Set before the first compile: Inductor reads it when it writes its caches.
             os.environ[INDUCTOR_CACHE_VARIABLE] = str(Path(engine_dir) / INDUCTOR_SUBDIR)
-        compiled_unet = torch.compile(feature_cache.forward_keeping_features if keeps_features else plain_forward)
-        compiled_reuse = torch.compile(feature_cache.forward_from_features) if keeps_features else None
-        compiled_decode = torch.compile(vae.decode) if options.vae_graphs else None
-        say(f"engine: compiling the UNet and the VAE decoder (cache {os.environ.get(INDUCTOR_CACHE_VARIABLE, 'default')})")
+        compile_forward = _forward_compiler(engine_dir, expected, choices, options, say)
+        compiled_unet = compile_forward("unet", feature_cache.forward_keeping_features if keeps_features else plain_forward)
+        compiled_reuse = compile_forward("unet_reuse", feature_cache.forward_from_features) if keeps_features else None
+        compiled_decode = compile_forward("vae_decode", decode_forward) if options.vae_graphs else None
+        say(f"engine: compiling the UNet and the VAE decoder (cache {os.environ.get(INDUCTOR_CACHE_VARIABLE, 'default')}"
+            f"{', ahead of time' if options.precompiled else ''})")
     unet_runner = _unet_runner(components, unet, latent_size, buckets, choices, options.cuda_graphs, pool, compiled_unet,
                                keeps_features, compiled_reuse)
     seconds["capture_unet"] = time.perf_counter() - stage
@@ -195,6 +204,11 @@ def prepare_with_report(
             f"{seconds[f'capture_{extra_height}x{extra_width}']:.1f} s")
     seconds["total"] = time.perf_counter() - started
     report.seconds = seconds
+    forwards = [forward for forward in (compiled_unet, compiled_reuse, compiled_decode) if isinstance(forward, PrecompiledForward)]
+    if forwards and engine_dir is not None:
+        report.precompiled = {forward.name: dict(forward.sources) for forward in forwards}
+        removed = prune(Path(engine_dir) / PRECOMPILED_SUBDIR, set().union(*(forward.used_paths() for forward in forwards)))
+        say(f"engine: precompiled forwards {report.precompiled}" + (f"; removed {removed} old files" if removed else ""))
     if compiled_unet is not None:
         say(f"engine: ready in {seconds['total']:.1f} s; torch.compile's timers (nested) {_compile_timers()}")
 
@@ -206,6 +220,19 @@ def prepare_with_report(
     elif engine_dir is not None:
         report.metadata_path = str(Path(engine_dir) / metadata.ENGINE_FILE)
     return dataclasses.replace(components, unet=unet_runner, vae=vae_runner), report
+
+
+def _forward_compiler(engine_dir: Path | None, expected: dict[str, Any], choices: dict[str, Any], options: EngineOptions,
+                      say: Callable[[str], None]) -> Callable[[str, Callable[..., Any]], Any]:
+    """How the engine compiles a forward `function(model, *inputs)`: ahead of time, its artifacts
+    in `<engine>/precompiled/` keyed by the engine's own key and choices (`precompiled.py`), or with
+    plain torch.compile when `options.precompiled` is off."""
+    if not options.precompiled:
+        return lambda name, function: torch.compile(function)
+    folder = Path(engine_dir) / PRECOMPILED_SUBDIR if engine_dir is not None else None
+    key = {field: expected[field] for field in ("torch", "cuda", "cudnn", "gpu", "capability", "config_hash", "weights_hash")}
+    key["choices"] = {name: choices.get(name) for name in ("attention", "channels_last", "vae_channels_last", "fused_qkv")}
+    return lambda name, function: PrecompiledForward(name, function, folder, key, say)
 
 
 def _compile_timers(top: int = 12) -> str:

@@ -36,7 +36,7 @@ class _ModelRunner:
         self.__dict__["_attention"] = attention
         # Keyed by the latent (height, width).
         self.__dict__["calls"] = calls if calls is not None else {}
-        # The torch.compile'd model (or method), used only for what the buckets capture.
+        # The compiled forward, `compiled(model, *inputs)`, used only for what the buckets capture.
         self.__dict__["_compiled"] = compiled
         # Inside `eager()`: calls skip the captured graphs.
         self.__dict__["_eager"] = False
@@ -64,6 +64,11 @@ def plain_forward(unet: Any, sample: torch.Tensor, timestep: torch.Tensor, encod
     """The model's own forward, as a function of the model (what the engine compiles)."""
     return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs,
                 return_dict=False)[0]
+
+
+def decode_forward(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE's own decode, as a function of the model (what the engine compiles)."""
+    return vae.decode(latents, return_dict=False)[0]
 
 
 class UNetRunner(_ModelRunner):
@@ -281,7 +286,8 @@ class VaeRunner(_ModelRunner):
             return self.run_eager(latents)
         if latents.shape[0] >= 2:
             torch._dynamo.mark_dynamic(latents, 0)
-        return self._decode(self._compiled, latents)
+        with attention_backend(self._attention):
+            return self._compiled(self._model, latents)
 
     def _decode(self, decode: Any, latents: torch.Tensor) -> torch.Tensor:
         with attention_backend(self._attention):
