@@ -224,3 +224,21 @@ def test_requests_with_different_loras_joining_a_step_batch_run_in_the_lora_grap
     for expected, image in zip(alone, stepped, strict=True):
         assert not isinstance(image, Exception)
         assert int(np.abs(image.astype(np.int16) - expected.astype(np.int16)).max()) <= 1
+
+
+def test_lora_rows_run_eagerly_when_the_lora_graphs_find_no_memory(tiny_model_dirs: dict[str, Path], lora_dirs: dict[str, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU out of memory while capturing, which the CPU cannot run out of.
+    def out_of_memory(self: BucketedCall) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    parts, runner, library = engine_like(tiny_model_dirs, lora_dirs, "sd", False)
+    blocks: list[RowBlock] = [(2, chosen(library, ("tiny_kohya", 1.0))), (2, ())]
+    inputs = unet_inputs(parts, 4)
+    with monkeypatch.context() as patch:
+        patch.setattr(BucketedCall, "capture", out_of_memory)
+        slotted = run(runner, library, blocks, inputs)
+    assert [call for _, call in runner.lora_calls.values()] == [None]
+    torch.testing.assert_close(slotted, run(runner, library, blocks, inputs, graphs=False), **TOLERANCE)
+    run(runner, library, blocks, inputs)
+    assert [call for _, call in runner.lora_calls.values()] == [None], "no second try on the same tables"

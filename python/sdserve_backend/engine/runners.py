@@ -92,7 +92,7 @@ class UNetRunner(_ModelRunner):
         self.__dict__["keeps_features"] = keeps_features
         self.__dict__["reuse_calls"] = {}
         self.__dict__["_compiled_reuse"] = compiled_reuse
-        # Latent size -> (the slot tables it reads, their version), call.
+        # Latent size -> (the slot tables it reads, their version), call (None: no memory for it).
         self.__dict__["lora_calls"] = {}
         # Inside `lora_rows`: (slot tables, each row's entry).
         self.__dict__["_lora"] = None
@@ -130,15 +130,27 @@ class UNetRunner(_ModelRunner):
         started = time.perf_counter()
         example = {name: buffer[:1].clone() for name, buffer in base.buffers.items()}
         example["lora_slot"] = torch.zeros((1,), dtype=torch.long, device=example["sample"].device)
-        with torch.inference_mode():
-            # Captured while serving: the step batcher's decoder thread may be decoding meanwhile,
-            # which a "global" capture would forbid (its allocations, its synchronisations).
-            call = BucketedCall(functools.partial(self.run_lora_captured, slots), example, base.buckets, base.use_graphs,
-                                channels_last=base.channels_last, pool=base.pool, capture_error_mode="thread_local")
-            for name, buffer in call.buffers.items():
-                buffer.copy_(example[name].expand_as(buffer))
-            call.capture()
+        call: BucketedCall | None
+        try:
+            with torch.inference_mode():
+                # Captured while serving: the step batcher's decoder thread may be decoding meanwhile,
+                # which a "global" capture would forbid (its allocations, its synchronisations).
+                call = BucketedCall(functools.partial(self.run_lora_captured, slots), example, base.buckets,
+                                    base.use_graphs, channels_last=base.channels_last, pool=base.pool,
+                                    capture_error_mode="thread_local")
+                for name, buffer in call.buffers.items():
+                    buffer.copy_(example[name].expand_as(buffer))
+                call.capture()
+        except torch.OutOfMemoryError as error:
+            # Without room for them, LoRA rows run eagerly (as before the graphs) until the tables change.
+            log.warning("engine: no memory for the LoRA graphs for latents %s (%s); LoRA rows run eagerly",
+                        latent_size, str(error).splitlines()[0])
+            call = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         self.lora_calls[latent_size] = (key, call)
+        if call is None:
+            return None
         if base.use_graphs:
             log.info("engine: captured the LoRA graphs (rank %d per layer, %d slots) for latents %s, rows %s in %.1f s",
                      slots.rank, slots.slots, latent_size, base.buckets, time.perf_counter() - started)
