@@ -4,7 +4,7 @@
 
 Generates the held-out captions of `training.evaluate` (same scenes, seed = the caption's index)
 with sdserve's own pipeline at the model's defaults (20 steps, its Euler scheduler, guidance 3),
-once exactly and once per fast mode, and scores each mode with `training.checker`: colour, shape
+once exactly and once per fast mode (`--modes` picks some), and scores each mode with `training.checker`: colour, shape
 and position accuracy, their difference to exact mode in points, the PSNR of each mode's images
 against exact mode's, and the generation time. Writes `<out>.json` and `<out>.md`.
 """
@@ -12,6 +12,7 @@ against exact mode's, and the generation time. Writes `<out>.json` and `<out>.md
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
+from sdserve_backend.pipelines.components import DiffusionComponents
 from training.evaluate import held_out_scenes, score_images
 from training.scenes import Scene
 
@@ -35,12 +37,26 @@ MODES: dict[str, GenerationSettings] = {
     "cache_interval 3": dataclasses.replace(DEFAULTS, cache_interval=3),
     "guidance [0, 0.5) + cache 3": dataclasses.replace(DEFAULTS, guidance_end=0.5, cache_interval=3),
 }
+# Modes that change the model rather than the settings: run at the defaults on their own pipeline.
+MODEL_MODES = ("fp8 static",)
 METRICS = ("colour", "shape", "position")
 
 
 def psnr(first: np.ndarray, second: np.ndarray) -> float:
     error = np.mean((first.astype(np.float64) - second.astype(np.float64)) ** 2)
     return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
+def fp8_pipeline(components: DiffusionComponents) -> TextToImagePipeline:
+    """A pipeline whose UNet is a copy of `components`' with the engine's FP8 conversion applied."""
+    from sdserve_backend.engine.fp8 import calibration_inputs, quantize_unet_static
+
+    unet = copy.deepcopy(components.unet)
+    unet.fuse_qkv_projections()
+    height, width = DEFAULTS.height, DEFAULTS.width
+    converted = quantize_unet_static(unet, calibration_inputs(components, unet, height, width))
+    print(f"fp8 static: {converted} Linear layers converted", flush=True)
+    return TextToImagePipeline(dataclasses.replace(components, unet=unet))
 
 
 def generate(
@@ -85,10 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--out", type=Path, help="writes OUT.json and OUT.md")
+    parser.add_argument("--modes", default=",".join([*MODES, *MODEL_MODES]),
+                        help="comma-separated modes (exact always runs first); default: all")
     args = parser.parse_args(argv)
 
     dtype = getattr(torch, args.dtype or ("float16" if args.device == "cuda" else "float32"))
-    pipeline = TextToImagePipeline(load_components(args.model, torch.device(args.device), dtype))
+    components = load_components(args.model, torch.device(args.device), dtype)
+    pipeline = TextToImagePipeline(components)
+    chosen = ["exact", *[mode.strip() for mode in args.modes.split(",") if mode.strip() and mode.strip() != "exact"]]
+    unknown = [mode for mode in chosen if mode not in MODES and mode not in MODEL_MODES]
+    if unknown:
+        parser.error(f"unknown modes {unknown}; known: {', '.join([*MODES, *MODEL_MODES])}")
     scenes = held_out_scenes(args.count)
     generate(pipeline, scenes[:1], DEFAULTS, 1)  # warm-up: kernels, allocator
 
@@ -100,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[dict[str, object]] = []
     exact: np.ndarray | None = None
-    for mode, settings in MODES.items():
-        images, seconds = generate(pipeline, scenes, settings, args.batch_size)
+    for mode in chosen:
+        settings = MODES.get(mode, DEFAULTS)
+        runner = fp8_pipeline(components) if mode == "fp8 static" else pipeline
+        images, seconds = generate(runner, scenes, settings, args.batch_size)
         exact = images if exact is None else exact
         rates = score_images(list(images), scenes, None)
         base = rows[0] if rows else rates

@@ -3,6 +3,7 @@
 
     python3 bench/gpu/round2.py --case sdxl --part stock --out DIR [--lock FILE --peers N]
     python3 bench/gpu/round2.py --case sdxl --part engine --out DIR [--lock FILE --peers N]
+    python3 bench/gpu/round2.py --case sdxl --part engine --fp8 static --out DIR
 
 One process per (case, part), on random-weight full-size models (`run.py`'s `build_models`):
 - `stock`: diffusers' pipeline with `torch.compile` on its UNet (default mode), one image, then
@@ -11,6 +12,10 @@ One process per (case, part), on random-weight full-size models (`run.py`'s `bui
   (`EngineOptions(compile=True, feature_cache=True)`): exact mode at one and four images, each
   fast mode alone and together (speed and PSNR against the exact engine image), and the UNet call
   per graph (full with 1 and 2 rows, the outer blocks on kept features with 1 and 2 rows).
+  With `--fp8 static` the engine is built with `engine_fp8: "static"` (`EngineOptions(fp8=...)`,
+  the calibration pass included in its build time), written as `round2_<case>-engine-fp8.json`:
+  the same UNet calls and exact mode, all fast modes together, and its exact image against the
+  float16 engine's (PSNR), when an `--part engine` run of the same case left it in --scratch.
 Several parts may build (compile, CPU-bound) side by side to fit one machine's time limit: with
 `--lock` and `--peers`, each waits (up to `--wait-s`) until every peer has built, and measures
 only while holding the lock, so no two measurements share the GPU or the host's CPU with a build.
@@ -116,6 +121,7 @@ def main() -> int:
     parser.add_argument("--part", choices=("stock", "engine", "lever"), required=True)
     parser.add_argument("--batch", type=int, default=1, help="stock: the batch size of this process")
     parser.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw", help="lever: the UNet's memory format")
+    parser.add_argument("--fp8", choices=("off", "static"), default="off", help="engine: the engine_fp8 mode")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--lock", type=Path)
     parser.add_argument("--peers", type=int, default=1)
@@ -125,14 +131,15 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    name = f"{args.case}-{args.part}" + {"stock": f"-{args.batch}", "lever": f"-{args.layout}"}.get(args.part, "")
+    fp8_suffix = "-fp8" if args.part == "engine" and args.fp8 != "off" else ""
+    name = f"{args.case}-{args.part}" + {"stock": f"-{args.batch}", "lever": f"-{args.layout}"}.get(args.part, fp8_suffix)
     coordination = Coordination(args.lock, args.peers, args.wait_s, name)
     case = base.CASES[args.case]
     steps = case["steps"]
     record: dict[str, Any] = {
         "case": args.case, "part": args.part, "settings": case, "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "results": {}, "unet_ms": {}, "errors": [],
+        "results": {}, "unet_ms": {}, "errors": [], "fp8": args.fp8,
     }
     path = args.out / f"round2_{name}.json"
 
@@ -213,7 +220,7 @@ def main() -> int:
     prepared, report = prepare_with_report(
         components, Placement(torch.device("cuda"), torch.float16), engine_dir=args.engine_dir / args.case,
         max_rows=8, height=case["height"], width=case["width"], force_rebuild=True,
-        options=EngineOptions(compile=True, feature_cache=True), log=lambda m: log(f"[{args.case}] {m}"))
+        options=EngineOptions(compile=True, feature_cache=True, fp8=args.fp8), log=lambda m: log(f"[{args.case}] {m}"))
     record["engine_build_s"] = time.perf_counter() - started
     record["engine_report"] = dataclasses.asdict(report)
     save()
@@ -242,7 +249,13 @@ def main() -> int:
             result, exact[batch] = base.measure(
                 lambda s, b=batch: run_engine_pipeline(pipeline, case, b, s or steps, (0.0, 1.0, 1)), case["repeats"])
             note(f"engine exact batch{batch}", result, batch)
-        for name, mode in FAST_MODES.items():
+        # With FP8: only every fast mode together (the fast-mode target), the rest is float16's.
+        fast_modes = FAST_MODES if not fp8_suffix else {"guidance_0_0.5+cache_3": FAST_MODES["guidance_0_0.5+cache_3"]}
+        float16_image = args.scratch / f"engine_{args.case}.npy"
+        if fp8_suffix and float16_image.is_file():
+            record["exact_psnr_vs_float16_engine_db"] = base.psnr(exact[1], np.load(float16_image))
+            log(f"[{args.case}] FP8 exact image against the float16 engine's: {record['exact_psnr_vs_float16_engine_db']:.1f} dB")
+        for name, mode in fast_modes.items():
             for batch in (1, 4) if name.startswith("guidance_0_0.5+cache") else (1,):
                 result, images = base.measure(
                     lambda s, b=batch, m=mode: run_engine_pipeline(pipeline, case, b, s or steps, m), case["repeats"])
@@ -259,7 +272,7 @@ def main() -> int:
         record["profile_rows2"]["mfu_of_kernel_time"] = (
             record["unet_flops_rows2"] / (record["profile_rows2"]["gpu_ms_per_call"] * 1e-3) / base.PEAK_FLOPS)
         save()
-    np.save(args.scratch / f"engine_{args.case}.npy", exact[1])
+    np.save(args.scratch / f"engine_{args.case}{fp8_suffix}.npy", exact[1])
     stock_image = args.scratch / f"stock_{args.case}_1.npy"
     deadline = time.perf_counter() + 120
     while not stock_image.is_file() and time.perf_counter() < deadline:

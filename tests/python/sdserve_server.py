@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,8 @@ class ServerAddresses:
     metrics: str
     pid: int = 0
     """The server process (`node bin/sdserve serve`)."""
+    output: list[str] = field(default_factory=list, compare=False, repr=False)
+    """The server's output lines so far (its backends' log lines included), growing while it runs."""
 
 
 def make_repository(root: Path, models: dict[str, Path]) -> Path:
@@ -78,7 +80,7 @@ def serving(repository: Path, *extra_args: str, timeout_s: float = 240.0) -> Ite
     try:
         if not started.wait(timeout_s) or len(addresses) != len(SERVICE_LINES):
             raise RuntimeError("server did not start:\n" + "".join(lines))
-        yield ServerAddresses(**addresses, pid=process.pid)
+        yield ServerAddresses(**addresses, pid=process.pid, output=lines)
     finally:
         process.terminate()
         try:

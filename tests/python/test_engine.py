@@ -353,7 +353,7 @@ def expected_metadata(**changes: object) -> dict[str, object]:
     base: dict[str, object] = {
         "format": metadata.FORMAT_VERSION, "torch": "2.11.0", "cuda": "13.0", "cudnn": 91000, "gpu": "NVIDIA H100",
         "capability": "9.0", "config_hash": "c0ffee", "weights_hash": "beef", "buckets": [1, 2, 4],
-        "vae_buckets": [1, 2], "height": 512, "width": 512,
+        "vae_buckets": [1, 2], "height": 512, "width": 512, "fp8": "off",
     }
     return {**base, **changes}
 

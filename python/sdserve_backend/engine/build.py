@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from sdserve_backend.booleans import parse_bool
+from sdserve_backend.engine.fp8 import parse_fp8_mode
 from sdserve_backend.engine.prepare import EngineOptions, prepare_with_report
 from sdserve_backend.pipelines.device import choose_placement
 
@@ -32,10 +33,12 @@ def is_forced(parameters: dict[str, str]) -> bool:
 def engine_options(parameters: dict[str, str]) -> EngineOptions:
     """The engine options a model config asks for: `engine_compile` turns on torch.compile; a
     default `cache_interval` over 1 captures the feature-caching graphs too (requests of a model
-    whose config leaves it at 1 may still ask for caching: it then runs outside the graphs)."""
+    whose config leaves it at 1 may still ask for caching: it then runs outside the graphs);
+    `engine_fp8` "static" converts the UNet's transformer-block GEMMs to FP8 (`engine/fp8.py`)."""
     return EngineOptions(
         compile=parse_bool("engine_compile", parameters.get("engine_compile", ""), False, "config parameter"),
         feature_cache=_cache_interval(parameters) > 1,
+        fp8=parse_fp8_mode(parameters.get("engine_fp8", "")),
     )
 
 

@@ -27,7 +27,10 @@ KEY_FIELDS = (
     "vae_buckets",
     "height",
     "width",
+    "fp8",
 )
+# What an engine recorded before a key field existed was built with: an older engine.json stays current.
+KEY_FIELD_DEFAULTS = {"fp8": "off"}
 
 
 def stable_hash(value: Any) -> str:
@@ -95,7 +98,8 @@ def stale_fields(recorded: Mapping[str, Any] | None, expected: Mapping[str, Any]
     """The key fields whose recorded value differs from `expected`; all of them when nothing is recorded."""
     if recorded is None:
         return [field for field in KEY_FIELDS if field in expected]
-    return [field for field in KEY_FIELDS if field in expected and _normal(recorded.get(field)) != _normal(expected[field])]
+    return [field for field in KEY_FIELDS
+            if field in expected and _normal(recorded.get(field, KEY_FIELD_DEFAULTS.get(field))) != _normal(expected[field])]
 
 
 def is_current(recorded: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> bool:

@@ -4,12 +4,15 @@ The build on CUDA, in order:
 1. fuse the attention projections (one QKV matmul instead of three; same arithmetic);
 2. choose the attention backend and the memory format of UNet and VAE by timing the candidates
    through a captured graph (or reuse the choices of a current `engine/engine.json`);
-3. capture one CUDA graph per row-count bucket for the UNet and the VAE decoder; with
+3. with `fp8` "static" (opt-in, compiled engines on compute capability 8.9 and up), convert the
+   UNet's transformer-block Linear layers to float8 with activation scales calibrated on the
+   model's own prompt embeddings (`engine/fp8.py`): a fast mode, not float16's arithmetic;
+4. capture one CUDA graph per row-count bucket for the UNet and the VAE decoder; with
    `compile` (opt-in) both are first compiled by torch.compile ahead of time, the compiled code
    kept in `engine/precompiled/` and the Inductor cache in `engine/inductor/`, so that a restart
    loads them instead of tracing and compiling again;
-4. record what the engine was built for in `engine/engine.json`.
-Everything here keeps float16 arithmetic of the same model, except that a VAE kept in float32
+5. record what the engine was built for in `engine/engine.json`.
+Everything here but FP8 keeps float16 arithmetic of the same model, except that a VAE kept in float32
 (SDXL's, which overflows in float16) decodes in bfloat16: float32's range at half the bytes, images
 within ~45 dB PSNR of float32's. So images stay within tolerance of the eager pipeline's, and these
 optimizations are on by default.
@@ -29,7 +32,7 @@ from typing import Any
 
 import torch
 
-from sdserve_backend.engine import metadata
+from sdserve_backend.engine import fp8, metadata
 from sdserve_backend.engine.attention import ATTENTION_BACKENDS
 from sdserve_backend.engine.buckets import bucket_sizes
 from sdserve_backend.engine.precompiled import PRECOMPILED_SUBDIR, PrecompiledForward, prune
@@ -73,6 +76,9 @@ class EngineOptions:
     # Capture (and compile) the feature-caching forwards (pipelines/feature_cache.py): the full
     # graphs also return the deep features, and each bucket gets a graph of the outer blocks.
     feature_cache: bool = False
+    # "static": the UNet's transformer-block Linear layers in FP8 with calibrated activation scales
+    # (engine/fp8.py), where it pays: compiled, on compute capability 8.9 and up; "off": float16.
+    fp8: str = "off"
 
 
 @dataclass
@@ -118,11 +124,15 @@ def prepare_with_report(
     """
     options = options or EngineOptions()
     say = log or (lambda message: None)
+    _check_options(options, max_rows)
+    fp8_off = fp8_off_reason(options, placement.device)
+    if fp8_off is not None:
+        # One line, and the load goes on in float16: a config meant for FP8 GPUs loads anywhere.
+        say(f"engine: engine_fp8 {options.fp8!r} is off: {fp8_off}")
     if placement.device.type != "cuda" or not torch.cuda.is_available():
         return components, EngineReport(status="cpu", reason="no CUDA device: the components stay as they are")
     if os.environ.get(DISABLE_VARIABLE, "1").strip().lower() in ("0", "off", "false", "no"):
         return components, EngineReport(status="disabled", reason=f"{DISABLE_VARIABLE} is off")
-    _check_options(options, max_rows)
     height = height or components.default_image_size
     width = width or components.default_image_size
     factor = components.vae_scale_factor
@@ -143,6 +153,17 @@ def prepare_with_report(
         vae.to(dtype=vae_dtype)
     seconds["fuse"] = time.perf_counter() - started
 
+    # FP8 before any timing or capture: the choices below are measured on the converted UNet
+    uses_fp8 = options.fp8 != "off" and fp8_off is None
+    if uses_fp8:
+        stage = time.perf_counter()
+        calibration = fp8.calibration_inputs(components, unet, height, width)
+        converted = fp8.quantize_unet_static(unet, calibration)
+        seconds["fp8"] = time.perf_counter() - stage
+        say(f"engine: FP8 ({options.fp8}): {converted} Linear layers of the UNet's transformer blocks converted, "
+            f"calibrated on {len(calibration)} calls, in {seconds['fp8']:.1f} s")
+        del calibration
+
     # 2. Reuse or measure the choices
     expected = _expected_metadata(components, placement, height, width, buckets, vae_buckets, weights, engine_dir,
                                   options, vae_dtype)
@@ -161,6 +182,7 @@ def prepare_with_report(
     else:
         choices, report.tuning_ms = _tune(components, unet, vae, latent_size, buckets, options, say)
         choices["vae_dtype"] = str(vae_dtype).removeprefix("torch.")
+        choices["fp8"] = options.fp8 if uses_fp8 else "off"
     report.choices = choices
     seconds["tune"] = time.perf_counter() - stage
 
@@ -232,6 +254,9 @@ def _forward_compiler(engine_dir: Path | None, expected: dict[str, Any], choices
     folder = Path(engine_dir) / PRECOMPILED_SUBDIR if engine_dir is not None else None
     key = {field: expected[field] for field in ("torch", "cuda", "cudnn", "gpu", "capability", "config_hash", "weights_hash")}
     key["choices"] = {name: choices.get(name) for name in ("attention", "channels_last", "vae_channels_last", "fused_qkv")}
+    if choices.get("fp8", "off") != "off":
+        # A forward compiled over the FP8 UNet is another program; float16 keys stay as they were.
+        key["fp8"] = choices["fp8"]
     return lambda name, function: PrecompiledForward(name, function, folder, key, say)
 
 
@@ -255,6 +280,22 @@ def _check_options(options: EngineOptions, max_rows: int) -> None:
         raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {options.channels_last!r}")
     if max_rows < 1:
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    if options.fp8 not in fp8.FP8_MODES:
+        raise ValueError(f"fp8 must be one of {fp8.FP8_MODES}, got {options.fp8!r}")
+
+
+def fp8_off_reason(options: EngineOptions, device: torch.device) -> str | None:
+    """Why the FP8 the options ask for stays off (None: it applies, or none was asked for). FP8
+    pays only with its activation casts fused by torch.compile (`bench/gpu/README.md`, "FP8")."""
+    if options.fp8 == "off":
+        return None
+    if device.type == "cuda" and torch.cuda.is_available() and os.environ.get(DISABLE_VARIABLE, "1").strip().lower() in (
+            "0", "off", "false", "no"):
+        return f"{DISABLE_VARIABLE} is off"
+    reason = fp8.unavailable_reason(device)
+    if reason is None and not (options.compile and options.cuda_graphs):
+        reason = "it pays only compiled (engine_compile: \"true\"), where torch.compile fuses the activation casts"
+    return reason
 
 
 def vae_decode_dtype(vae_dtype: torch.dtype, options: EngineOptions, device: torch.device) -> torch.dtype:
@@ -305,13 +346,16 @@ def _expected_metadata(
         "config_hash": metadata.stable_hash(
             {"unet": metadata.config_fields(unet.config), "vae": metadata.config_fields(vae.config),
              "dtype": str(placement.dtype),
-             "vae_dtype": str(vae_dtype), "options": dataclasses.asdict(options)}
+             "vae_dtype": str(vae_dtype),
+             # fp8 is a key field of its own (below), so the hashes of engines built before it stay.
+             "options": {name: value for name, value in dataclasses.asdict(options).items() if name != "fp8"}}
         ),
         "weights_hash": metadata.weights_fingerprint(weights, ignore=engine_dir),
         "buckets": list(buckets),
         "vae_buckets": list(vae_buckets),
         "height": height,
         "width": width,
+        "fp8": options.fp8,
     }
 
 
