@@ -86,9 +86,11 @@ def linears_called(unet: torch.nn.Module, calibration_inputs: Sequence[Mapping[s
 
 def fp8_targets(unet: torch.nn.Module, called: set[str]) -> list[str]:
     """The paths of the Linear layers FP8 replaces: inside the transformer blocks, run by the
-    calibration calls, both sizes multiples of GEMM_MULTIPLE."""
+    calibration calls, both sizes multiples of GEMM_MULTIPLE, not converted already (a converted
+    layer is still a Linear, its weight a float8 tensor subclass)."""
     return [path for path, module in unet.named_modules()
-            if type(module) is torch.nn.Linear and TARGET_BLOCKS in path.split(".") and path in called
+            if type(module) is torch.nn.Linear and type(module.weight) is torch.nn.Parameter
+            and TARGET_BLOCKS in path.split(".") and path in called
             and module.in_features % GEMM_MULTIPLE == 0 and module.out_features % GEMM_MULTIPLE == 0]
 
 
