@@ -95,10 +95,7 @@ class PrecompiledForward:
             self._say(f"engine: precompiled {label} {reason}; compiling it ahead of time")
         started = time.perf_counter()
         try:
-            compiled = torch.compile(
-                self.function, fullgraph=True, backend=self.backend,
-                options={"guard_filter_fn": torch.compiler.skip_all_guards_unsafe},
-            ).aot_compile(((model, *args), {}))
+            compiled = _ahead_of_time(self.function, self.backend).aot_compile(((model, *args), {}))
         except Exception as error:  # noqa: BLE001 - any failure here leaves torch.compile's own path
             self._say(f"engine: {label} cannot be compiled ahead of time ({_first_line(error)}); "
                       "compiling it with torch.compile")
@@ -163,6 +160,21 @@ class PrecompiledForward:
             temporary.replace(target)
         except OSError as error:
             self._say(f"engine: could not record precompiled {self.name} [{signature}] ({error})")
+
+
+def _ahead_of_time(function: Callable[..., Any], backend: str) -> Any:
+    """`torch.compile(function)` with its `aot_compile` method: whole-graph, no guards kept (the
+    engine dispatches by input signature itself). torch before 2.12 attaches the method only while
+    `torch._dynamo.config.enable_aot_compile` is on."""
+    options = {"guard_filter_fn": _no_guards}
+    if hasattr(torch._dynamo.config, "enable_aot_compile"):
+        with torch._dynamo.config.patch(enable_aot_compile=True):
+            return torch.compile(function, fullgraph=True, backend=backend, options=options)
+    return torch.compile(function, fullgraph=True, backend=backend, options=options)
+
+
+def _no_guards(entries: list[Any]) -> list[bool]:
+    return [False] * len(entries)
 
 
 def prune(folder: Path, keep: set[Path], log: Callable[[str], None] | None = None) -> int:
