@@ -11,6 +11,10 @@
    conditioned on the caption, with captions dropped to "" a tenth of the time for
    classifier-free guidance, min-SNR loss weights and a little offset noise so that flat
    backgrounds of any brightness come out. Exponential moving averages of both are what is saved.
+3. The text encoder also learns to spell out the layout in two fixed padding positions (see
+   LAYOUT_SLOTS): CLIP's text encoder is causal, so in "a red circle above a blue square" the
+   words of the red circle are read before "above" and none of the caption's own tokens can say
+   which object is on top; the padding after the caption sees all of it.
 
 Each stage runs for a wall-clock budget (or a step count, whichever ends first), so a run fits a
 fixed time on any machine; checkpoints are written as it goes, so an interrupted run still leaves
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import queue
@@ -43,14 +48,16 @@ from .model import (
     CHECKPOINT_FILES,
     CHECKPOINT_META,
     IMAGE_SIZE,
+    TEXT_HIDDEN_SIZE,
     build_text_encoder,
     build_unet,
     build_vae,
     save_checkpoint,
 )
 from .render import render_scenes
-from .scenes import Scene, SceneSampler
+from .scenes import TRAINING_OPTIONS, Scene, SceneSampler
 from .tokenizer import MAX_LENGTH, learn_merges, write_tokenizer
+from .vocabulary import COLOUR_NAMES, RELATIONS, SHAPES, SIZES
 
 OFFSET_NOISE = 0.05
 MIN_SNR_GAMMA = 5.0
@@ -58,6 +65,12 @@ KL_WEIGHT = 1e-6
 # Extra reconstruction weight on pixels next to a colour edge: shapes differ only in their outlines.
 EDGE_WEIGHT = 4.0
 EDGE_THRESHOLD = 0.1
+# The last two token positions, padding in every caption (the longest is 18 tokens): the first
+# learns to hold the object on top (or on the left), the second the other one, each as colour,
+# shape and size. The UNet's cross-attention finds them at the same place in every caption.
+LAYOUT_SLOTS = (MAX_LENGTH - 2, MAX_LENGTH - 1)
+LAYOUT_ATTRIBUTES = (len(COLOUR_NAMES), len(SHAPES), len(SIZES))
+UNKNOWN = -100  # what the caption does not say: no loss (cross_entropy's ignore_index)
 
 
 def log(message: str) -> None:
@@ -115,6 +128,51 @@ class TokenizedBatches:
 
     def __next__(self) -> tuple[list[Scene], torch.Tensor]:
         return self.ready.get()
+
+
+def layout_targets(scene: Scene) -> list[list[int]]:
+    """Per layout slot: the colour, shape and size ids of the object on top or on the left, then of the other.
+
+    A single object fills the first slot; what the caption leaves unsaid (an omitted colour, the
+    whole scene behind a colour-word or empty caption) is UNKNOWN.
+    """
+    unknown = [UNKNOWN] * len(LAYOUT_ATTRIBUTES)
+    if not scene.is_full_description:
+        return [unknown, unknown]
+    objects = list(scene.objects)
+    if scene.relation is not None and RELATIONS[scene.relation][1] > 0:
+        objects.reverse()  # "below", "to the right of": the first-named object is the second along the axis
+    rows = [
+        [COLOUR_NAMES.index(obj.colour) if obj.colour_named else UNKNOWN, SHAPES.index(obj.shape),
+         tuple(SIZES).index(obj.size)]
+        for obj in objects
+    ]
+    return rows + [unknown] * (len(LAYOUT_SLOTS) - len(rows))
+
+
+class LayoutHead(torch.nn.Module):
+    """Reads the layout slots' text states as attribute logits; it trains the text encoder and is not shipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(TEXT_HIDDEN_SIZE, sum(LAYOUT_ATTRIBUTES))
+
+    def loss(self, hidden_states: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy over the known attributes of both slots (summed over attributes), and the share read right.
+
+        Both stay on the device: reading them back every step would wait for the GPU.
+        """
+        logits = self.linear(hidden_states[:, list(LAYOUT_SLOTS)].float())
+        losses, hits, known = [], [], []
+        for index, part in enumerate(logits.split(LAYOUT_ATTRIBUTES, dim=-1)):
+            target = targets[..., index]
+            mask = target != UNKNOWN
+            count = mask.sum().clamp(min=1)
+            error = F.cross_entropy(part.flatten(0, 1), target.flatten(), ignore_index=UNKNOWN, reduction="sum")
+            losses.append(error / count)
+            hits.append(((part.argmax(dim=-1) == target) & mask).sum())
+            known.append(mask.sum())
+        return torch.stack(losses).sum(), torch.stack(hits).sum() / torch.stack(known).sum().clamp(min=1)
 
 
 def train_vae(args: argparse.Namespace, sampler: SceneSampler, device: torch.device) -> AutoencoderKL:
@@ -219,10 +277,12 @@ def train_diffusion(
     vae.post_quant_conv.requires_grad_(decoder_optimizer is not None)
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_text_encoder = copy.deepcopy(text_encoder).requires_grad_(False)
+    layout_head = LayoutHead().to(device)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     ema_parameters = list(ema_unet.parameters()) + list(ema_text_encoder.parameters())
     optimizer = torch.optim.AdamW(
-        parameters, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01, fused=device.type == "cuda"
+        parameters + list(layout_head.parameters()), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01,
+        fused=device.type == "cuda",
     )
     noise_schedule = DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
@@ -235,10 +295,11 @@ def train_diffusion(
     deadline = start + args.diffusion_seconds
     next_save = start + args.checkpoint_seconds
     batches = TokenizedBatches(sampler, tokenizer, args.batch_size)
-    step, running_loss = 0, 0.0
+    step, running_loss, running_layout = 0, 0.0, 0.0
     while step < args.diffusion_steps and time.monotonic() < deadline:
         scenes, ids = next(batches)
         ids = ids.to(device, non_blocking=True)
+        targets = torch.tensor([layout_targets(scene) for scene in scenes], dtype=torch.long).to(device)
         images = images_of(scenes, device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             latents = vae.encode(images).latent_dist.sample().float() * latent_scale
@@ -260,18 +321,24 @@ def train_diffusion(
             prediction = unet(noisy, timesteps, encoder_hidden_states).sample
         per_sample = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weight[timesteps]).mean()
+        layout_loss, layout_accuracy = layout_head.loss(encoder_hidden_states, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        (loss + args.layout_weight * layout_loss).backward()
+        # Apart, so that the layout loss's early large gradients do not shrink the UNet's steps.
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(text_encoder.parameters()) + list(layout_head.parameters()), 1.0)
         optimizer.step()
         decay = min(args.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_parameters, [p.detach() for p in parameters], 1 - decay)
         step += 1
-        running_loss += loss.item() if step % 50 == 0 else 0.0
+        if step % 50 == 0:
+            running_loss += loss.item()
+            running_layout += layout_accuracy.item()
         if step % 500 == 0:
-            log(f"diffusion step {step} loss {running_loss / 10:.4f} lr {lr:.2e}")
-            running_loss = 0.0
+            log(f"diffusion step {step} loss {running_loss / 10:.4f} layout read right {running_layout / 10:.3f} "
+                f"lr {lr:.2e}")
+            running_loss, running_layout = 0.0, 0.0
         if time.monotonic() >= next_save:
             save(ema_unet, ema_text_encoder, step)
             next_save = time.monotonic() + args.checkpoint_seconds
@@ -296,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--checkpoint-seconds", type=float, default=60)
     parser.add_argument("--resume", type=Path, help="checkpoint to continue from: keeps its VAE encoder")
+    parser.add_argument("--layout-weight", type=float, default=0.1,
+                        help="weight of the text encoder's layout-slot loss (0: none)")
+    parser.add_argument("--two-objects", type=float, default=TRAINING_OPTIONS.two_objects,
+                        help="share of diffusion scenes with two objects and a relation")
     parser.add_argument("--decoder-batch-size", type=int, default=64,
                         help="images per diffusion step that fine-tune the VAE decoder (0: frozen)")
     args = parser.parse_args(argv)
@@ -325,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         diffusion_seed = args.seed + 3  # fresh scenes for the continued run
     log(f"latent scaling factor {latent_scale:.4f}")
     save = SaveFunction(args, vae, latent_scale, merges)
-    train_diffusion(args, vae, latent_scale, tokenizer, SceneSampler(diffusion_seed), device, save)
+    options = dataclasses.replace(TRAINING_OPTIONS, two_objects=args.two_objects)
+    train_diffusion(args, vae, latent_scale, tokenizer, SceneSampler(diffusion_seed, options), device, save)
     return 0
 
 

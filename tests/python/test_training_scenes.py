@@ -14,10 +14,17 @@ sys.path.insert(0, str(PROJECT_ROOT))  # the training package
 from training.checker import Score, analyse, score  # noqa: E402
 from training.evaluate import held_out_scenes, to_uint8  # noqa: E402
 from training.render import render_scenes  # noqa: E402
-from training.scenes import SceneSampler, is_held_out, scene_for_caption  # noqa: E402
+from training.scenes import SceneOptions, SceneSampler, is_held_out, scene_for_caption  # noqa: E402
 from training.tokenizer import MAX_LENGTH, learn_merges, write_tokenizer  # noqa: E402
-from training.train import TokenizedBatches, edge_weights  # noqa: E402
-from training.vocabulary import CAPTION_WORDS  # noqa: E402
+from training.train import (  # noqa: E402
+    LAYOUT_SLOTS,
+    UNKNOWN,
+    LayoutHead,
+    TokenizedBatches,
+    edge_weights,
+    layout_targets,
+)
+from training.vocabulary import CAPTION_WORDS, COLOUR_NAMES, SHAPES, SIZES  # noqa: E402
 
 SHIPPED_TOKENIZER = PROJECT_ROOT / "model_repository" / "shapes_sd" / "1" / "tokenizer"
 
@@ -64,6 +71,46 @@ def test_prefetched_training_batches_carry_their_own_captions_token_ids_in_the_s
         direct = tokenizer([scene.caption for scene in scenes], padding="max_length", max_length=MAX_LENGTH,
                            truncation=True, return_tensors="pt").input_ids
         assert torch.equal(ids, direct)
+
+
+def test_layout_targets_put_the_object_on_top_or_on_the_left_first() -> None:
+    ids = {"red circle small": [COLOUR_NAMES.index("red"), SHAPES.index("circle"), tuple(SIZES).index("small")],
+           "blue square large": [COLOUR_NAMES.index("blue"), SHAPES.index("square"), tuple(SIZES).index("large")]}
+    for relation, first_slot in (("above", 0), ("below", 1), ("to the left of", 0), ("to the right of", 1)):
+        scene = scene_for_caption("circle", "red", "white", "small", ("square", "blue", "large"), relation)
+        targets = layout_targets(scene)
+        assert targets[first_slot] == ids["red circle small"] and targets[1 - first_slot] == ids["blue square large"]
+    alone = layout_targets(scene_for_caption("star", "green"))
+    assert alone[0] == [COLOUR_NAMES.index("green"), SHAPES.index("star"), tuple(SIZES).index("medium")]
+    assert alone[1] == [UNKNOWN] * 3
+    # What the caption does not say is not a target: an omitted colour, a colour-word or empty caption.
+    unnamed = SceneSampler(1, SceneOptions(omit_colour=1.0, colour_word_caption=0, empty_caption=0)).sample()
+    assert all(row[0] == UNKNOWN for row in layout_targets(unnamed))
+    empty = SceneSampler(1, SceneOptions(empty_caption=1.0)).sample()
+    assert empty.caption == "" and layout_targets(empty) == [[UNKNOWN] * 3] * 2
+
+
+def test_the_layout_slots_are_padding_in_the_longest_caption(tmp_path: Path) -> None:
+    tokenizer = write_tokenizer(tmp_path)
+    longest = "a small purple diamond to the right of a large orange triangle on an orange background"
+    ids = tokenizer(longest, padding="max_length", max_length=MAX_LENGTH).input_ids
+    assert all(ids[slot] == tokenizer.eos_token_id for slot in LAYOUT_SLOTS)
+    assert ids.index(tokenizer.eos_token_id) < min(LAYOUT_SLOTS)
+
+
+def test_the_layout_loss_counts_only_known_attributes() -> None:
+    head = LayoutHead()
+    hidden = torch.randn(3, MAX_LENGTH, head.linear.in_features)
+    unknown = torch.full((3, len(LAYOUT_SLOTS), 3), UNKNOWN)
+    loss, accuracy = head.loss(hidden, unknown)
+    assert loss.item() == 0 and accuracy.item() == 0
+    known = unknown.clone()
+    known[0, 0] = torch.tensor([1, 2, 0])
+    loss, _ = head.loss(hidden, known)
+    logits = head.linear(hidden[0, LAYOUT_SLOTS[0]])
+    expected = sum(torch.nn.functional.cross_entropy(part[None], torch.tensor([target]))
+                   for part, target in zip(logits.split((11, 6, 3)), (1, 2, 0), strict=True))
+    assert torch.isclose(loss, expected)
 
 
 def test_the_reconstruction_loss_weighs_the_outlines_of_shapes() -> None:
