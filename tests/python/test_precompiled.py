@@ -185,3 +185,31 @@ def test_prune_removes_the_artifacts_no_forward_used(block: TinyBlock, tmp_path:
     assert sorted(tmp_path.iterdir()) == sorted(current.used_paths())
     check_rows(again := forward_in(tmp_path, [], {**KEY, "weights_hash": "w2"}), block, (2,))
     assert list(again.sources.values()) == ["loaded"]
+
+
+class RenamedBlock(TinyBlock):
+    """The same computation with its convolution under another name: an artifact compiled for
+    `TinyBlock` reads `block.conv`, which this model does not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = self.conv
+        del self.conv
+
+    def forward(self, sample: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(self.first(sample))
+        tokens = hidden.flatten(2).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(tokens, tokens, tokens)
+        return self.proj(attended).transpose(1, 2).reshape(sample.shape) * scale[:, None, None, None]
+
+
+def test_an_artifact_that_loads_but_fails_its_first_call_is_compiled_again(block: TinyBlock, tmp_path: Path) -> None:
+    """A model whose structure changed under an unchanged key: the loaded code cannot run on it,
+    and the forward compiles it again instead of failing the load."""
+    check_rows(forward_in(tmp_path, []), block, (2,))
+    renamed = RenamedBlock().eval()
+    lines: list[str] = []
+    rebuilt = forward_in(tmp_path, lines)
+    check_rows(rebuilt, renamed, (3, 2))
+    assert list(rebuilt.sources.values()) == ["compiled"]
+    assert any("failed on its first call" in line for line in lines), lines

@@ -59,9 +59,19 @@ class PrecompiledForward:
     def __call__(self, model: Any, *args: Any) -> Any:
         signature = input_signature(args)
         compiled = self._variants.get(signature)
-        if compiled is None:
-            compiled = self._variants[signature] = self._load_or_compile(signature, model, args)
-        return compiled(model, *args)
+        if compiled is not None:
+            return compiled(model, *args)
+        compiled = self._variants[signature] = self._load_or_compile(signature, model, args)
+        if self.sources.get(signature) != "loaded":
+            return compiled(model, *args)
+        try:
+            return compiled(model, *args)
+        except Exception as error:  # noqa: BLE001 - an artifact that loads but cannot run is rebuilt too
+            # (a model whose structure changed under the same key, say): its first call tells.
+            self._say(f"engine: precompiled {self.name} [{signature}] failed on its first call "
+                      f"({_first_line(error)}); compiling it ahead of time")
+            compiled = self._variants[signature] = self._compile(signature, model, args)
+            return compiled(model, *args)
 
     def used_paths(self) -> set[Path]:
         """The artifacts (and their descriptions) this forward loaded or wrote so far."""
@@ -93,6 +103,11 @@ class PrecompiledForward:
                 self.sources[signature] = "torch.compile"
                 return torch.compile(self.function)
             self._say(f"engine: precompiled {label} {reason}; compiling it ahead of time")
+        return self._compile(signature, model, args)
+
+    def _compile(self, signature: str, model: Any, args: tuple[Any, ...]) -> Callable[..., Any]:
+        path = self.artifact_path(signature)
+        label = f"{self.name} [{signature}]"
         started = time.perf_counter()
         try:
             compiled = _ahead_of_time(self.function, self.backend).aot_compile(((model, *args), {}))
