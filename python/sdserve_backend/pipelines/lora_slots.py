@@ -159,12 +159,15 @@ class LoraSlots:
     def _allocate(self, sites: dict[str, int], rank: int) -> None:
         """Zeroed tables for every site at `rank` per layer; every entry forgotten."""
         self.tables, self.shapes = {}, {}
+        # The adapters' dtype (`LoraLibrary.load`), not the layer's: a layer may hold its weight in
+        # another (the engine's FP8 layers).
+        dtype = next(self.loras.model.parameters()).dtype
         for path, layers in sites.items():
             base = self.loras.model.get_submodule(path)
             weight = (base.base if isinstance(base, LoraSite) else base).weight
             shape = _SiteShape(rank * layers, tuple(int(size) for size in weight.shape[1:]), int(weight.shape[0]))
             self.shapes[path] = shape
-            self.tables[path] = torch.zeros((self.slots, shape.size), dtype=weight.dtype, device=weight.device)
+            self.tables[path] = torch.zeros((self.slots, shape.size), dtype=dtype, device=weight.device)
         self.rank = rank
         self.version += 1
         self._resident.clear()
