@@ -19,11 +19,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
+from image_inputs import png_base64
 from sdserve_server import PROJECT_ROOT, ServerAddresses, make_repository, serving
 
 sys.path.insert(0, str(PROJECT_ROOT))  # the training package, whose checker scores the images
 from training.checker import Score, analyse, colour_names, score  # noqa: E402
-from training.evaluate import held_out_scenes  # noqa: E402
+from training.evaluate import held_out_scenes, to_uint8  # noqa: E402
+from training.render import render_scenes  # noqa: E402
 from training.scenes import Scene, scene_for_caption  # noqa: E402
 from training.vocabulary import COLOUR_NAMES, RELATIONS  # noqa: E402
 
@@ -92,6 +94,24 @@ def test_two_objects_stand_where_the_relation_says(server: ServerAddresses, rela
         result = score(image, scene)
         assert (result.colour_correct, result.shape_correct, result.position_correct) == (2, 2, 1), \
             (scene.caption, analyse(image))
+
+
+def test_image_to_image_at_a_low_strength_keeps_the_layout(server: ServerAddresses) -> None:
+    # The image has the red circle on the left, the prompt asks for it on the right.
+    circle, square = ("circle", "red"), ("square", "blue", "medium")
+    drawn = scene_for_caption(*circle, second=square, relation="to the left of")
+    asked = scene_for_caption(*circle, second=square, relation="to the right of")
+    image = png_base64(Image.fromarray(to_uint8(render_scenes([drawn], 128))[0]))
+
+    def relation_kept(strength: float) -> bool:
+        result = generate(server, asked.caption, seed=0, image=image, strength=strength)
+        kept, followed = score(result, drawn), score(result, asked)
+        assert (kept.colour_correct, kept.shape_correct) == (2, 2), analyse(result)
+        assert kept.position_correct != followed.position_correct
+        return bool(kept.position_correct)
+
+    assert relation_kept(0.3)
+    assert not relation_kept(1.0)  # the prompt's layout, once the image is wholly noised
 
 
 def facts_drawn_right(server: ServerAddresses, scenes: list[Scene], guidance_scale: float) -> Score:
