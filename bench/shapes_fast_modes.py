@@ -6,13 +6,13 @@ Generates the held-out captions of `training.evaluate` (same scenes, seed = the 
 with sdserve's own pipeline at the model's defaults (20 steps, its Euler scheduler, guidance 3),
 once exactly and once per fast mode (`--modes` picks some), and scores each mode with `training.checker`: colour, shape
 and position accuracy, their difference to exact mode in points, the PSNR of each mode's images
-against exact mode's, and the generation time. Writes `<out>.json` and `<out>.md`.
+against exact mode's, and the generation time. Writes `<out>.json` and `<out>.md`. With `--images`
+several processes can generate modes side by side (`--generate-only`), and a last run scores them.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import sys
@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
-from sdserve_backend.pipelines.components import DiffusionComponents
 from training.evaluate import held_out_scenes, score_images
 from training.scenes import Scene
 
@@ -47,16 +46,17 @@ def psnr(first: np.ndarray, second: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
 
 
-def fp8_pipeline(components: DiffusionComponents) -> TextToImagePipeline:
-    """A pipeline whose UNet is a copy of `components`' with the engine's FP8 conversion applied."""
+def fp8_pipeline(model: Path, device: torch.device, dtype: torch.dtype) -> TextToImagePipeline:
+    """A pipeline of its own (the model loaded again) whose UNet has the engine's FP8 conversion."""
     from sdserve_backend.engine.fp8 import calibration_inputs, quantize_unet_static
 
-    unet = copy.deepcopy(components.unet)
+    components = load_components(model, device, dtype)
+    unet = components.unet
     unet.fuse_qkv_projections()
     height, width = DEFAULTS.height, DEFAULTS.width
     converted = quantize_unet_static(unet, calibration_inputs(components, unet, height, width))
     print(f"fp8 static: {converted} Linear layers converted", flush=True)
-    return TextToImagePipeline(dataclasses.replace(components, unet=unet))
+    return TextToImagePipeline(components)
 
 
 def generate(
@@ -103,12 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="writes OUT.json and OUT.md")
     parser.add_argument("--modes", default=",".join([*MODES, *MODEL_MODES]),
                         help="comma-separated modes (exact always runs first); default: all")
+    parser.add_argument("--images", type=Path,
+                        help="a folder that keeps each mode's images (<mode>.npy) and seconds; modes found there "
+                             "are taken from it instead of generated, so processes can split the modes between them")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="with --images: generate the chosen modes that are not there yet (exact too only if "
+                             "listed), save them, score nothing")
     args = parser.parse_args(argv)
 
     dtype = getattr(torch, args.dtype or ("float16" if args.device == "cuda" else "float32"))
-    components = load_components(args.model, torch.device(args.device), dtype)
-    pipeline = TextToImagePipeline(components)
-    chosen = ["exact", *[mode.strip() for mode in args.modes.split(",") if mode.strip() and mode.strip() != "exact"]]
+    pipeline = TextToImagePipeline(load_components(args.model, torch.device(args.device), dtype))
+    listed = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    chosen = ["exact", *[mode for mode in listed if mode != "exact"]]
+    if args.generate_only:
+        if args.images is None:
+            parser.error("--generate-only needs --images")
+        chosen = listed
     unknown = [mode for mode in chosen if mode not in MODES and mode not in MODEL_MODES]
     if unknown:
         parser.error(f"unknown modes {unknown}; known: {', '.join([*MODES, *MODEL_MODES])}")
@@ -125,8 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     exact: np.ndarray | None = None
     for mode in chosen:
         settings = MODES.get(mode, DEFAULTS)
-        runner = fp8_pipeline(components) if mode == "fp8 static" else pipeline
-        images, seconds = generate(runner, scenes, settings, args.batch_size)
+        kept = None if args.images is None else args.images / (mode.replace(" ", "_").replace("/", "-") + ".npy")
+        if kept is not None and kept.is_file():
+            images, seconds = np.load(kept), float(json.loads(kept.with_suffix(".json").read_text())["seconds"])
+        else:
+            runner = fp8_pipeline(args.model, torch.device(args.device), dtype) if mode == "fp8 static" else pipeline
+            images, seconds = generate(runner, scenes, settings, args.batch_size)
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                np.save(kept, images)
+                kept.with_suffix(".json").write_text(json.dumps({"seconds": seconds, "count": len(scenes)}) + "\n")
+        if args.generate_only:
+            print(f"{mode}: generated in {seconds:.1f} s, kept in {kept}", flush=True)
+            continue
         exact = images if exact is None else exact
         rates = score_images(list(images), scenes, None)
         base = rows[0] if rows else rates
@@ -138,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         })
         print(f"{mode:28s} " + "  ".join(f"{name} {rates[name]:.3f}" for name in METRICS)
               + f"  psnr {rows[-1]['psnr_db']}  {seconds:.1f} s", flush=True)
+    if args.generate_only:
+        return 0
     results["modes"] = rows
     table = markdown(results)
     print(table)

@@ -187,3 +187,27 @@ def test_a_bad_engine_fp8_value_fails_the_load_naming_it(server: ServerAddresses
     [entry] = [model for model in index if model["name"] == "tiny_fp8_bad"]  # type: ignore[union-attr]
     assert entry["state"] == "UNAVAILABLE"
     assert "'engine_fp8' must be one of 'off', 'static', got 'dynamic'" in entry["reason"]
+
+
+class _Blocks(torch.nn.Module):
+    """A stand-in UNet: Linear layers inside `transformer_blocks`, one of them 128 x 128."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(128, 128), torch.nn.Linear(128, 256)])
+
+    def forward(self, sample: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
+        return (self.transformer_blocks[1](self.transformer_blocks[0](sample)),)
+
+
+def test_a_128_by_128_weight_stays_as_it_is() -> None:
+    """torchao 0.18 reads the per-tensor scale of a 128 x 128 weight as its 128 x 128 block scaling
+    and fails the call after: such a layer is left out (shapes_sd has some), the others convert."""
+    model = _Blocks()
+    calibration = [{"sample": torch.randn(2, 77, 128, generator=torch.Generator().manual_seed(seed))} for seed in (0, 1)]
+    reference = copy.deepcopy(model)
+    assert fp8.quantize_unet_static(model, calibration) == 1
+    assert not is_float8(model.transformer_blocks[0]) and is_float8(model.transformer_blocks[1])
+    with torch.no_grad():
+        inputs = {"sample": torch.randn(50, 77, 128, generator=torch.Generator().manual_seed(2))}
+        assert psnr(reference(**inputs)[0], model(**inputs)[0]) >= PSNR_FLOOR_DB

@@ -28,6 +28,9 @@ MIN_CAPABILITY = (8, 9)
 TARGET_BLOCKS = "transformer_blocks"
 # cuBLAS's FP8 GEMM takes matrices whose sides are multiples of 16.
 GEMM_MULTIPLE = 16
+# torchao 0.18 takes the per-tensor scale of a weight of exactly this shape for its 128x128 block
+# scaling and then fails every call ("input_tensor must be 1x128 scaled"): such layers stay as they are.
+MISREAD_WEIGHT_SHAPE = (128, 128)
 # Calibration: varied subjects, styles and lengths, each paired with the empty prompt as the
 # unconditional row of classifier-free guidance, at timesteps across the whole schedule.
 CALIBRATION_PROMPTS = (
@@ -86,12 +89,13 @@ def linears_called(unet: torch.nn.Module, calibration_inputs: Sequence[Mapping[s
 
 def fp8_targets(unet: torch.nn.Module, called: set[str]) -> list[str]:
     """The paths of the Linear layers FP8 replaces: inside the transformer blocks, run by the
-    calibration calls, both sizes multiples of GEMM_MULTIPLE, not converted already (a converted
-    layer is still a Linear, its weight a float8 tensor subclass)."""
+    calibration calls, both sizes multiples of GEMM_MULTIPLE, not of MISREAD_WEIGHT_SHAPE, not
+    converted already (a converted layer is still a Linear, its weight a float8 tensor subclass)."""
     return [path for path, module in unet.named_modules()
             if type(module) is torch.nn.Linear and type(module.weight) is torch.nn.Parameter
             and TARGET_BLOCKS in path.split(".") and path in called
-            and module.in_features % GEMM_MULTIPLE == 0 and module.out_features % GEMM_MULTIPLE == 0]
+            and module.in_features % GEMM_MULTIPLE == 0 and module.out_features % GEMM_MULTIPLE == 0
+            and tuple(module.weight.shape) != MISREAD_WEIGHT_SHAPE]
 
 
 def quantize_unet_static(unet: torch.nn.Module, calibration_inputs: Sequence[Mapping[str, Any]]) -> int:
