@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dtype = getattr(torch, args.dtype or ("float16" if args.device == "cuda" else "float32"))
     pipeline = TextToImagePipeline(load_components(args.model, torch.device(args.device), dtype))
-    listed = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    # Commas inside a guidance interval ("guidance [0, 0.5)") belong to the mode's name.
+    listed = [mode.strip() for mode in re.split(r",(?![^\[]*\))", args.modes) if mode.strip()]
     chosen = ["exact", *[mode for mode in listed if mode != "exact"]]
     if args.generate_only:
         if args.images is None:
