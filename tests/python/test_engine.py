@@ -32,6 +32,7 @@ from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, Tex
 from sdserve_backend.pipelines import feature_cache
 from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.device import Placement
+from unet_inputs import unet_inputs
 
 CPU = Placement(torch.device("cpu"), torch.float32)
 PYTHON_SOURCE = Path(__file__).resolve().parents[2] / "python"
@@ -43,22 +44,6 @@ VAE_TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
 @pytest.fixture(scope="module")
 def components(tiny_model_dirs: dict[str, Path]) -> dict[str, DiffusionComponents]:
     return {variant: load_components(tiny_model_dirs[variant], torch.device("cpu"), torch.float32) for variant in ("sd", "sdxl")}
-
-
-def unet_inputs(parts: DiffusionComponents, rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    unet = parts.unet
-    size = parts.default_image_size // parts.vae_scale_factor
-    inputs = {
-        "sample": torch.randn((rows, unet.config.in_channels, size, size), generator=generator),
-        "timestep": torch.linspace(10.0, 900.0, rows),
-        "encoder_hidden_states": torch.randn((rows, 77, unet.config.cross_attention_dim), generator=generator),
-    }
-    if parts.is_sdxl:
-        width = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
-        inputs["text_embeds"] = torch.randn((rows, width), generator=generator)
-        inputs["time_ids"] = torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]]).repeat(rows, 1)
-    return inputs
 
 
 def eager_unet(parts: DiffusionComponents, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -23,6 +23,7 @@ from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.lora_layers import ChosenLora, RowBlock
 from sdserve_backend.pipelines.lora_library import LoraLibrary
 from sdserve_backend.tiny_lora import make_tiny_loras, make_tiny_lcm_lora
+from unet_inputs import unet_inputs
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 BUCKETS = (2, 4, 8)
@@ -53,22 +54,6 @@ def engine_like(tiny_model_dirs: dict[str, Path], lora_dirs: dict[str, Path], va
             runner.run_captured, example, BUCKETS, use_graphs=False, channels_last=("sample",) if channels_last else ())
     library = LoraLibrary(dataclasses.replace(components, unet=runner), lora_dirs[variant], **slot_options)
     return components, runner, library
-
-
-def unet_inputs(parts: DiffusionComponents, rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    unet = parts.unet
-    size = parts.default_image_size // parts.vae_scale_factor
-    inputs = {
-        "sample": torch.randn((rows, unet.config.in_channels, size, size), generator=generator),
-        "timestep": torch.linspace(10.0, 900.0, rows),
-        "encoder_hidden_states": torch.randn((rows, 77, unet.config.cross_attention_dim), generator=generator),
-    }
-    if parts.is_sdxl:
-        width = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
-        inputs["text_embeds"] = torch.randn((rows, width), generator=generator)
-        inputs["time_ids"] = torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]]).repeat(rows, 1)
-    return inputs
 
 
 def run(runner: UNetRunner, library: LoraLibrary, blocks: list[RowBlock], inputs: dict[str, torch.Tensor],
