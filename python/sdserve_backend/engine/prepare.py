@@ -131,7 +131,7 @@ def prepare_with_report(
         say(f"engine: engine_fp8 {options.fp8!r} is off: {fp8_off}")
     if placement.device.type != "cuda" or not torch.cuda.is_available():
         return components, EngineReport(status="cpu", reason="no CUDA device: the components stay as they are")
-    if os.environ.get(DISABLE_VARIABLE, "1").strip().lower() in ("0", "off", "false", "no"):
+    if engine_disabled():
         return components, EngineReport(status="disabled", reason=f"{DISABLE_VARIABLE} is off")
     height = height or components.default_image_size
     width = width or components.default_image_size
@@ -284,13 +284,17 @@ def _check_options(options: EngineOptions, max_rows: int) -> None:
         raise ValueError(f"fp8 must be one of {fp8.FP8_MODES}, got {options.fp8!r}")
 
 
+def engine_disabled() -> bool:
+    """True when the environment turns the engine off (`SDSERVE_ENGINE=0`)."""
+    return os.environ.get(DISABLE_VARIABLE, "1").strip().lower() in ("0", "off", "false", "no")
+
+
 def fp8_off_reason(options: EngineOptions, device: torch.device) -> str | None:
     """Why the FP8 the options ask for stays off (None: it applies, or none was asked for). FP8
     pays only with its activation casts fused by torch.compile (`bench/gpu/README.md`, "FP8")."""
     if options.fp8 == "off":
         return None
-    if device.type == "cuda" and torch.cuda.is_available() and os.environ.get(DISABLE_VARIABLE, "1").strip().lower() in (
-            "0", "off", "false", "no"):
+    if device.type == "cuda" and torch.cuda.is_available() and engine_disabled():
         return f"{DISABLE_VARIABLE} is off"
     reason = fp8.unavailable_reason(device)
     if reason is None and not (options.compile and options.cuda_graphs):
