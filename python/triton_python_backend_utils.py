@@ -60,10 +60,6 @@ _KSERVE_TO_TRITON_TYPE: dict[str, int] = {
 _TRITON_TYPE_TO_KSERVE = {value: name for name, value in _KSERVE_TO_TRITON_TYPE.items()}
 
 
-class TritonModelException(Exception):
-    """Raised by models for failures that concern the whole model or batch."""
-
-
 class TritonError:
     """A per-request error, carried by `InferenceResponse(error=...)`."""
 
@@ -99,6 +95,24 @@ class TritonError:
 
     def __repr__(self) -> str:
         return f"TritonError({self._message!r}, {self.code_name()})"
+
+
+class TritonModelException(Exception):
+    """Raised by models for failures that concern the whole model or batch.
+
+    sdserve extension: `code`, a `TritonError` code, says whose fault the failure is. Raised from
+    `initialize` with `TritonError.INVALID_ARG` (a config the model refuses), the load fails as the
+    caller's error (HTTP 400, gRPC INVALID_ARGUMENT); with the default, INTERNAL, as the server's."""
+
+    def __init__(self, message: str = "", code: int = TritonError.INTERNAL) -> None:
+        super().__init__(message)
+        self._error = TritonError(message, code)
+
+    def code(self) -> int:
+        return self._error.code()
+
+    def code_name(self) -> str:
+        return self._error.code_name()
 
 
 class Tensor:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from sdserve_backend.config_errors import InvalidParameter
+
 
 def parse_bool(name: str, value: Any, default: bool, source: str) -> bool:
     """True/False (JSON), or "true"/"false" in any case; "" and None mean `default`.
 
-    Raises ValueError naming `source` and `name` (e.g. "config parameter 'step_batching'")."""
+    Raises InvalidParameter naming `source` and `name` (e.g. "config parameter 'step_batching'")."""
     if isinstance(value, bool):
         return value
     text = "" if value is None else str(value).strip().lower()
@@ -16,4 +18,4 @@ def parse_bool(name: str, value: Any, default: bool, source: str) -> bool:
         return default
     if text in ("true", "false"):
         return text == "true"
-    raise ValueError(f"{source} '{name}' must be \"true\" or \"false\", got {value!r}")
+    raise InvalidParameter(f"{source} '{name}' must be \"true\" or \"false\", got {value!r}")

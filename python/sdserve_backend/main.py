@@ -27,8 +27,9 @@ import numpy as np
 
 import triton_python_backend_utils as pb_utils
 from sdserve_backend import PROTOCOL_VERSION
+from sdserve_backend.config_errors import ModelConfigError
 from sdserve_backend.ipc import Buffer, Frame, FrameReader, FrameWriter, MalformedFrame, encode_frame
-from sdserve_backend.messages import HelloMeta, LoadResponseMeta, MessageType, RequestMeta, ResponseMeta, TensorMeta
+from sdserve_backend.messages import HelloMeta, LoadErrorMeta, LoadResponseMeta, MessageType, RequestMeta, ResponseMeta, TensorMeta
 from sdserve_backend.model_loader import load_model
 from sdserve_backend.tensor_codec import array_from_payload, array_to_wire, padding_after
 
@@ -47,6 +48,17 @@ Job = Callable[[], bool]
 # Load failures with a cause the message says in full (weights not found, a bad config value):
 # logged as one line, without the traceback, which would only bury the reason.
 EXPECTED_LOAD_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)
+
+
+def load_error_code(error: BaseException) -> str:
+    """The TritonError code name a failed load answers with: INVALID_ARG when the config is at fault
+    (the backend's own config checks, or a model raising TritonModelException with that code), else
+    INTERNAL. Decided by type, never by message: a ValueError from inside a library is the server's."""
+    if isinstance(error, ModelConfigError):
+        return "INVALID_ARG"
+    if isinstance(error, pb_utils.TritonModelException) and error.code() == pb_utils.TritonError.INVALID_ARG:
+        return "INVALID_ARG"
+    return "INTERNAL"
 
 
 def describe_exception(error: BaseException) -> str:
@@ -203,12 +215,23 @@ class BackendServer:
             return frame.type != MessageType.FINALIZE_REQUEST
 
     def _reply_error(self, frame: Frame, error: Exception) -> None:
-        if frame.type == MessageType.LOAD_REQUEST and isinstance(error, EXPECTED_LOAD_ERRORS):
-            log.error("%s failed: %s", frame.type.name, describe_exception(error))
-        else:
-            log.error("%s failed:\n%s", frame.type.name, "".join(traceback.format_exception(error)).rstrip())
+        if frame.type == MessageType.LOAD_REQUEST:
+            self._reply_load_error(frame, error)
+            return
+        log.error("%s failed:\n%s", frame.type.name, "".join(traceback.format_exception(error)).rstrip())
         reply_type = ERROR_REPLY_TYPE.get(frame.type, MessageType.ERROR_NOTIFY)
         self._writer.send(reply_type, frame.correlation_id, {"error": describe_exception(error)})
+
+    def _reply_load_error(self, frame: Frame, error: Exception) -> None:
+        code = load_error_code(error)
+        # The config's fault: its message is what the caller reads and fixes, without a type name.
+        message = (str(error) or describe_exception(error)) if code == "INVALID_ARG" else describe_exception(error)
+        if code == "INVALID_ARG" or isinstance(error, EXPECTED_LOAD_ERRORS):
+            log.error("%s failed: %s", frame.type.name, message)
+        else:
+            log.error("%s failed:\n%s", frame.type.name, "".join(traceback.format_exception(error)).rstrip())
+        reply: LoadErrorMeta = {"error": message, "code": code}
+        self._writer.send(MessageType.LOAD_RESPONSE, frame.correlation_id, dict(reply))
 
     def _load(self, frame: Frame) -> bool:
         if self._model is not None:

@@ -45,7 +45,7 @@ class LoadRequestMeta(TypedDict):
 
 
 class LoadResponseMeta(TypedDict):
-    """Success; a failure is ErrorMeta."""
+    """Success; a failure is LoadErrorMeta."""
 
     cuda: str | None
     # Declared by models that say what they take (docs/backend-protocol.md, "Capabilities").
@@ -81,6 +81,12 @@ class ExecuteResponseMeta(TypedDict):
 
 class ErrorMeta(TypedDict):
     error: str
+
+
+class LoadErrorMeta(TypedDict):
+    error: str
+    # "INVALID_ARG": the model's config is at fault (the caller's error); "INTERNAL": anything else.
+    code: str
 
 
 class ProgressMeta(TypedDict):

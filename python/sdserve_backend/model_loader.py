@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sdserve_backend.config_errors import ModelFileNotFound
+
 _module_numbers = itertools.count(1)
 
 
@@ -18,7 +20,7 @@ def load_model(model_file: str, args: dict[str, str]) -> Any:
     """Returns the initialized `TritonPythonModel` instance defined in `model_file`."""
     path = Path(model_file)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found at {model_file}")
+        raise ModelFileNotFound(f"model file not found at {model_file}")
     # A unique module name keeps two versions' `model.py` from replacing each other in sys.modules.
     model_name = re.sub(r"\W", "_", path.parent.parent.name)
     module_name = f"sdserve_model_{model_name}_{next(_module_numbers)}"

@@ -21,7 +21,7 @@ import { helloProblem, loadResponseProblem, progressProblem, responseNotifyProbl
 import {
   isErrorMeta, MessageType, messageTypeName,
   type CancelRequestMeta, type ExecuteRequestMeta, type ExecuteResponseMeta, type HelloMeta,
-  type LoadRequestMeta, type LoadResponseMeta, type ProgressMeta, type ResponseMeta, type ResponseNotifyMeta, type TritonErrorCode,
+  type LoadErrorMeta, type LoadRequestMeta, type LoadResponseMeta, type ProgressMeta, type ResponseMeta, type ResponseNotifyMeta, type TritonErrorCode,
 } from './messages.js';
 import { PayloadBuilder, tensorFromPayload } from './tensor-payload.js';
 
@@ -106,6 +106,14 @@ const TRITON_CODE_TO_ERROR: Partial<Record<TritonErrorCode, ErrorCode>> = {
 };
 
 /**
+ * A LoadResponse's error: the caller's config (SDS_ERR_CONFIG) when the backend says the config is
+ * at fault, as Triton answers a model whose config is invalid; anything else is the server's.
+ */
+function loadError(meta: LoadErrorMeta): SdserveError {
+  return new SdserveError(meta.code === 'INVALID_ARG' ? 'SDS_ERR_CONFIG' : 'SDS_ERR_BACKEND', meta.error);
+}
+
+/**
  * Errors that failed a whole ExecuteRequest rather than one request of it (the backend died,
  * answered with ErrorNotify or a malformed frame): `execute` throws these instead of returning them.
  */
@@ -160,7 +168,8 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
   /**
    * Spawns the backend and loads its model. Throws SdserveError('SDS_ERR_BACKEND', reason) if
    * it does not say hello within `startTimeoutMs` or does not load within `loadTimeoutMs`;
-   * the reason is the backend's own message when it gave one. The child is dead by then.
+   * the reason is the backend's own message when it gave one, and the code SDS_ERR_CONFIG when
+   * the backend refused the model's config. The child is dead by then.
    */
   static async start(opts: BackendProcessOptions): Promise<BackendProcess> {
     // 1-2. a spare spawned ahead with the same options, or a new process
@@ -178,7 +187,7 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
       const load: LoadRequestMeta = { model_file: opts.modelFile, args: opts.args };
       const reply = await backend.request(MessageType.LoadRequest, MessageType.LoadResponse, load, [],
         { timeoutMs: opts.loadTimeoutMs, timeoutMessage: `backend ${opts.label} did not load ${opts.modelFile} within ${opts.loadTimeoutMs} ms` });
-      if (isErrorMeta(reply.metadata)) throw new SdserveError('SDS_ERR_BACKEND', reply.metadata.error);
+      if (isErrorMeta(reply.metadata)) throw loadError(reply.metadata);
       const problem = loadResponseProblem(reply.metadata);
       if (problem !== undefined) throw new SdserveError('SDS_ERR_BACKEND', `backend ${opts.label}: ${problem}`);
       backend.loaded = reply.metadata as unknown as LoadResponseMeta;
@@ -189,7 +198,8 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
     } catch (err) {
       await backend.kill();
       const message = err instanceof Error ? err.message : String(err);
-      throw new SdserveError('SDS_ERR_BACKEND', message, { cause: err });
+      const code = err instanceof SdserveError && err.code === 'SDS_ERR_CONFIG' ? 'SDS_ERR_CONFIG' : 'SDS_ERR_BACKEND';
+      throw new SdserveError(code, message, { cause: err });
     }
   }
 

@@ -144,6 +144,14 @@ export interface ErrorMeta {
   error: string;
 }
 
+/**
+ * A failed LoadResponse: `code` INVALID_ARG when the model's config is at fault (the caller's
+ * error), else INTERNAL; absent from backends that predate it (INTERNAL).
+ */
+export interface LoadErrorMeta extends ErrorMeta {
+  code?: TritonErrorCode;
+}
+
 export interface ProgressMeta {
   request_id: string;
   /** Position of the request in its ExecuteRequest. */

@@ -240,9 +240,11 @@ export class ModelManager {
     const failed = [...fresh.values()].find((served) => served.state !== 'READY');
     if (failed) {
       const failure = `failed to load '${name}' version ${failed.version}: ${failed.reason}`;
-      if (previous.length === 0) throw new SdserveError('SDS_ERR_BACKEND', failure);
+      // A config the backend refused is the caller's error (400), as the core's own checks are.
+      const code = failed.loadFailure ?? 'SDS_ERR_BACKEND';
+      if (previous.length === 0) throw new SdserveError(code, failure);
       await Promise.all([...fresh.values()].map((served) => served.unload()));
-      throw new SdserveError('SDS_ERR_BACKEND', `${failure}; the versions loaded before keep serving`);
+      throw new SdserveError(code, `${failure}; the versions loaded before keep serving`);
     }
     record.reason = '';
     record.versions = fresh;

@@ -165,6 +165,8 @@ def test_load_failure_reports_the_exception_type_and_message(backend: Backend) -
     reply = backend.load("initialize_fails")
     assert reply.type is MessageType.LOAD_RESPONSE
     assert reply.metadata["error"].startswith("FileNotFoundError: weights not found at ")
+    # A model's own FileNotFoundError is not known to be its config's fault: the server's error.
+    assert reply.metadata["code"] == "INTERNAL"
 
 
 def test_missing_weights_are_one_line_in_the_log_without_a_traceback(backend: Backend, tmp_path: Path) -> None:
@@ -174,7 +176,8 @@ def test_missing_weights_are_one_line_in_the_log_without_a_traceback(backend: Ba
 
     reply = backend.load_file(DIFFUSION_MODEL, tmp_path, config)
 
-    assert reply.metadata["error"].startswith("FileNotFoundError: weights not found at ")
+    assert reply.metadata["error"].startswith("weights not found at ")
+    assert reply.metadata["code"] == "INVALID_ARG"
     [line] = [line for line in backend.log().splitlines() if "LOAD_REQUEST" in line]
     assert line == f"ERROR sdserve.backend: LOAD_REQUEST failed: {reply.metadata['error']}"
     assert "Traceback" not in backend.log()
@@ -187,8 +190,60 @@ def test_an_unknown_config_parameter_fails_the_load_naming_it(backend: Backend, 
     reply = backend.load_file(DIFFUSION_MODEL, tmp_path, config)
 
     assert reply.metadata["error"].startswith(
-        "ValueError: config parameter 'guidance' is not known (did you mean 'guidance_end', 'guidance_scale' or 'guidance_start'?); known: "
+        "config parameter 'guidance' is not known (did you mean 'guidance_end', 'guidance_scale' or 'guidance_start'?); known: "
     )
+    assert reply.metadata["code"] == "INVALID_ARG"
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("engine_fp8", "dynamic", "config parameter 'engine_fp8' must be one of 'off', 'static', got 'dynamic'"),
+    ("lora_slots", "1", "config parameter 'lora_slots' must be 0 (off) or an integer from 2 to 256, got '1'"),
+    ("scheduler", "no_such_scheduler", "config parameter scheduler 'no_such_scheduler' is not supported; use one of: "),
+])
+def test_a_config_value_the_diffusion_model_refuses_fails_the_load_as_invalid_arg(
+    backend: Backend, tiny_model_dirs: dict[str, Path], tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    backend.read()
+    (tmp_path / "1").symlink_to(tiny_model_dirs["sd"])
+    config = {"name": "tiny_sd", "max_batch_size": 1, "parameters": {name: {"string_value": value}}}
+
+    reply = backend.load_file(DIFFUSION_MODEL, tmp_path, config)
+
+    assert reply.type is MessageType.LOAD_RESPONSE
+    assert reply.metadata["error"].startswith(message)
+    assert reply.metadata["code"] == "INVALID_ARG"
+    assert "Traceback" not in backend.log()
+
+
+@pytest.mark.parametrize(("raised", "reply"), [
+    ('pb_utils.TritonModelException("parameter \'mode\' must be fast or slow", code=pb_utils.TritonError.INVALID_ARG)',
+     {"error": "parameter 'mode' must be fast or slow", "code": "INVALID_ARG"}),
+    ("pb_utils.TritonModelException('the device is gone')",
+     {"error": "TritonModelException: the device is gone", "code": "INTERNAL"}),
+    ("RuntimeError('the device is gone')", {"error": "RuntimeError: the device is gone", "code": "INTERNAL"}),
+    ("ValueError('a library refused a tensor')", {"error": "ValueError: a library refused a tensor", "code": "INTERNAL"}),
+])
+def test_a_python_model_whose_initialize_raises_fails_the_load_with_the_code_of_its_exception(
+    backend: Backend, tmp_path: Path, raised: str, reply: dict[str, str]
+) -> None:
+    backend.read()
+    (tmp_path / "1").mkdir()
+    model_file = tmp_path / "1" / "model.py"
+    model_file.write_text("import triton_python_backend_utils as pb_utils\n\n\n"
+                          "class TritonPythonModel:\n"
+                          "    def initialize(self, args):\n"
+                          f"        raise {raised}\n")
+
+    answer = backend.load_file(model_file, tmp_path, {"name": "raises", "parameters": {}})
+
+    assert answer.type is MessageType.LOAD_RESPONSE
+    assert answer.metadata == reply
+
+
+def test_a_missing_model_file_fails_the_load_as_invalid_arg(backend: Backend, tmp_path: Path) -> None:
+    backend.read()
+    reply = backend.load_file(tmp_path / "1" / "missing.py", tmp_path, {"name": "missing", "parameters": {}})
+    assert reply.metadata == {"error": f"model file not found at {tmp_path / '1' / 'missing.py'}", "code": "INVALID_ARG"}
 
 
 def test_the_diffusion_model_declares_its_capabilities_in_the_load_response(

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from sdserve_backend.config_errors import InvalidParameter
+
 # The values of the `engine_fp8` config parameter.
 FP8_MODES = ("off", "static")
 MIN_CAPABILITY = (8, 9)
@@ -48,7 +50,7 @@ def parse_fp8_mode(value: Any, source: str = "config parameter") -> str:
     """`engine_fp8`: "" or "off" (the default) or "static"."""
     text = str(value or "").strip().lower() or "off"
     if text not in FP8_MODES:
-        raise ValueError(f"{source} 'engine_fp8' must be one of {', '.join(repr(mode) for mode in FP8_MODES)}, got {value!r}")
+        raise InvalidParameter(f"{source} 'engine_fp8' must be one of {', '.join(repr(mode) for mode in FP8_MODES)}, got {value!r}")
     return text
 
 

@@ -512,9 +512,10 @@ export const OPENAPI_DOCUMENT = {
         requestBody: optionalJsonBody('LoadRequest'),
         responses: {
           200: emptyReply('Loaded.'),
-          400: errorReply('Malformed body or config override, unknown model, or a `file:` override (not supported).'),
+          400: errorReply('Malformed body or config override, unknown model, a `file:` override (not supported), or a config '
+            + 'the server or the backend refused (a parameter value, a file it names that is not there).'),
           413: errorReply('The body is larger than the body limit.'),
-          500: errorReply('The model failed to load.'),
+          500: errorReply('The model failed to load for another reason (the backend crashed or ran out of memory).'),
           503: errorReply('Model control is not explicit.'),
         },
       },

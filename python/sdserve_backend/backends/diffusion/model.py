@@ -31,6 +31,7 @@ from sdserve_backend import input_images
 from sdserve_backend.backends.diffusion import capabilities
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.batching import Job, run_jobs
+from sdserve_backend.config_errors import InvalidParameter, ModelFileNotFound
 from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
 from sdserve_backend.image_encoding import GenerationInfo, encode_image
 from sdserve_backend.pipelines.prompts import MAX_PROMPT_CHUNKS
@@ -95,7 +96,7 @@ class TritonPythonModel:
         try:
             resolve_scheduler_class(self.defaults.settings.scheduler, components.scheduler_class)
         except ValueError as error:
-            raise ValueError(f"config parameter {error}") from None
+            raise InvalidParameter(f"config parameter {error}") from None
         refiner = None
         if self.defaults.refiner:
             refiner = self._load_refiner(Path(args["model_repository"]), self.defaults.refiner, placement, components)
@@ -126,11 +127,11 @@ class TritonPythonModel:
         versions = sorted((int(entry.name) for entry in refiner_dir.iterdir() if entry.name.isdigit() and entry.is_dir()),
                           reverse=True) if refiner_dir.is_dir() else []
         if not versions:
-            raise FileNotFoundError(f"config parameter 'refiner': no model {name!r} with a version folder in {model_dir.parent}")
+            raise ModelFileNotFound(f"config parameter 'refiner': no model {name!r} with a version folder in {model_dir.parent}")
         weights = model_settings.resolve_weights(refiner_dir / str(versions[0]), "", "")
         refiner = load_components(weights, placement.device, placement.dtype)
         if not refiner.requires_aesthetics_score or not base.is_sdxl:
-            raise ValueError(f"config parameter 'refiner': {name!r} must be an SDXL refiner (its model_index.json sets "
+            raise InvalidParameter(f"config parameter 'refiner': {name!r} must be an SDXL refiner (its model_index.json sets "
                              "requires_aesthetics_score) and this model an SDXL base")
         return share_equal_modules(refiner, base)
 

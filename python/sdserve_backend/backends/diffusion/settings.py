@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdserve_backend.booleans import parse_bool
+from sdserve_backend.config_errors import InvalidParameter, ModelFileNotFound
 from sdserve_backend.image_encoding import DEFAULT_COMPRESSION, OUTPUT_FORMATS, OutputEncoding
 from sdserve_backend.pipelines import GenerationSettings
 from sdserve_backend.pipelines.lora_library import DEFAULT_CAPACITY as DEFAULT_LORA_CAPACITY
@@ -92,10 +93,10 @@ CONFIG_PARAMETERS: dict[str, str] = {
 
 
 def check_config_parameter_names(parameters: Mapping[str, str]) -> None:
-    """Raise ValueError naming the first config parameter the backend does not read."""
+    """Raise InvalidParameter naming the first config parameter the backend does not read."""
     for name in parameters:
         if name not in CONFIG_PARAMETERS:
-            raise ValueError(unknown_name_message("config parameter", name, CONFIG_PARAMETERS))
+            raise InvalidParameter(unknown_name_message("config parameter", name, CONFIG_PARAMETERS))
 
 
 def unknown_name_message(what: str, name: str, accepted: Mapping[str, object] | list[str]) -> str:
@@ -153,7 +154,7 @@ DEFAULT_GUIDANCE_SCALE = 7.5
 
 def read_model_defaults(parameters: Mapping[str, str], default_image_size: int, default_steps: int = DEFAULT_STEPS,
                         default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE) -> ModelDefaults:
-    """Check the config parameters; raises ValueError naming the first bad one (an unknown name
+    """Check the config parameters; raises InvalidParameter naming the first bad one (an unknown name
     included). `default_steps` and `default_guidance_scale` apply where the config sets none (a
     few-step model's weights call for their own: `pipelines/few_step.py`)."""
     check_config_parameter_names(parameters)
@@ -192,7 +193,7 @@ def read_request_overrides(parameters_json: str, defaults: ModelDefaults) -> tup
     """The settings and seed for one request: its parameters over the model's defaults."""
     parameters = json.loads(parameters_json or "{}")
     if not isinstance(parameters, dict):
-        raise ValueError(f"request parameters must be a JSON object, got {parameters_json!r}")
+        raise InvalidParameter(f"request parameters must be a JSON object, got {parameters_json!r}")
     source = "parameter"
     base = defaults.settings
     settings = GenerationSettings(
@@ -231,7 +232,7 @@ def read_preview_every(parameters_json: str) -> int:
         return 0
     if isinstance(value, int) and value >= 0:
         return value
-    raise ValueError(f"parameter 'preview' must be true, false or a non-negative number of steps, got {value!r}")
+    raise InvalidParameter(f"parameter 'preview' must be true, false or a non-negative number of steps, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -253,11 +254,11 @@ def read_image_parameters(parameters_json: str) -> ImageParameters:
     strength = parameters.get("strength")
     if strength is not None:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"parameter 'strength' must be a number in (0, 1], got {strength!r}")
+            raise InvalidParameter(f"parameter 'strength' must be a number in (0, 1], got {strength!r}")
         strength = float(strength)
     mask_blur = _parse_int("mask_blur", parameters.get("mask_blur"), 0, "parameter")
     if not 0 <= mask_blur <= MAX_MASK_BLUR:
-        raise ValueError(f"parameter 'mask_blur' must be an integer from 0 to {MAX_MASK_BLUR}, got {mask_blur!r}")
+        raise InvalidParameter(f"parameter 'mask_blur' must be an integer from 0 to {MAX_MASK_BLUR}, got {mask_blur!r}")
     return ImageParameters(
         strength=strength,
         mask_blur=mask_blur,
@@ -285,14 +286,14 @@ def read_refiner_parameters(parameters_json: str, defaults: ModelDefaults, is_re
     for name, default in (("aesthetic_score", DEFAULT_AESTHETIC_SCORE),
                           ("negative_aesthetic_score", DEFAULT_NEGATIVE_AESTHETIC_SCORE)):
         if name in parameters and not is_refiner:
-            raise ValueError(f"{source} '{name}' is read by SDXL refiner models only; this model is not one")
+            raise InvalidParameter(f"{source} '{name}' is read by SDXL refiner models only; this model is not one")
         scores[name] = parse_number_in(name, parameters.get(name), default, 0.0, MAX_AESTHETIC_SCORE, source)
     fraction = None
     if defaults.refiner:
         fraction = parse_fraction("high_noise_fraction", parameters.get("high_noise_fraction", ""),
                                   defaults.high_noise_fraction, source)
     elif "high_noise_fraction" in parameters:
-        raise ValueError(f"{source} 'high_noise_fraction' needs a model with a refiner (config parameter 'refiner')")
+        raise InvalidParameter(f"{source} 'high_noise_fraction' needs a model with a refiner (config parameter 'refiner')")
     return RefinerParameters(high_noise_fraction=fraction, **scores)
 
 
@@ -329,12 +330,12 @@ def read_output_encoding(parameters_json: str, encoded_output_requested: bool) -
         return None
     output_format = "png" if given_format is None else given_format
     if not isinstance(output_format, str) or output_format.strip().lower() not in OUTPUT_FORMATS:
-        raise ValueError(f"parameter 'output_format' must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+        raise InvalidParameter(f"parameter 'output_format' must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     compression = DEFAULT_COMPRESSION
     if given_compression is not None:
         compression = _parse_int("output_compression", given_compression, None, "parameter")
         if not 0 <= compression <= 100:
-            raise ValueError(f"parameter 'output_compression' must be an integer from 0 to 100, got {given_compression!r}")
+            raise InvalidParameter(f"parameter 'output_compression' must be an integer from 0 to 100, got {given_compression!r}")
     return OutputEncoding(format=output_format.strip().lower(), compression=compression)
 
 
@@ -360,11 +361,11 @@ def read_checkpoint_options(version_dir: Path, parameters: Mapping[str, str]) ->
         if located.is_dir() or (located.is_file() and located.suffix == ".safetensors"):
             return located
         what = "not found" if not located.exists() else "not a .safetensors file or a folder"
-        raise FileNotFoundError(f"config parameter '{name}': {located} is {what}; {README_HINT}")
+        raise ModelFileNotFound(f"config parameter '{name}': {located} is {what}; {README_HINT}")
 
     prediction_type = str(parameters.get("prediction_type", "") or "").strip()
     if prediction_type and prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"config parameter 'prediction_type' must be one of {', '.join(PREDICTION_TYPES)} "
+        raise InvalidParameter(f"config parameter 'prediction_type' must be one of {', '.join(PREDICTION_TYPES)} "
                          f"(or empty: the model's own), got {prediction_type!r}")
     return CheckpointOptions(vae=path("vae_weights"), text_encoders=path("text_encoder_weights"),
                              prediction_type=prediction_type or None)
@@ -373,13 +374,13 @@ def read_checkpoint_options(version_dir: Path, parameters: Mapping[str, str]) ->
 def resolve_weights(version_dir: Path, weights: str, version: str) -> Path:
     """Where the weights are: `weights` relative to the version folder (or absolute), else the
     version folder itself when it is a diffusers folder, else `<version>-pytorch_model` in it,
-    else the one `.safetensors` file in it. Raises FileNotFoundError when there are none."""
+    else the one `.safetensors` file in it. Raises ModelFileNotFound when there are none."""
     if weights:
         path = Path(weights) if Path(weights).is_absolute() else version_dir / weights
         if path.is_dir() and not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"weights not found at {path}: it holds no model_index.json; {README_HINT}")
+            raise ModelFileNotFound(f"weights not found at {path}: it holds no model_index.json; {README_HINT}")
         if not path.exists():
-            raise FileNotFoundError(f"weights not found at {path}; {README_HINT}")
+            raise ModelFileNotFound(f"weights not found at {path}; {README_HINT}")
         return path
     if (version_dir / "model_index.json").is_file():
         return version_dir
@@ -391,8 +392,8 @@ def resolve_weights(version_dir: Path, weights: str, version: str) -> Path:
         return checkpoints[0]
     if len(checkpoints) > 1:
         names = ", ".join(path.name for path in checkpoints)
-        raise FileNotFoundError(f"{version_dir} holds several checkpoints ({names}); name one with the weights parameter")
-    raise FileNotFoundError(f"weights not found at {tutorial_layout}; {README_HINT}")
+        raise ModelFileNotFound(f"{version_dir} holds several checkpoints ({names}); name one with the weights parameter")
+    raise ModelFileNotFound(f"weights not found at {tutorial_layout}; {README_HINT}")
 
 
 def version_mismatch(configured: str, detected: str | None, is_sdxl: bool) -> str | None:
@@ -415,42 +416,42 @@ def version_mismatch(configured: str, detected: str | None, is_sdxl: bool) -> st
 def parse_image_side(name: str, value: Any, default: int, source: str) -> int:
     side = _parse_int(name, value, default, source)
     if not 8 <= side <= MAX_IMAGE_SIDE or side % 8 != 0:
-        raise ValueError(f"{source} '{name}' must be a multiple of 8 from 8 to {MAX_IMAGE_SIDE}, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be a multiple of 8 from 8 to {MAX_IMAGE_SIDE}, got {value!r}")
     return side
 
 
 def parse_steps(value: Any, default: int, source: str) -> int:
     steps = _parse_int("steps", value, default, source)
     if not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"{source} 'steps' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
+        raise InvalidParameter(f"{source} 'steps' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
     return steps
 
 
 def parse_lora_cache_size(value: Any, source: str) -> int:
     size = _parse_int("lora_cache_size", value, DEFAULT_LORA_CAPACITY, source)
     if size < 1:
-        raise ValueError(f"{source} 'lora_cache_size' must be an integer >= 1, got {value!r}")
+        raise InvalidParameter(f"{source} 'lora_cache_size' must be an integer >= 1, got {value!r}")
     return size
 
 
 def parse_lora_slots(value: Any, source: str) -> int:
     slots = _parse_int("lora_slots", value, DEFAULT_LORA_SLOTS, source)
     if slots != 0 and not 2 <= slots <= 256:
-        raise ValueError(f"{source} 'lora_slots' must be 0 (off) or an integer from 2 to 256, got {value!r}")
+        raise InvalidParameter(f"{source} 'lora_slots' must be 0 (off) or an integer from 2 to 256, got {value!r}")
     return slots
 
 
 def parse_lora_max_rank(value: Any, source: str) -> int:
     rank = _parse_int("lora_max_rank", value, DEFAULT_LORA_MAX_RANK, source)
     if not 1 <= rank <= 1024:
-        raise ValueError(f"{source} 'lora_max_rank' must be an integer from 1 to 1024, got {value!r}")
+        raise InvalidParameter(f"{source} 'lora_max_rank' must be an integer from 1 to 1024, got {value!r}")
     return rank
 
 
 def parse_prompt_cache_size(value: Any, source: str) -> int:
     size = _parse_int("prompt_cache_size", value, DEFAULT_PROMPT_CACHE_SIZE, source)
     if size < 0:
-        raise ValueError(f"{source} 'prompt_cache_size' must be an integer >= 0, got {value!r}")
+        raise InvalidParameter(f"{source} 'prompt_cache_size' must be an integer >= 0, got {value!r}")
     return size
 
 
@@ -462,7 +463,7 @@ def parse_guidance_scale(value: Any, default: float, source: str) -> float:
     except (TypeError, ValueError):
         scale = math.nan
     if not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"{source} 'guidance_scale' must be a finite number >= 0, got {value!r}")
+        raise InvalidParameter(f"{source} 'guidance_scale' must be a finite number >= 0, got {value!r}")
     return scale
 
 
@@ -475,7 +476,7 @@ def parse_fraction(name: str, value: Any, default: float, source: str) -> float:
     except (TypeError, ValueError):
         fraction = math.nan
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"{source} '{name}' must be a number from 0 to 1, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be a number from 0 to 1, got {value!r}")
     return fraction
 
 
@@ -488,7 +489,7 @@ def parse_number_in(name: str, value: Any, default: float, low: float, high: flo
     except (TypeError, ValueError):
         number = math.nan
     if not low <= number <= high:
-        raise ValueError(f"{source} '{name}' must be a number from {low:g} to {high:g}, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be a number from {low:g} to {high:g}, got {value!r}")
     return number
 
 
@@ -496,14 +497,14 @@ def parse_model_name(name: str, value: Any, source: str) -> str:
     """A model of the repository, by its plain name ("" for none): never a path."""
     text = str(value or "").strip()
     if text and (not MODEL_NAME.match(text) or text in (".", "..")):
-        raise ValueError(f"{source} '{name}' must be the plain name of a model in the repository, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be the plain name of a model in the repository, got {value!r}")
     return text
 
 
 def parse_cache_interval(value: Any, default: int, source: str) -> int:
     interval = _parse_int("cache_interval", value, default, source)
     if not 1 <= interval <= MAX_STEPS:
-        raise ValueError(f"{source} 'cache_interval' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
+        raise InvalidParameter(f"{source} 'cache_interval' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
     return interval
 
 
@@ -515,7 +516,7 @@ def parse_engine_sizes(value: Any, source: str = "config parameter") -> tuple[tu
             continue
         sides = part.strip().lower().split("x")
         if len(sides) != 2:
-            raise ValueError(f"{source} 'engine_sizes' must be sizes like 768x768 separated by commas, got {value!r}")
+            raise InvalidParameter(f"{source} 'engine_sizes' must be sizes like 768x768 separated by commas, got {value!r}")
         height = parse_image_side("engine_sizes", sides[0].strip(), None, source)  # type: ignore[arg-type]
         width = parse_image_side("engine_sizes", sides[1].strip(), None, source)  # type: ignore[arg-type]
         if (height, width) not in sizes:
@@ -526,13 +527,13 @@ def parse_engine_sizes(value: Any, source: str = "config parameter") -> tuple[tu
 def parse_seed(value: Any, source: str) -> int:
     seed = _parse_int("seed", value, None, source)
     if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"{source} 'seed' must be an integer from 0 to {MAX_SEED}, got {value!r}")
+        raise InvalidParameter(f"{source} 'seed' must be an integer from 0 to {MAX_SEED}, got {value!r}")
     return seed
 
 
 def _parse_scheduler(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"parameter 'scheduler' must be a scheduler name, got {value!r}")
+        raise InvalidParameter(f"parameter 'scheduler' must be a scheduler name, got {value!r}")
     return value.strip()
 
 
@@ -540,7 +541,7 @@ def _parse_int(name: str, value: Any, default: int | None, source: str) -> int:
     if (value == "" or value is None) and default is not None:
         return default
     if isinstance(value, bool):
-        raise ValueError(f"{source} '{name}' must be an integer, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be an integer, got {value!r}")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -550,4 +551,4 @@ def _parse_int(name: str, value: Any, default: int | None, source: str) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise ValueError(f"{source} '{name}' must be an integer, got {value!r}")
+    raise InvalidParameter(f"{source} '{name}' must be an integer, got {value!r}")
