@@ -21,3 +21,8 @@ class InvalidParameter(ModelConfigError, ValueError):
 class ModelFileNotFound(ModelConfigError, FileNotFoundError):
     """A file the model needs is not where its config says (or, saying nothing, where the layout
     puts it): the model file, its weights, a file or model a config parameter names."""
+
+
+class UnusableModelFile(ModelConfigError, ValueError):
+    """A file the model's config names (or its layout places) is there but is not what it must be:
+    not a readable checkpoint, not a layout the loader knows, a part missing that a parameter could give."""

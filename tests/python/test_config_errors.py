@@ -6,18 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import triton_python_backend_utils as pb_utils
 from sdserve_backend.backends.diffusion import settings
 from sdserve_backend.booleans import parse_bool
-from sdserve_backend.config_errors import InvalidParameter, ModelFileNotFound
+from sdserve_backend.config_errors import InvalidParameter, ModelFileNotFound, UnusableModelFile
 from sdserve_backend.engine.fp8 import parse_fp8_mode
 from sdserve_backend.main import load_error_code
+from sdserve_backend.pipelines import load_components
+from sdserve_backend.pipelines.single_file import read_shapes
 
 
 @pytest.mark.parametrize("error", [
     InvalidParameter("config parameter 'steps' must be an integer from 1 to 999, got '0'"),
     ModelFileNotFound("weights not found at /m/1; see README"),
+    UnusableModelFile("model.safetensors is not a readable .safetensors checkpoint"),
     pb_utils.TritonModelException("parameter 'mode' must be fast or slow", code=pb_utils.TritonError.INVALID_ARG),
 ])
 def test_errors_typed_as_the_configs_fail_the_load_as_invalid_arg(error: Exception) -> None:
@@ -39,6 +43,7 @@ def test_every_other_error_fails_the_load_as_internal(error: Exception) -> None:
 def test_the_typed_config_errors_stay_the_builtin_errors_callers_catch() -> None:
     assert issubclass(InvalidParameter, ValueError)
     assert issubclass(ModelFileNotFound, FileNotFoundError)
+    assert issubclass(UnusableModelFile, ValueError)
 
 
 def test_triton_model_exception_keeps_tritons_one_argument_form() -> None:
@@ -72,3 +77,16 @@ def test_missing_weights_and_files_a_parameter_names_raise_model_file_not_found(
         settings.read_checkpoint_options(tmp_path, {"vae_weights": "vae.safetensors"})
     with pytest.raises(InvalidParameter, match="config parameter 'prediction_type'"):
         settings.read_checkpoint_options(tmp_path, {"prediction_type": "sample"})
+
+
+def test_a_weights_file_the_loader_cannot_use_raises_unusable_model_file(tmp_path: Path) -> None:
+    junk = tmp_path / "model.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UnusableModelFile, match="model.safetensors is not a readable .safetensors checkpoint"):
+        read_shapes(junk)
+    text = tmp_path / "model.ckpt.txt"
+    text.write_text("weights")
+    with pytest.raises(UnusableModelFile, match="is not a .safetensors checkpoint"):
+        load_components(text, torch.device("cpu"), torch.float32)
+    with pytest.raises(ModelFileNotFound, match="is not a diffusers model folder"):
+        load_components(tmp_path, torch.device("cpu"), torch.float32)

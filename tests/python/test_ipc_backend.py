@@ -240,6 +240,18 @@ def test_a_python_model_whose_initialize_raises_fails_the_load_with_the_code_of_
     assert answer.metadata == reply
 
 
+def test_weights_the_loader_cannot_read_fail_the_load_as_invalid_arg(backend: Backend, tmp_path: Path) -> None:
+    backend.read()
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.safetensors").write_bytes(b"not a checkpoint")
+    config = {"name": "junk", "max_batch_size": 1, "parameters": {"weights": {"string_value": "model.safetensors"}}}
+
+    reply = backend.load_file(DIFFUSION_MODEL, tmp_path, config)
+
+    assert reply.metadata["error"].startswith("model.safetensors is not a readable .safetensors checkpoint: ")
+    assert reply.metadata["code"] == "INVALID_ARG"
+
+
 def test_a_missing_model_file_fails_the_load_as_invalid_arg(backend: Backend, tmp_path: Path) -> None:
     backend.read()
     reply = backend.load_file(tmp_path / "1" / "missing.py", tmp_path, {"name": "missing", "parameters": {}})

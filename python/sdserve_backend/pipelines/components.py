@@ -18,6 +18,7 @@ import torch
 from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from sdserve_backend.config_errors import InvalidParameter, ModelFileNotFound, UnusableModelFile
 from sdserve_backend.pipelines import schedulers
 from sdserve_backend.pipelines.single_file import CheckpointOptions, load_single_file
 
@@ -85,9 +86,9 @@ def load_components(
     weights = Path(weights)
     if weights.is_dir():
         if not (weights / "model_index.json").is_file():
-            raise FileNotFoundError(f"{weights} is not a diffusers model folder: it has no model_index.json")
+            raise ModelFileNotFound(f"{weights} is not a diffusers model folder: it has no model_index.json")
         if options.vae is not None or options.text_encoders is not None:
-            raise ValueError("vae_weights and text_encoder_weights complete a single-file checkpoint; "
+            raise InvalidParameter("vae_weights and text_encoder_weights complete a single-file checkpoint; "
                              f"{weights} is a diffusers folder")
         components = _load_diffusers_folder(weights, dtype, device)
     elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES and config_dir is None:
@@ -95,9 +96,9 @@ def load_components(
     elif weights.is_file() and weights.suffix in SINGLE_FILE_SUFFIXES:
         components = _load_single_file(weights, config_dir, dtype)
     elif weights.is_file():
-        raise ValueError(f"weights file {weights} is not a .safetensors checkpoint")
+        raise UnusableModelFile(f"weights file {weights} is not a .safetensors checkpoint")
     else:
-        raise FileNotFoundError(f"weights not found at {weights}")
+        raise ModelFileNotFound(f"weights not found at {weights}")
     if options.prediction_type is not None:
         components["scheduler_config"] = {**components["scheduler_config"], "prediction_type": options.prediction_type}
     return _place(components, device, dtype)
@@ -118,7 +119,7 @@ def _load_diffusers_folder(folder: Path, dtype: torch.dtype, device: torch.devic
     # The SDXL refiner has the second text encoder only.
     has_first_encoder = _is_present(model_index, "text_encoder")
     if not has_first_encoder and not is_sdxl:
-        raise ValueError(f"{folder}: the model has no text encoder (model_index.json names neither text_encoder nor text_encoder_2)")
+        raise UnusableModelFile(f"{folder}: the model has no text encoder (model_index.json names neither text_encoder nor text_encoder_2)")
     # On a GPU the safetensors are read straight into device memory (no CPU copy to move after).
     placed = {"device_map": str(device)} if device.type == "cuda" else {}
 
@@ -154,7 +155,7 @@ def _load_single_file(checkpoint: Path, config_dir: Path | None, dtype: torch.dt
     if config_dir is None:
         raise ValueError(f"loading the single-file checkpoint {checkpoint} offline needs {needed}; none was given")
     if not (Path(config_dir) / "model_index.json").is_file():
-        raise FileNotFoundError(f"config folder {config_dir} has no model_index.json; loading {checkpoint} needs {needed}")
+        raise ModelFileNotFound(f"config folder {config_dir} has no model_index.json; loading {checkpoint} needs {needed}")
 
     # Imported here: the pipeline classes pull in much of transformers, and only this path needs them.
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline

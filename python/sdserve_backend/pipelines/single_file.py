@@ -36,6 +36,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from sdserve_backend.config_errors import InvalidParameter, UnusableModelFile
+
 CONFIGS_DIR = Path(__file__).resolve().parent / "checkpoint_configs"
 MERGES_FILE = CONFIGS_DIR / "clip_merges.txt"
 ARCHITECTURES = ("sd15", "sd21", "sd21_base", "sdxl_base", "sdxl_refiner")
@@ -131,17 +133,17 @@ def read_shapes(path: Path) -> Shapes:
         with safe_open(str(path), framework="pt") as checkpoint:
             return {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path.name} is not a readable .safetensors checkpoint: {error}") from error
+        raise UnusableModelFile(f"{path.name} is not a readable .safetensors checkpoint: {error}") from error
 
 
 def detect_architecture(shapes: Shapes, prediction_type: str | None = None) -> str:
     """One of ARCHITECTURES; ValueError naming what is missing for a layout it does not know."""
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+        raise InvalidParameter(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
     if f"{UNET_PREFIX}input_blocks.0.0.weight" not in shapes:
         hint = (" (it looks like a diffusers UNet file: serve its diffusers folder instead)"
                 if "conv_in.weight" in shapes else "")
-        raise ValueError(
+        raise UnusableModelFile(
             f"not a Stable Diffusion checkpoint in the original single-file layout: it has no "
             f"'{UNET_PREFIX}input_blocks.0.0.weight'{hint}; known: SD 1.x, SD 2.x, SDXL base and refiner")
     if f"{UNET_PREFIX}label_emb.0.0.weight" in shapes:
@@ -153,11 +155,11 @@ def detect_architecture(shapes: Shapes, prediction_type: str | None = None) -> s
         by_width = {2048: "sdxl_base", 1280: "sdxl_refiner"}
         if width in by_width:
             return by_width[width]
-        raise ValueError(
+        raise UnusableModelFile(
             f"an SDXL-like checkpoint without text encoders and a {width}-wide cross-attention: it is neither "
             "SDXL base (2048) nor the refiner (1280)")
     if f"{UNET_PREFIX}label_emb.0.weight" in shapes or f"{UNET_PREFIX}label_emb.weight" in shapes:
-        raise ValueError("a UNet with class conditioning (label_emb), such as an upscaler, is not a known layout")
+        raise UnusableModelFile("a UNet with class conditioning (label_emb), such as an upscaler, is not a known layout")
     if _has_prefix(shapes, CLIP_PREFIXES["sd15"]):
         is_sd2 = False
     elif _has_prefix(shapes, OPEN_CLIP_PREFIXES["sd21"]):
@@ -167,7 +169,7 @@ def detect_architecture(shapes: Shapes, prediction_type: str | None = None) -> s
         is_sd2 = len(shapes.get(_first_key(shapes, ".proj_in.weight"), ())) == 2
     if not is_sd2:
         if prediction_type == "v_prediction":
-            raise ValueError("prediction_type 'v_prediction' needs an SD 2.x checkpoint; this one is SD 1.x")
+            raise InvalidParameter("prediction_type 'v_prediction' needs an SD 2.x checkpoint; this one is SD 1.x")
         return "sd15"
     return "sd21_base" if prediction_type == "epsilon" else "sd21"
 
@@ -179,7 +181,7 @@ def unet_config_from(shapes: Shapes, published: dict[str, Any], architecture: st
 
     def shape(name: str) -> tuple[int, ...]:
         if UNET_PREFIX + name not in shapes:
-            raise ValueError(f"the checkpoint's UNet has no '{UNET_PREFIX}{name}': not a known layout")
+            raise UnusableModelFile(f"the checkpoint's UNet has no '{UNET_PREFIX}{name}': not a known layout")
         return shapes[UNET_PREFIX + name]
 
     def transformer_depth(block: str) -> int:
@@ -189,7 +191,7 @@ def unet_config_from(shapes: Shapes, published: dict[str, Any], architecture: st
     downsamplers = sorted(
         int(match.group(1)) for key in shapes if (match := re.fullmatch(re.escape(UNET_PREFIX) + r"input_blocks\.(\d+)\.0\.op\.weight", key)))
     if not downsamplers:
-        raise ValueError("the checkpoint's UNet has no downsampling blocks: not a known layout")
+        raise UnusableModelFile("the checkpoint's UNet has no downsampling blocks: not a known layout")
     layers_per_block = downsamplers[0] - 1
     levels = len(downsamplers) + 1
     channels, attention, depths = [], [], []
@@ -230,7 +232,7 @@ def vae_config_from(shapes: Shapes, published: dict[str, Any], prefix: str) -> d
     pattern = re.compile(re.escape(f"{prefix}encoder.down.") + r"(\d+)\.block\.(\d+)\.conv1\.weight")
     blocks = [(int(m.group(1)), int(m.group(2))) for key in shapes if (m := pattern.fullmatch(key))]
     if not blocks or f"{prefix}decoder.conv_in.weight" not in shapes:
-        raise ValueError(f"no VAE in the original layout under '{prefix}'")
+        raise UnusableModelFile(f"no VAE in the original layout under '{prefix}'")
     levels = max(level for level, _ in blocks) + 1
     channels = [shapes[f"{prefix}encoder.down.{level}.block.0.conv1.weight"][0] for level in range(levels)]
     config = dict(published)
@@ -338,11 +340,11 @@ def _load_vae(sources: CheckpointSources, shapes: Shapes, weights: dict[str, tor
         vae_shapes = read_shapes(sources.vae)
         prefix = next((p for p in VAE_PREFIXES if _has_prefix(vae_shapes, p)), "")
         if f"{prefix}encoder.down_blocks.0.resnets.0.conv1.weight" in vae_shapes:
-            raise ValueError(f"vae_weights {sources.vae} is a diffusers VAE file: name its folder (with config.json) instead")
+            raise UnusableModelFile(f"vae_weights {sources.vae} is a diffusers VAE file: name its folder (with config.json) instead")
         try:
             config = vae_config_from(vae_shapes, published, prefix)
         except ValueError as error:
-            raise ValueError(f"vae_weights {sources.vae}: {error}") from None
+            raise UnusableModelFile(f"vae_weights {sources.vae}: {error}") from None
         vae_weights = load_file(str(sources.vae))
         vae_weights = {f"first_stage_model.{key[len(prefix):]}": value for key, value in vae_weights.items()
                        if key.startswith(prefix)}
@@ -350,7 +352,7 @@ def _load_vae(sources: CheckpointSources, shapes: Shapes, weights: dict[str, tor
     else:
         prefix = next((p for p in VAE_PREFIXES if _has_prefix(shapes, p)), None)
         if prefix is None:
-            raise ValueError(f"{sources.checkpoint} holds no VAE; give one with the model parameter vae_weights "
+            raise UnusableModelFile(f"{sources.checkpoint} holds no VAE; give one with the model parameter vae_weights "
                              f"(a .safetensors VAE or a diffusers VAE folder); {PARAMETER_HINT}")
         config = vae_config_from(shapes, published, prefix)
         vae_weights, where = weights, f"{sources.checkpoint}: the VAE"
@@ -387,7 +389,7 @@ def _load_text_encoders(sources: CheckpointSources, architecture: str, configs: 
         wanted.append(("text_encoder_2" if family.startswith("sdxl") else "text_encoder", OPEN_CLIP_PREFIXES[family], True))
     missing = [prefix for _, prefix, _ in wanted if not _has_prefix(shapes, prefix)]
     if missing:
-        raise ValueError(
+        raise UnusableModelFile(
             f"{where} holds no text encoder under {', '.join(repr(p) for p in missing)} ({architecture}); give them "
             "with the model parameter text_encoder_weights (a .safetensors checkpoint of the same architecture "
             f"that has them, or a diffusers model folder); {PARAMETER_HINT}")
@@ -397,7 +399,7 @@ def _load_text_encoders(sources: CheckpointSources, architecture: str, configs: 
         try:
             config = text_config_from(shapes, published, prefix, open_clip, drop_last_layer=drop_last)
         except KeyError as error:
-            raise ValueError(f"{where}: the text encoder under {prefix!r} has no {error}: not a known layout") from None
+            raise UnusableModelFile(f"{where}: the text encoder under {prefix!r} has no {error}: not a known layout") from None
         model_class = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
         with init_empty_weights():
             model = model_class(CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"}))
@@ -433,7 +435,7 @@ def _fill(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str, dt
     if missing or unexpected or wrong:
         details = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
                             for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
-        raise ValueError(f"{where} does not match its detected architecture: {details}")
+        raise UnusableModelFile(f"{where} does not match its detected architecture: {details}")
     model.load_state_dict({key: value.to(dtype).contiguous() for key, value in state.items()}, strict=True, assign=True)
     model.eval()
 
@@ -473,7 +475,7 @@ def _first_key(shapes: Shapes, suffix: str) -> str:
     for key in shapes:
         if key.startswith(UNET_PREFIX) and key.endswith(suffix):
             return key
-    raise ValueError(f"the checkpoint's UNet has no '*{suffix}': not a known layout")
+    raise UnusableModelFile(f"the checkpoint's UNet has no '*{suffix}': not a known layout")
 
 
 def _with_text_model_prefix(tensors: dict[str, Any]) -> dict[str, Any]:
