@@ -107,6 +107,52 @@ def test_layers_no_calibration_call_runs_stay_as_they_are(tiny_model_dirs: dict[
         assert torch.isfinite(unet(**calibration[0], return_dict=False)[0]).all()
 
 
+def test_a_warm_start_converts_with_the_saved_scales_to_the_same_layers_and_outputs(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The engine folder keeps the calibrated scales; converting a fresh copy of the UNet with them
+    gives the calibrated UNet's FP8 layers and exactly its outputs, without a calibration call."""
+    components = load_components(tiny_model_dirs["sdxl"], torch.device("cpu"), torch.float32)
+    unet = components.unet
+    unet.fuse_qkv_projections()
+    fresh = copy.deepcopy(unet)
+    calibration = fp8.calibration_inputs(components, unet, 64, 64, prompts=fp8.CALIBRATION_PROMPTS[:2], timestep_count=2)
+    converted = fp8.quantize_unet_static(unet, calibration)
+    scales = fp8.activation_scales(unet)
+    assert len(scales) == converted > 0
+    path = tmp_path / fp8.SCALES_FILE
+    fp8.save_scales(path, scales)
+    loaded = fp8.load_scales(path)
+    assert loaded is not None and loaded.keys() == scales.keys()
+
+    calls: list[str] = []
+    hooks = [module.register_forward_hook(lambda *_: calls.append("call")) for module in [fresh]]
+    assert fp8.quantize_unet_with_scales(fresh, loaded) == converted
+    for hook in hooks:
+        hook.remove()
+    assert not calls  # no calibration call
+    modules, fresh_modules = dict(unet.named_modules()), dict(fresh.named_modules())
+    assert {p for p in linear_paths(fresh) if is_float8(fresh_modules[p])} == {p for p in linear_paths(unet) if is_float8(modules[p])}
+    with torch.no_grad():
+        for inputs in calibration[:2]:
+            assert torch.equal(unet(**inputs, return_dict=False)[0], fresh(**inputs, return_dict=False)[0])
+
+
+def test_saved_scales_that_do_not_fit_convert_nothing_and_damaged_files_read_as_none(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    unet = load_components(tiny_model_dirs["sd"], torch.device("cpu"), torch.float32).unet
+    path = next(p for p in linear_paths(unet) if ".transformer_blocks." in p)
+    scale = torch.ones((1, 1))
+    with pytest.raises(ValueError, match="not unconverted Linear"):
+        fp8.quantize_unet_with_scales(unet, {path: scale, "down_blocks.0.no_such_layer": scale})
+    assert not any(is_float8(module) for module in unet.modules() if isinstance(module, torch.nn.Linear))
+    assert fp8.load_scales(tmp_path / "missing.safetensors") is None
+    damaged = tmp_path / fp8.SCALES_FILE
+    damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert fp8.load_scales(damaged) is None
+
+
 def test_calibration_needs_inputs() -> None:
     with pytest.raises(ValueError, match="at least one"):
         fp8.quantize_unet_static(torch.nn.Linear(16, 16), [])

@@ -13,11 +13,16 @@ than float16 (`bench/gpu/README.md`, "FP8").
 FP8 GEMMs need tensor cores of compute capability 8.9 and up (Ada, Hopper): `unavailable_reason`
 says why FP8 stays off elsewhere. On a CPU torchao emulates the float8 arithmetic, which is what the
 tests run. torchao is imported only here, and only when FP8 is asked for.
+
+The calibrated scales are kept in the engine folder (`SCALES_FILE`, safetensors): a warm start of a
+current engine converts the same layers with the saved scales instead of calibrating again, so it
+gets the same arithmetic without its calibration calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +49,8 @@ CALIBRATION_PROMPTS = (
 )
 CALIBRATION_TIMESTEP_COUNT = 5
 CALIBRATION_SEED = 0
+# The activation scale of each converted layer, by its path in the UNet, in the engine folder.
+SCALES_FILE = "fp8_scales.safetensors"
 
 
 def parse_fp8_mode(value: Any, source: str = "config parameter") -> str:
@@ -158,3 +165,52 @@ def calibration_inputs(components: Any, unet: torch.nn.Module, height: int, widt
                 call["added_cond_kwargs"] = {key: value.clone().to(dtype=dtype) for key, value in added.items()}
             calls.append(call)
     return calls
+
+
+def activation_scales(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The static activation scale of each FP8 layer of `unet`, by path (float32, on the CPU)."""
+    scales: dict[str, torch.Tensor] = {}
+    for path, module in unet.named_modules():
+        scale = getattr(getattr(module, "weight", None), "act_quant_scale", None)
+        if isinstance(module, torch.nn.Linear) and isinstance(scale, torch.Tensor):
+            scales[path] = scale.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    return scales
+
+
+def quantize_unet_with_scales(unet: torch.nn.Module, scales: Mapping[str, torch.Tensor]) -> int:
+    """Convert the layers `scales` names, in place, with those activation scales (what
+    `quantize_unet_static` computed for them before); the number converted. Raises ValueError,
+    converting nothing, when a path is not a float16 Linear layer of `unet`."""
+    from torchao.prototype.quantization.quant_api import Float8StaticActivationFloat8WeightConfig
+    from torchao.quantization import quantize_
+
+    modules = dict(unet.named_modules())
+    wrong = [path for path in scales if type(modules.get(path)) is not torch.nn.Linear
+             or type(modules[path].weight) is not torch.nn.Parameter]
+    if wrong:
+        raise ValueError(f"saved FP8 scales name {len(wrong)} layers that are not unconverted Linear layers, e.g. {wrong[0]!r}")
+    with torch.no_grad():
+        for path, scale in scales.items():
+            layer = modules[path]
+            config = Float8StaticActivationFloat8WeightConfig(act_quant_scale=scale.to(layer.weight.device))
+            quantize_(layer, config, filter_fn=lambda module, _: module is layer)
+    return len(scales)
+
+
+def save_scales(path: Path, scales: Mapping[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(dict(scales), str(temporary))
+    temporary.replace(path)
+
+
+def load_scales(path: Path) -> dict[str, torch.Tensor] | None:
+    """The scales `save_scales` wrote, or None when the file is missing or unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path)) if path.is_file() else None
+    except (OSError, SafetensorError):
+        return None

@@ -153,17 +153,6 @@ def prepare_with_report(
         vae.to(dtype=vae_dtype)
     seconds["fuse"] = time.perf_counter() - started
 
-    # FP8 before any timing or capture: the choices below are measured on the converted UNet
-    uses_fp8 = options.fp8 != "off" and fp8_off is None
-    if uses_fp8:
-        stage = time.perf_counter()
-        calibration = fp8.calibration_inputs(components, unet, height, width)
-        converted = fp8.quantize_unet_static(unet, calibration)
-        seconds["fp8"] = time.perf_counter() - stage
-        say(f"engine: FP8 ({options.fp8}): {converted} Linear layers of the UNet's transformer blocks converted, "
-            f"calibrated on {len(calibration)} calls, in {seconds['fp8']:.1f} s")
-        del calibration
-
     # 2. Reuse or measure the choices
     expected = _expected_metadata(components, placement, height, width, buckets, vae_buckets, weights, engine_dir,
                                   options, vae_dtype)
@@ -174,6 +163,13 @@ def prepare_with_report(
     report = EngineReport(status="reused" if reuse else "built", buckets=buckets, vae_buckets=vae_buckets)
     report.reason = "current engine.json" if reuse else ("forced" if force_rebuild else f"stale or missing: {', '.join(stale)}")
     say(f"engine: {report.reason}")
+
+    # FP8 before any timing or capture: the choices are measured on the converted UNet
+    uses_fp8 = options.fp8 != "off" and fp8_off is None
+    if uses_fp8:
+        stage = time.perf_counter()
+        _convert_fp8(components, unet, height, width, Path(engine_dir) if engine_dir is not None else None, reuse, options, say)
+        seconds["fp8"] = time.perf_counter() - stage
     stage = time.perf_counter()
     pool = torch.cuda.graph_pool_handle() if options.cuda_graphs else None
     if reuse:
@@ -242,6 +238,30 @@ def prepare_with_report(
     elif engine_dir is not None:
         report.metadata_path = str(Path(engine_dir) / metadata.ENGINE_FILE)
     return dataclasses.replace(components, unet=unet_runner, vae=vae_runner), report
+
+
+def _convert_fp8(components: DiffusionComponents, unet: Any, height: int, width: int, engine_dir: Path | None,
+                 reuse: bool, options: EngineOptions, say: Callable[[str], None]) -> None:
+    """The UNet's FP8 layers: with the scales a current engine saved, else calibrated (and saved)."""
+    stage = time.perf_counter()
+    scales_path = engine_dir / fp8.SCALES_FILE if engine_dir is not None else None
+    saved = fp8.load_scales(scales_path) if reuse and scales_path is not None else None
+    if saved is not None:
+        try:
+            converted = fp8.quantize_unet_with_scales(unet, saved)
+        except ValueError as err:
+            say(f"engine: FP8: the saved scales do not fit this UNet ({err}); calibrating again")
+        else:
+            say(f"engine: FP8 ({options.fp8}): {converted} Linear layers of the UNet's transformer blocks converted "
+                f"with the engine's saved scales in {time.perf_counter() - stage:.1f} s")
+            return
+    calibration = fp8.calibration_inputs(components, unet, height, width)
+    converted = fp8.quantize_unet_static(unet, calibration)
+    if scales_path is not None:
+        scales_path.parent.mkdir(parents=True, exist_ok=True)
+        fp8.save_scales(scales_path, fp8.activation_scales(unet))
+    say(f"engine: FP8 ({options.fp8}): {converted} Linear layers of the UNet's transformer blocks converted, "
+        f"calibrated on {len(calibration)} calls, in {time.perf_counter() - stage:.1f} s")
 
 
 def _forward_compiler(engine_dir: Path | None, expected: dict[str, Any], choices: dict[str, Any], options: EngineOptions,
