@@ -4,6 +4,7 @@
     python3 bench/gpu/round2.py --case sdxl --part stock --out DIR [--lock FILE --peers N]
     python3 bench/gpu/round2.py --case sdxl --part engine --out DIR [--lock FILE --peers N]
     python3 bench/gpu/round2.py --case sdxl --part engine --fp8 static --out DIR
+    python3 bench/gpu/round2.py --case sdxl --part lever --layout nchw [--fp8 static] --out DIR
 
 One process per (case, part), on random-weight full-size models (`run.py`'s `build_models`):
 - `stock`: diffusers' pipeline with `torch.compile` on its UNet (default mode), one image, then
@@ -133,8 +134,8 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    fp8_suffix = "-fp8" if args.part == "engine" and args.fp8 != "off" else ""
-    name = f"{args.case}-{args.part}" + {"stock": f"-{args.batch}", "lever": f"-{args.layout}"}.get(args.part, fp8_suffix)
+    fp8_suffix = "-fp8" if args.part in ("engine", "lever") and args.fp8 != "off" else ""
+    name = f"{args.case}-{args.part}" + {"stock": f"-{args.batch}", "lever": f"-{args.layout}{fp8_suffix}"}.get(args.part, fp8_suffix)
     coordination = Coordination(args.lock, args.peers, args.wait_s, name)
     case = base.CASES[args.case]
     steps = case["steps"]
@@ -188,6 +189,16 @@ def main() -> int:
 
         unet = parts["unet"]
         unet.fuse_qkv_projections()
+        if args.fp8 != "off":
+            # As the engine converts it (engine/fp8.py), before compiling
+            from sdserve_backend.engine import fp8
+
+            started = time.perf_counter()
+            calibration = fp8.calibration_inputs(base.sdserve_components(parts), unet, case["height"], case["width"])
+            record["fp8_layers"] = fp8.quantize_unet_static(unet, calibration)
+            record["fp8_s"] = time.perf_counter() - started
+            del calibration
+            log(f"[{args.case}] FP8: {record['fp8_layers']} layers converted in {record['fp8_s']:.1f} s")
         channels_last = args.layout == "nhwc"
         if channels_last:
             unet.to(memory_format=torch.channels_last)
@@ -206,6 +217,12 @@ def main() -> int:
         coordination.built()
         with coordination.measuring():
             record["unet_ms"][f"compiled_graph_rows2_{args.layout}"] = base.unet_call_ms(lambda: call(example), 50)
+            # The output on the example, for a same-run comparison of the parts (FP8 against float16)
+            output = call(example)
+            output = output[0] if isinstance(output, (tuple, list)) else output
+            np.save(args.scratch / f"lever_{args.case}_{args.layout}{fp8_suffix}.npy", output.float().cpu().numpy())
+            save()
+            log(f"[{args.case}] {args.layout}{fp8_suffix}: {record['unet_ms']}")
             import profile_unet
 
             record["profile_rows2"] = profile_unet.profile(runner, example)
