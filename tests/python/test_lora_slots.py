@@ -2,13 +2,18 @@
 here, the same function on the same buffers), its LoRA sites reading the slot tables, each row
 gathering its own adapters. The UNet's outputs equal those of the eager per-row LoRA path (float32)
 for one LoRA, four distinct adapter sets and rows with and without LoRAs, on fused QKV projections
-in both memory formats and with 3x3 convolutions (an LCM-LoRA's); mixes the tables cannot hold run
-eagerly with the same outputs; requests joining a step batch get their own images through them."""
+in both memory formats and with 3x3 convolutions (an LCM-LoRA's), whether the sites run the layers'
+matmuls themselves or add to their outputs; a call gathers the rows' entries once and runs each
+layer's matmul once, and the cross-attention key/value projections share one down matmul; mixes the
+tables cannot hold run eagerly with the same outputs; requests joining a step batch get their own
+images through them."""
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -76,10 +81,15 @@ def chosen(library: LoraLibrary, *loras: tuple[str, float]) -> tuple[ChosenLora,
     return library.choose(tuple(loras))
 
 
-@pytest.mark.parametrize(("variant", "channels_last"), [("sd", False), ("sd", True), ("sdxl", True)])
-def test_slot_tables_give_each_row_the_eager_lora_output(variant: str, channels_last: bool, tiny_model_dirs: dict[str, Path],
-                                                         lora_dirs: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("variant", "channels_last", "fold_base", "kept_ones"),
+                         [("sd", False, True, True), ("sd", True, True, True), ("sdxl", True, True, True),
+                          ("sd", True, False, True), ("sdxl", True, False, True), ("sdxl", True, True, False)])
+def test_slot_tables_give_each_row_the_eager_lora_output(variant: str, channels_last: bool, fold_base: bool, kept_ones: bool,
+                                                         tiny_model_dirs: dict[str, Path], lora_dirs: dict[str, Path]) -> None:
     parts, runner, library = engine_like(tiny_model_dirs, lora_dirs, variant, channels_last)
+    slots = library.unet_slots()
+    assert slots is not None
+    slots.fold_base, slots.kept_ones = fold_base, kept_ones
     kohya, peft = chosen(library, ("tiny_kohya", 0.8)), chosen(library, ("tiny_peft", 1.0))
     both = chosen(library, ("tiny_unet_peft", 1.0), ("tiny_peft", -0.5))
     lcm = chosen(library, ("tiny_lcm", 1.0))
@@ -105,6 +115,40 @@ def test_slot_tables_give_each_row_the_eager_lora_output(variant: str, channels_
         for row in range(rows):
             changed = not torch.allclose(expected[row], plain[row], **TOLERANCE)
             assert changed == (row in with_lora), f"{name}: row {row}"
+
+
+def aten_calls(call: Callable[[], object]) -> Counter[str]:
+    """How many times `call` runs each ATen operator."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        call()
+    return Counter({event.key: event.count for event in profile.key_averages() if event.key.startswith("aten::")})
+
+
+def test_a_call_gathers_once_runs_each_layer_once_and_shares_the_cross_attention_down(
+        tiny_model_dirs: dict[str, Path], lora_dirs: dict[str, Path]) -> None:
+    # SDXL's tiny UNet: every site a Linear (linear projections), so every one runs its layer itself.
+    parts, runner, library = engine_like(tiny_model_dirs, lora_dirs, "sdxl", True)
+    blocks: list[RowBlock] = [(2, chosen(library, ("tiny_kohya", 0.8))), (2, chosen(library, ("tiny_peft", 1.0)))]
+    inputs = unet_inputs(parts, 4)
+    run(runner, library, blocks, inputs)  # fills the table
+    slots = library.unet_slots()
+    assert slots is not None
+    sites = len(slots.shapes)
+    shared = [path for path, shape in slots.shapes.items() if shape.group is not None]
+    assert shared and all(path.endswith("attn2.to_kv") for path in shared)
+    assert len(shared) == sum(1 for path, _ in parts.unet.named_modules() if path.endswith("attn2.to_kv"))
+
+    plain = aten_calls(lambda: run(runner, library, [(4, ())], inputs))
+    slotted = aten_calls(lambda: run(runner, library, blocks, inputs))
+    assert slotted["aten::index_select"] - plain["aten::index_select"] == 1, "one gather per call"
+    # Per site a down and an up matmul, but one down for all the key/value projections.
+    assert slotted["aten::bmm"] - plain["aten::bmm"] == 2 * sites - (len(shared) - 1)
+    # Each adapted layer's matmul runs once, accumulating into its update.
+    assert slotted["aten::addmm_"] - plain["aten::addmm_"] == sites
+    assert plain["aten::linear"] - slotted["aten::linear"] == sites
+    # The hiddens' ones against the biases: written once per buffer shape, not per site.
+    biased = sum(1 for shape in slots.shapes.values() if shape.carries_bias)
+    assert 0 < slotted["aten::fill_"] - plain["aten::fill_"] == len(slots._ones_hidden) < biased
 
 
 def test_mixes_the_tables_cannot_hold_run_eagerly_with_the_same_outputs(tiny_model_dirs: dict[str, Path],

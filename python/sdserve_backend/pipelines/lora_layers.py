@@ -13,7 +13,7 @@ never changed: a call without adapters runs the base layer alone, and adapters c
 reloading or re-fusing anything. Layers the engine fused (one QKV projection for three) take their
 adapters' updates at the fused layer, each in its own slice of the outputs.
 
-That is the eager path. Inside the engine's captured graphs the sites read slot tables instead
+That is the eager path. Inside the engine's captured graphs the sites read a slot table instead
 (`lora_slots.LoraSlots`): each row gathers its own adapters, so it pays for those alone.
 """
 
@@ -85,12 +85,12 @@ class LoraSite(torch.nn.Module):
         return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         slots = self._owner.slots
         if slots is not None:
-            slotted = slots.apply(self, x, y)
+            slotted = slots.forward(self, x)
             if slotted is not None:
                 return slotted
+        y = self.base(x)
         update = self._owner.update_for(self.path)
         if update is None:
             return y
