@@ -35,9 +35,9 @@ from sdserve_backend.tensor_codec import array_from_payload, array_to_wire, padd
 
 log = logging.getLogger("sdserve.backend")
 
-# The reply that carries a handler's error, per request type; others get ErrorNotify.
+# The reply that carries a handler's error, per request type (a load's: `_reply_load_error`);
+# others get ErrorNotify.
 ERROR_REPLY_TYPE = {
-    MessageType.LOAD_REQUEST: MessageType.LOAD_RESPONSE,
     MessageType.EXECUTE_REQUEST: MessageType.EXECUTE_RESPONSE,
     MessageType.FINALIZE_REQUEST: MessageType.FINALIZE_RESPONSE,
 }
