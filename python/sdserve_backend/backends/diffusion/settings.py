@@ -317,7 +317,11 @@ def locate_lora_dir(version_dir: Path, parameters: Mapping[str, str]) -> Path:
     configured = str(parameters.get("lora_dir", "") or "").strip()
     if not configured:
         return version_dir / "loras"
-    return Path(configured) if Path(configured).is_absolute() else version_dir / configured
+    folder = Path(configured) if Path(configured).is_absolute() else version_dir / configured
+    if not folder.is_dir():
+        # Named explicitly, a missing folder is a mistake to report, not a model without LoRAs.
+        raise ModelFileNotFound(f"config parameter 'lora_dir' names {configured!r}, which is not a folder")
+    return folder
 
 
 def read_output_encoding(parameters_json: str, encoded_output_requested: bool) -> OutputEncoding | None:
