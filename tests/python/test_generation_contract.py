@@ -15,6 +15,7 @@ from PIL import Image
 
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.model import TritonPythonModel
+from sdserve_backend.config_errors import InvalidParameter
 
 
 def triton_parameters(**values: str) -> dict[str, dict[str, str]]:
@@ -63,6 +64,13 @@ def test_an_unknown_config_parameter_fails_the_load_naming_it_and_the_close_one(
     message = str(raised.value)
     assert message.startswith("config parameter 'stepz' is not known (did you mean 'steps'?); known: ")
     assert "guidance_scale" in message and "step_batching" in message
+
+
+def test_an_unknown_config_parameter_like_no_known_one_fails_the_load_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    with pytest.raises(InvalidParameter) as raised:
+        initialize(tmp_path, zzzzzzzz_qqq="1")
+    assert str(raised.value).startswith("config parameter 'zzzzzzzz_qqq' is not known; known: ")
 
 
 def test_every_accepted_config_parameter_is_read_without_complaint() -> None:

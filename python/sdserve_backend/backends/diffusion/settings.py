@@ -105,8 +105,8 @@ def unknown_name_message(what: str, name: str, accepted: Mapping[str, object] | 
     close = sorted(known for known in accepted if len(name) >= 3 and known.startswith(name))
     close = close or difflib.get_close_matches(name, list(accepted), n=1)
     quoted = [repr(known) for known in close]
-    options = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
-    hint = f" (did you mean {options}?)" if close else ""
+    options = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}" if quoted else ""
+    hint = f" (did you mean {options}?)" if quoted else ""
     return f"{what} {name!r} is not known{hint}; known: {', '.join(sorted(accepted))}"
 
 
