@@ -58,6 +58,7 @@ const capabilitiesSchema = {
     },
     image_output: { type: 'string', minLength: 1 },
     encoded_output: { type: 'string', minLength: 1 },
+    refiner: { type: 'string', minLength: 1 },
   },
 };
 

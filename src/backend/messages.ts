@@ -111,6 +111,8 @@ export interface CapabilitiesMeta {
   image_output?: string;
   /** A BYTES [B, 1] output holding each image as a file in `output_format`, produced only when requested by name. */
   encoded_output?: string;
+  /** The refiner model (of the same repository) that finishes its text-to-image requests, under `high_noise_fraction`. */
+  refiner?: string;
 }
 
 export interface LoadResponseMeta {

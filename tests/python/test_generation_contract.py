@@ -112,6 +112,7 @@ def test_the_model_declares_its_tasks_batching_and_parameters_with_the_configs_d
     assert set(declared["config_parameters"]) == set(model_settings.CONFIG_PARAMETERS)
     assert [output["name"] for output in declared["outputs"]] == ["generated_image", "generated_image_encoded"]
     assert (declared["image_output"], declared["encoded_output"]) == ("generated_image", "generated_image_encoded")
+    assert "refiner" not in declared and "high_noise_fraction" not in parameters
     json.dumps(declared)  # it travels as JSON
 
 

@@ -268,5 +268,6 @@ def test_a_base_model_holds_one_copy_of_what_its_refiner_shares_with_it(tiny_mod
         assert refiner.text_encoder_2 is base.text_encoder_2 and refiner.vae is base.vae
         assert refiner.unet is not base.unet
         assert model.capabilities()["parameters"]["high_noise_fraction"]["default"] == 0.6
+        assert model.capabilities()["refiner"] == "tiny_refiner"
     finally:
         model.finalize()

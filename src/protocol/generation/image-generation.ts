@@ -254,6 +254,8 @@ export interface GenerationCapabilities {
   output_formats: OutputFormat[];
   /** Declared request parameters by name; empty when the backend declares none. */
   parameters: Record<string, ParameterSpec>;
+  /** The refiner model that finishes its text-to-image requests (`high_noise_fraction`), if it has one. */
+  refiner?: string;
 }
 
 export function generationCapabilities(core: InferenceCore, name: string, version?: string): GenerationCapabilities {
@@ -273,5 +275,6 @@ export function generationCapabilities(core: InferenceCore, name: string, versio
     inputs: metadata.inputs.map((input) => input.name),
     output_formats: model.encodedOutput === undefined ? ['png'] : [...OUTPUT_FORMATS],
     parameters: declared?.parameters ?? {},
+    ...(declared?.refiner !== undefined && { refiner: declared.refiner }),
   };
 }

@@ -5,6 +5,7 @@
  * `GET /sdapi/v1/sd-models` and `/sdapi/v1/samplers` list what may be asked for. A thin mapping
  * onto the generation module; A1111 fields that would change the image but sdserve does not
  * implement (hires fix, face restoration, variation seeds, scripts) are errors, not ignored.
+ * `refiner_checkpoint` and `refiner_switch_at` drive the refiner the model's backend declares.
  */
 import { randomInt } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
@@ -40,6 +41,8 @@ const SAMPLERS: Record<string, string> = {
   UniPC: 'unipc',
 };
 
+type Route = 'txt2img' | 'img2img';
+
 /** A1111 seeds are 32-bit; -1 asks for a random one. */
 const MAX_SEED = 2 ** 32 - 1;
 
@@ -59,6 +62,8 @@ interface Txt2ImgBody {
   send_images?: boolean;
   override_settings?: { sd_model_checkpoint?: string } & Record<string, unknown>;
   enable_hr?: boolean;
+  refiner_checkpoint?: string | null;
+  refiner_switch_at?: number | null;
   [field: string]: unknown;
 }
 
@@ -82,6 +87,17 @@ export const txt2imgBodySchema = {
     send_images: { type: 'boolean' },
     override_settings: nullable('object'),
     enable_hr: nullable('boolean'),
+    refiner_checkpoint: {
+      ...nullable('string'),
+      description: "The model's refiner (its config parameter `refiner`), by name or A1111 title "
+        + '("name", "name.safetensors", "name.safetensors [hash]"); empty, null or "None": the model as configured. '
+        + 'Text-to-image only.',
+    },
+    refiner_switch_at: {
+      ...nullable('number'), minimum: 0, maximum: 1,
+      description: 'With refiner_checkpoint: the fraction of the steps after which the refiner takes over, in (0, 1] '
+        + "(the request's high_noise_fraction; 1: the base alone; null: the model's default). Ignored without one, as in A1111.",
+    },
   },
 } as const;
 
@@ -139,8 +155,6 @@ const NEUTRAL_FIELDS: Record<string, (value: unknown) => boolean> = {
   s_tmin: (v) => v === null || v === 0,
   s_noise: (v) => v === null || v === 1,
   override_settings_restore_afterwards: (v) => v === null || typeof v === 'boolean',
-  refiner_checkpoint: (v) => v === null || v === '',
-  refiner_switch_at: (v) => v === null || v === 0,
   disable_extra_networks: (v) => v === null || typeof v === 'boolean',
   comments: (v) => v === null || (typeof v === 'object' && Object.keys(v as object).length === 0),
   script_name: (v) => v === null || v === '',
@@ -161,7 +175,7 @@ const NEUTRAL_FIELDS: Record<string, (value: unknown) => boolean> = {
 const HIRES_FIELD = /^(hr_|firstphase_|denoising_strength$)/;
 
 /** Unknown fields, and known ones set to what sdserve cannot do, are the client's to hear of. */
-function fieldChecker(route: 'txt2img' | 'img2img') {
+function fieldChecker(route: Route) {
   const mapped = route === 'txt2img' ? MAPPED_FIELDS : IMG2IMG_MAPPED_FIELDS;
   const known = [...mapped, ...Object.keys(NEUTRAL_FIELDS)];
   return async (request: FastifyRequest): Promise<void> => {
@@ -205,10 +219,57 @@ function declaredDefault(model: ImageModel, name: string): ParameterValue | unde
   return value === null ? undefined : value;
 }
 
-/** The settings one txt2img request runs with, its seed drawn when it asked for a random one. */
-function settingsOf(model: ImageModel, body: Txt2ImgBody) {
+/** `refiner_checkpoint` values that ask for no refiner ("None" is A1111's own list entry for none). */
+const NO_REFINER_CHECKPOINTS = ['', 'None', 'none'];
+
+/**
+ * The model name in an A1111 checkpoint title: "name.safetensors [hash]", "name.safetensors" or
+ * "name". sdserve's models have no hash (sd-models lists none), so the bracket is not compared.
+ */
+function checkpointName(title: string): string {
+  return title.trim().replace(/\s*\[[0-9a-fA-F]+\]$/, '').replace(/\.(safetensors|ckpt)$/i, '');
+}
+
+/**
+ * The request's `high_noise_fraction` from A1111's refiner fields, or undefined to run the model as
+ * configured. `refiner_checkpoint` must name the refiner the model's backend declares
+ * (capabilities `refiner`), and `refiner_switch_at` (A1111: the fraction of the steps after which
+ * the refiner takes over) is the fraction; without it, the model's default. Without a checkpoint
+ * A1111 runs no refiner and ignores the switch; so does this mapping.
+ */
+function highNoiseFraction(route: Route, model: ImageModel, body: Txt2ImgBody): number | undefined {
+  const checkpoint = body.refiner_checkpoint ?? '';
+  if (NO_REFINER_CHECKPOINTS.includes(checkpoint.trim())) return undefined;
+  const field = `${route}: "refiner_checkpoint" ${JSON.stringify(checkpoint)}`;
+  if (route === 'img2img') throw invalidArg(`${field}: sdserve runs a refiner after text-to-image only; leave it empty for img2img`);
+  const refiner = model.capabilities?.refiner;
+  if (refiner === undefined) {
+    throw invalidArg(`${field}: model '${model.name}' has no refiner (its config parameter "refiner" names none); leave it empty`);
+  }
+  if (checkpointName(checkpoint) !== refiner) {
+    throw invalidArg(`${field} is not the refiner of model '${model.name}': its refiner is '${refiner}'`);
+  }
+  const switchAt = body.refiner_switch_at ?? undefined;
+  if (switchAt === 0) {
+    throw invalidArg(`${route}: "refiner_switch_at" 0 leaves every step to the refiner, which sdserve runs only after the base: `
+      + 'give the fraction of the steps after which the refiner takes over, in (0, 1] (1: the base alone)');
+  }
+  return switchAt;
+}
+
+/** The refiner and its switch as the infotext reports them, when the refiner finishes the request's images. */
+function refinerRun(route: Route, model: ImageModel, fraction: number | undefined): { name: string; switchAt: number } | undefined {
+  const name = model.capabilities?.refiner;
+  const switchAt = fraction ?? declaredDefault(model, 'high_noise_fraction');
+  if (route !== 'txt2img' || name === undefined || typeof switchAt !== 'number' || switchAt >= 1) return undefined;
+  return { name, switchAt };
+}
+
+/** The settings one txt2img or img2img request runs with, its seed drawn when it asked for a random one. */
+function settingsOf(model: ImageModel, body: Txt2ImgBody, route: Route) {
   const scheduler = schedulerOf(body);
   const samplerName = Object.entries(SAMPLERS).find(([, name]) => name === (scheduler ?? declaredDefault(model, 'scheduler')))?.[0];
+  const fraction = highNoiseFraction(route, model, body);
   // Checked before any list of batch_size prompts is made: a huge one is a 400, not a failed allocation.
   if (body.batch_size !== undefined && body.batch_size > model.maxImages) {
     throw invalidArg(`"batch_size" ${body.batch_size}: model '${model.name}' makes 1 to ${model.maxImages} image(s) per request`);
@@ -225,6 +286,8 @@ function settingsOf(model: ImageModel, body: Txt2ImgBody) {
     cfgScale: body.cfg_scale ?? declaredDefault(model, 'guidance_scale'),
     width: body.width ?? declaredDefault(model, 'width'),
     height: body.height ?? declaredDefault(model, 'height'),
+    highNoiseFraction: fraction,
+    refiner: refinerRun(route, model, fraction),
   };
 }
 
@@ -247,6 +310,7 @@ function imageRequest(settings: Settings, body: Txt2ImgBody, iteration: number):
   if (body.cfg_scale !== undefined) parameters.guidance_scale = body.cfg_scale;
   if (body.width !== undefined) parameters.width = body.width;
   if (body.height !== undefined) parameters.height = body.height;
+  if (settings.highNoiseFraction !== undefined) parameters.high_noise_fraction = settings.highNoiseFraction;
   return {
     prompts: Array<string>(settings.batchSize).fill(settings.prompt),
     ...(settings.negativePrompt !== '' && { negativePrompts: [settings.negativePrompt] }),
@@ -263,6 +327,7 @@ function infotext(settings: Settings, model: ImageModel, seed: number): string {
     ['Steps', settings.steps], ['Sampler', settings.samplerName], ['CFG scale', settings.cfgScale], ['Seed', seed],
     ['Size', settings.width !== undefined && settings.height !== undefined ? `${settings.width}x${settings.height}` : undefined],
     ['Model', model.name],
+    ['Refiner', settings.refiner?.name], ['Refiner switch at', settings.refiner?.switchAt],
   ];
   lines.push(fields.filter(([, value]) => value !== undefined).map(([key, value]) => `${key}: ${String(value)}`).join(', '));
   return lines.join('\n');
@@ -291,7 +356,7 @@ async function generate(
   inputs?: Pick<ImageRequest, 'images' | 'masks'> & { parameters: Parameters },
 ): Promise<Record<string, unknown>> {
   const model = chooseImageModel(core, body.override_settings?.sd_model_checkpoint ?? undefined);
-  const settings = settingsOf(model, body);
+  const settings = settingsOf(model, body, inputs === undefined ? 'txt2img' : 'img2img');
   // 1. one request per iteration, in turn, as A1111 runs them
   const images: Buffer[] = [];
   const seeds: number[] = [];
@@ -313,6 +378,8 @@ async function generate(
     steps: settings.steps, batch_size: settings.batchSize, restore_faces: false, sd_model_name: model.name,
     index_of_first_image: 0, infotexts: seeds.map((seed) => infotext(settings, model, seed)),
     styles: [], job_timestamp: new Date().toISOString(),
+    extra_generation_params: settings.refiner === undefined ? {}
+      : { Refiner: settings.refiner.name, 'Refiner switch at': settings.refiner.switchAt },
     ...(inputs !== undefined && { denoising_strength: inputs.parameters.strength }),
   };
   const { init_images: _images, mask: _mask, ...echoed } = body as Partial<Img2ImgBody>;

@@ -247,6 +247,11 @@ const components = {
           description: 'Request parameters by name: type, minimum, maximum, multiple_of, enum, default, aliases, description, examples.',
           additionalProperties: { type: 'object' },
         },
+        refiner: {
+          type: 'string',
+          description: 'The refiner model of the repository that finishes text-to-image requests under `high_noise_fraction` '
+            + '(the config parameter `refiner`); absent when the model has none.',
+        },
       },
     },
     ModelConfig: {
@@ -591,7 +596,8 @@ export const OPENAPI_DOCUMENT = {
         requestBody: { required: true, content: json(ref('Txt2ImgRequest')) },
         responses: {
           200: { description: 'PNG images, the request as run, and `info`.', content: json(ref('Txt2ImgResponse')) },
-          400: errorReply('An unknown field or sampler, a value sdserve cannot honour, or a model that is not text-to-image.'),
+          400: errorReply('An unknown field or sampler, a value sdserve cannot honour, a refiner_checkpoint that is not the '
+            + "model's refiner or a refiner_switch_at it cannot take, or a model that is not text-to-image."),
           500: errorReply('The backend failed while running the request.'),
           503: errorReply('No text-to-image model is ready, or the queue is full.'),
         },

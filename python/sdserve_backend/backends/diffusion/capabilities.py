@@ -88,7 +88,7 @@ def declare(defaults: ModelDefaults, max_images: int, max_steps: int, lora_names
             "aliases": ["refiner_switch_at"],
             "description": f"text-to-image: the fraction of the schedule this model runs before its refiner "
                            f"{defaults.refiner!r} takes over (1: this model alone)"}
-    return {
+    declared: dict[str, Any] = {
         "tasks": [task for task in TASKS if not (is_refiner and task == "text_to_image")],
         "batching": "step" if defaults.step_batching else "request",
         "max_images": max(1, max_images),
@@ -99,3 +99,8 @@ def declare(defaults: ModelDefaults, max_images: int, max_steps: int, lora_names
         "parameters": parameters,
         "config_parameters": sorted(model_settings.CONFIG_PARAMETERS),
     }
+    if defaults.refiner:
+        # The refiner model of this repository that finishes text-to-image requests, by name, for
+        # front ends that let clients name it (Automatic1111's `refiner_checkpoint`).
+        declared["refiner"] = defaults.refiner
+    return declared
