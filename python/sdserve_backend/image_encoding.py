@@ -60,6 +60,9 @@ class GenerationInfo:
     # Images of one request share its seed; the position tells which one this is.
     batch_size: int = 1
     batch_position: int = 0
+    # The refiner that finished the image, and the fraction of the schedule before it took over.
+    refiner: str | None = None
+    refiner_switch_at: float | None = None
 
     def as_text(self) -> str:
         """Automatic1111's `parameters` text."""
@@ -74,6 +77,8 @@ class GenerationInfo:
             f"Size: {self.width}x{self.height}",
             f"Model: {self.model}",
         ]
+        if self.refiner is not None:
+            fields += [f"Refiner: {self.refiner}", f"Refiner switch at: {self.refiner_switch_at:g}"]
         if self.batch_size > 1:
             fields += [f"Batch size: {self.batch_size}", f"Batch pos: {self.batch_position}"]
         lines.append(", ".join(fields))

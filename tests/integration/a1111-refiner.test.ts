@@ -32,6 +32,20 @@ function pixels(base64: string): Buffer {
   return PNG.sync.read(Buffer.from(base64, 'base64')).data;
 }
 
+/** A PNG's `parameters` tEXt chunk (Automatic1111's generation parameters), if it has one. */
+function parametersText(base64: string): string | undefined {
+  const file = Buffer.from(base64, 'base64');
+  for (let offset = 8; offset + 8 <= file.length;) {
+    const length = file.readUInt32BE(offset);
+    const data = file.subarray(offset + 8, offset + 8 + length);
+    if (file.toString('latin1', offset + 4, offset + 8) === 'tEXt' && data.toString('latin1').startsWith('parameters\0')) {
+      return data.toString('latin1').slice('parameters\0'.length);
+    }
+    offset += 12 + length;
+  }
+  return undefined;
+}
+
 describe('A1111 refiner_checkpoint and refiner_switch_at', () => {
   let server: ServerProcess;
   let repository: ReturnType<typeof makeRepository>;
@@ -43,12 +57,14 @@ describe('A1111 refiner_checkpoint and refiner_switch_at', () => {
     return { status: response.status, body: await response.json() as Record<string, any> };
   };
 
-  /** One txt2img image's pixels, and its infotext. */
+  /** One txt2img image's pixels, its infotext, and the parameters its PNG carries. */
   const txt2img = async (fields: object) => {
     const { status, body } = await post('/sdapi/v1/txt2img', { ...REQUEST, ...fields });
     assert.equal(status, 200, JSON.stringify(body));
     assert.equal(body.images.length, 1);
-    return { pixels: pixels(body.images[0]), infotext: JSON.parse(body.info).infotexts[0] as string };
+    return {
+      pixels: pixels(body.images[0]), infotext: JSON.parse(body.info).infotexts[0] as string, pngText: parametersText(body.images[0]),
+    };
   };
 
   before(async () => {
@@ -85,17 +101,20 @@ describe('A1111 refiner_checkpoint and refiner_switch_at', () => {
     assert.equal(files.length, 1);
     assert.ok(refined.pixels.equals(pixels(files[0])), 'A1111 refiner image differs from generate\'s with high_noise_fraction 0.5');
     assert.match(refined.infotext, /, Model: tiny_sdxl_refined, Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.5$/);
+    assert.match(refined.pngText ?? '', /, Model: tiny_sdxl_refined, Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.5$/);
 
     // A1111's title form of the same checkpoint; a switch of 1 leaves every step to the base.
     const baseOnly = await txt2img({ refiner_checkpoint: `${REFINER}.safetensors [0123abcdef]`, refiner_switch_at: 1 });
     assert.equal(baseOnly.pixels.length, refined.pixels.length);
     assert.ok(!baseOnly.pixels.equals(refined.pixels), 'the refiner changed nothing');
     assert.doesNotMatch(baseOnly.infotext, /Refiner/);
+    assert.match(baseOnly.pngText ?? '', /, Model: tiny_sdxl_refined$/);
   });
 
   test('without a checkpoint ("", null or A1111\'s "None") the switch is ignored and the model runs as configured', async () => {
     const configured = await txt2img({});
     assert.match(configured.infotext, /Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.8$/);
+    assert.match(configured.pngText ?? '', /Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.8$/);
     for (const checkpoint of ['', null, 'None']) {
       const ignored = await txt2img({ refiner_checkpoint: checkpoint, refiner_switch_at: 0.5 });
       assert.ok(ignored.pixels.equals(configured.pixels), `refiner_checkpoint ${JSON.stringify(checkpoint)} with a switch changed the image`);

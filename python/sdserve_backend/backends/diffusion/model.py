@@ -46,6 +46,7 @@ from sdserve_backend.pipelines import (
     resolve_scheduler_class,
 )
 from sdserve_backend.pipelines.few_step import few_step_defaults
+from sdserve_backend.pipelines.text_to_image import uses_refiner
 from sdserve_backend.pipelines.schedulers import max_inference_steps
 
 OUTPUT_NAME = "generated_image"
@@ -232,6 +233,7 @@ class TritonPythonModel:
     def _info(self, job: Job, index: int) -> GenerationInfo:
         request, settings = job.request, job.settings
         scheduler = resolve_scheduler_class(settings.scheduler, self.pipeline.components.scheduler_class)
+        refined = bool(self.defaults.refiner) and request.task_name == "text_to_image" and uses_refiner(request)
         return GenerationInfo(
             # The LoRAs as Automatic1111 writes them in its prompt, so the parameters text reproduces the image.
             prompt=request.prompts[index] + "".join(f" <lora:{c.adapter.name}:{c.scale:g}>" for c in request.loras),
@@ -245,6 +247,8 @@ class TritonPythonModel:
             model=self.model_name,
             batch_size=len(request.prompts),
             batch_position=index,
+            refiner=self.defaults.refiner if refined else None,
+            refiner_switch_at=request.high_noise_fraction if refined else None,
         )
 
     def _parse(self, request: Any) -> Job | Exception:
