@@ -3,15 +3,22 @@ for an exception's message or for a ValueError raised anywhere else."""
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import resource
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import triton_python_backend_utils as pb_utils
 from sdserve_backend.backends.diffusion import settings
+from sdserve_backend.backends.diffusion.model import TritonPythonModel
 from sdserve_backend.booleans import parse_bool
-from sdserve_backend.config_errors import InvalidParameter, ModelFileNotFound, UnusableModelFile
+from sdserve_backend.config_errors import InvalidParameter, ModelConfigError, ModelFileNotFound, UnusableModelFile
 from sdserve_backend.engine.fp8 import parse_fp8_mode
 from sdserve_backend.main import load_error_code
 from sdserve_backend.pipelines import load_components
@@ -90,3 +97,53 @@ def test_a_weights_file_the_loader_cannot_use_raises_unusable_model_file(tmp_pat
         load_components(text, torch.device("cpu"), torch.float32)
     with pytest.raises(ModelFileNotFound, match="is not a diffusers model folder"):
         load_components(tmp_path, torch.device("cpu"), torch.float32)
+
+
+def test_a_checkpoint_the_server_cannot_open_for_want_of_file_descriptors_fails_the_load_as_internal(
+        tmp_path: Path) -> None:
+    """Out of file descriptors (or memory, or an I/O error) the server fails, not the config: the
+    same readable checkpoint loads once descriptors are free again."""
+    checkpoint = tmp_path / "model.safetensors"
+    save_file({"first_stage_model.decoder.conv_in.weight": torch.zeros(1)}, str(checkpoint))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1, hard))
+    try:
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as error:
+                assert error.errno == errno.EMFILE
+                break
+        with pytest.raises(Exception) as raised:
+            read_shapes(checkpoint)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not isinstance(raised.value, ModelConfigError), raised.value
+    assert load_error_code(raised.value) == "INTERNAL"
+    assert read_shapes(checkpoint) == {"first_stage_model.decoder.conv_in.weight": (1,)}
+
+
+def test_a_refiner_the_repository_cannot_give_is_named_without_the_servers_folders(
+        tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """The config names the refiner by its model name; the 400 says what is wrong with that model
+    without the repository's place on the host, which the caller never gave."""
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_model_dirs["sd"], repository / "tiny_sd" / "1")
+    (repository / "empty_refiner" / "1").mkdir(parents=True)
+    expected = {
+        "no_such_model": "config parameter 'refiner': no model 'no_such_model' with a version folder in the model repository",
+        "empty_refiner": "config parameter 'refiner': model 'empty_refiner': weights not found at empty_refiner/1/1.5-pytorch_model",
+    }
+    for refiner, message in expected.items():
+        config = {"name": "tiny_sd", "max_batch_size": 1, "parameters": {"refiner": {"string_value": refiner}}}
+        with pytest.raises(ModelFileNotFound) as raised:
+            TritonPythonModel().initialize({
+                "model_config": json.dumps(config), "model_repository": str(repository / "tiny_sd"), "model_version": "1",
+                "model_name": "tiny_sd", "model_instance_kind": "CPU", "model_instance_device_id": "0",
+            })
+        assert str(raised.value).startswith(message), raised.value
+        assert str(repository) not in str(raised.value)
+        assert load_error_code(raised.value) == "INVALID_ARG"

@@ -132,8 +132,9 @@ def read_shapes(path: Path) -> Shapes:
     try:
         with safe_open(str(path), framework="pt") as checkpoint:
             return {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}
-    except (SafetensorError, OSError) as error:
+    except (SafetensorError, PermissionError) as error:
         raise UnusableModelFile(f"{path.name} is not a readable .safetensors checkpoint: {error}") from error
+    # Any other OSError (no file descriptor or memory left, an I/O error) is the server's, not the file's.
 
 
 def detect_architecture(shapes: Shapes, prediction_type: str | None = None) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +32,7 @@ from sdserve_backend import input_images
 from sdserve_backend.backends.diffusion import capabilities
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.batching import Job, run_jobs
-from sdserve_backend.config_errors import InvalidParameter, ModelFileNotFound
+from sdserve_backend.config_errors import InvalidParameter, ModelConfigError, ModelFileNotFound
 from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
 from sdserve_backend.image_encoding import GenerationInfo, encode_image
 from sdserve_backend.pipelines.prompts import MAX_PROMPT_CHUNKS
@@ -128,9 +129,14 @@ class TritonPythonModel:
         versions = sorted((int(entry.name) for entry in refiner_dir.iterdir() if entry.name.isdigit() and entry.is_dir()),
                           reverse=True) if refiner_dir.is_dir() else []
         if not versions:
-            raise ModelFileNotFound(f"config parameter 'refiner': no model {name!r} with a version folder in {model_dir.parent}")
-        weights = model_settings.resolve_weights(refiner_dir / str(versions[0]), "", "")
-        refiner = load_components(weights, placement.device, placement.dtype)
+            raise ModelFileNotFound(f"config parameter 'refiner': no model {name!r} with a version folder in the model repository")
+        try:
+            weights = model_settings.resolve_weights(refiner_dir / str(versions[0]), "", "")
+            refiner = load_components(weights, placement.device, placement.dtype)
+        except ModelConfigError as error:
+            # The caller named a model, not the repository's place on this host: its files are named from the repository.
+            where = f"{model_dir.parent}{os.sep}"
+            raise type(error)(f"config parameter 'refiner': model {name!r}: {str(error).replace(where, '')}") from None
         if not refiner.requires_aesthetics_score or not base.is_sdxl:
             raise InvalidParameter(f"config parameter 'refiner': {name!r} must be an SDXL refiner (its model_index.json sets "
                              "requires_aesthetics_score) and this model an SDXL base")
