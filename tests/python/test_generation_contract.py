@@ -15,7 +15,7 @@ from PIL import Image
 
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.model import TritonPythonModel
-from sdserve_backend.config_errors import InvalidParameter
+from sdserve_backend.config_errors import InvalidParameter, ModelConfigError
 
 
 def triton_parameters(**values: str) -> dict[str, dict[str, str]]:
@@ -71,6 +71,22 @@ def test_an_unknown_config_parameter_like_no_known_one_fails_the_load_naming_it(
     with pytest.raises(InvalidParameter) as raised:
         initialize(tmp_path, zzzzzzzz_qqq="1")
     assert str(raised.value).startswith("config parameter 'zzzzzzzz_qqq' is not known; known: ")
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("lora_slots", "1", "config parameter 'lora_slots' must be 0 (off) or an integer from 2 to 256"),
+    ("steps", "0", "config parameter 'steps' must be an integer from 1 to "),
+    ("engine_fp8", "dynamic", "config parameter 'engine_fp8' must be one of 'off', 'static'"),
+    ("lora_dir", "no_such_folder", "config parameter 'lora_dir' names 'no_such_folder', which is not a folder"),
+])
+def test_a_bad_config_value_fails_the_load_before_any_weights_are_looked_for(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    # This folder has no weights: a load that reached them would fail with "weights not found".
+    (tmp_path / "1").mkdir()
+    with pytest.raises(ModelConfigError) as raised:
+        initialize(tmp_path, **{name: value})
+    assert str(raised.value).startswith(message)
 
 
 def test_every_accepted_config_parameter_is_read_without_complaint() -> None:

@@ -34,6 +34,7 @@ from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.batching import Job, run_jobs
 from sdserve_backend.config_errors import InvalidParameter, ModelConfigError, ModelFileNotFound
 from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
+from sdserve_backend.engine.build import engine_options
 from sdserve_backend.image_encoding import GenerationInfo, encode_image
 from sdserve_backend.pipelines.prompts import MAX_PROMPT_CHUNKS
 from sdserve_backend.pipelines import (
@@ -59,12 +60,16 @@ ENCODER_THREADS = 2
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        # 1. Read the config; a name the backend does not read fails the load before any weights do
+        # 1. Read the config; a name or value the backend refuses fails the load before any weights
+        # load or engine build (minutes on a GPU). The defaults are read again once the model is
+        # known (its image size, a few-step model's own defaults); the values checked stay the same.
         model_config = json.loads(args["model_config"])
         parameters = model_settings.config_parameters(model_config)
-        model_settings.check_config_parameter_names(parameters)
+        model_settings.read_model_defaults(parameters, model_settings.PRECHECK_IMAGE_SIZE)
+        engine_options(dict(parameters))
         self.model_name = str(args.get("model_name", ""))
         version_dir = Path(args["model_repository"]) / str(args.get("model_version", "1"))
+        lora_dir = model_settings.locate_lora_dir(version_dir, parameters)
         version = parameters.get("version", "").strip()
 
         # 2. Find the weights and choose the device
@@ -103,7 +108,7 @@ class TritonPythonModel:
         if self.defaults.refiner:
             refiner = self._load_refiner(Path(args["model_repository"]), self.defaults.refiner, placement, components)
         self.pipeline = TextToImagePipeline(components, prompt_cache_size=self.defaults.prompt_cache_size,
-                                            lora_dir=model_settings.locate_lora_dir(version_dir, parameters),
+                                            lora_dir=lora_dir,
                                             lora_cache_size=self.defaults.lora_cache_size, refiner=refiner,
                                             lora_slots=self.defaults.lora_slots, lora_max_rank=self.defaults.lora_max_rank)
         max_images = int(model_config.get("max_batch_size", 0) or 0)

@@ -152,6 +152,10 @@ DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE_SCALE = 7.5
 
 
+# A valid image size for checking a config's values before the model's own size is known.
+PRECHECK_IMAGE_SIZE = 512
+
+
 def read_model_defaults(parameters: Mapping[str, str], default_image_size: int, default_steps: int = DEFAULT_STEPS,
                         default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE) -> ModelDefaults:
     """Check the config parameters; raises InvalidParameter naming the first bad one (an unknown name
