@@ -13,6 +13,7 @@ import pytest
 import triton_python_backend_utils as pb_utils
 from PIL import Image
 
+from bad_config_values import BAD_CONFIG_VALUES
 from sdserve_backend.backends.diffusion import settings as model_settings
 from sdserve_backend.backends.diffusion.model import TritonPythonModel
 from sdserve_backend.config_errors import InvalidParameter, ModelConfigError
@@ -73,11 +74,8 @@ def test_an_unknown_config_parameter_like_no_known_one_fails_the_load_naming_it(
     assert str(raised.value).startswith("config parameter 'zzzzzzzz_qqq' is not known; known: ")
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("lora_slots", "1", "config parameter 'lora_slots' must be 0 (off) or an integer from 2 to 256"),
+@pytest.mark.parametrize(("name", "value", "message"), BAD_CONFIG_VALUES + [
     ("steps", "0", "config parameter 'steps' must be an integer from 1 to "),
-    ("engine_fp8", "dynamic", "config parameter 'engine_fp8' must be one of 'off', 'static'"),
-    ("lora_dir", "no_such_folder", "config parameter 'lora_dir' names 'no_such_folder', which is not a folder"),
 ])
 def test_a_bad_config_value_fails_the_load_before_any_weights_are_looked_for(
     tmp_path: Path, name: str, value: str, message: str
