@@ -76,3 +76,8 @@ export function toSdserveError(err: unknown, code: ErrorCode = 'SDS_ERR_INTERNAL
 }
 
 export const invalidArg = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG', message);
+
+/** Whose error a failed model load is: the config's (the core's checks or the backend's refusal), else the server's. */
+export function loadFailureCode(err: unknown): 'SDS_ERR_CONFIG' | 'SDS_ERR_BACKEND' {
+  return err instanceof SdserveError && err.code === 'SDS_ERR_CONFIG' ? 'SDS_ERR_CONFIG' : 'SDS_ERR_BACKEND';
+}

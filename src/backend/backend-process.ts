@@ -15,7 +15,7 @@ import type { Readable } from 'node:stream';
 
 import { setStageTimings } from '../core/stage-timings.js';
 import type { ImagePreview, InferRequest, InferResponse, StreamedAnswer } from '../core/types.js';
-import { SdserveError, toSdserveError, type ErrorCode } from '../errors.js';
+import { loadFailureCode, SdserveError, toSdserveError, type ErrorCode } from '../errors.js';
 import { encodeFrame, FrameDecoder, type Frame, type MalformedFrameError } from './frame.js';
 import { helloProblem, loadResponseProblem, progressProblem, responseNotifyProblem } from './message-checks.js';
 import {
@@ -198,8 +198,7 @@ export class BackendProcess extends EventEmitter<BackendProcessEvents> {
     } catch (err) {
       await backend.kill();
       const message = err instanceof Error ? err.message : String(err);
-      const code = err instanceof SdserveError && err.code === 'SDS_ERR_CONFIG' ? 'SDS_ERR_CONFIG' : 'SDS_ERR_BACKEND';
-      throw new SdserveError(code, message, { cause: err });
+      throw new SdserveError(loadFailureCode(err), message, { cause: err });
     }
   }
 

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import type { BackendSpareSource, CapabilitiesMeta } from '../backend/index.js';
-import { SdserveError, type ErrorCode } from '../errors.js';
+import { loadFailureCode, SdserveError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { withParameterPosition } from '../repository/index.js';
 import type { ModelConfig, ModelInput, ModelOutput, QueuePolicy } from '../repository/model-config-types.js';
@@ -122,7 +122,7 @@ export class ServedModel {
     } catch (err) {
       this.state = 'UNAVAILABLE';
       this.reason = (err as Error).message;
-      this.loadFailure = failureCode(err);
+      this.loadFailure = loadFailureCode(err);
       return;
     }
     const instances = specs.map((spec) => new ModelInstance(
@@ -135,7 +135,7 @@ export class ServedModel {
       await Promise.all(instances.map((instance) => instance.stop(this.runtime.stopGraceMs)));
       this.state = 'UNAVAILABLE';
       this.reason = withParameterPosition((failure.reason as Error).message, this.config);
-      this.loadFailure = failureCode(failure.reason);
+      this.loadFailure = loadFailureCode(failure.reason);
       return;
     }
     this.instances = instances;
@@ -253,11 +253,6 @@ export class ServedModel {
 let nextRequestNumber = 1;
 
 /** Turns step reports into progress with the elapsed time and an estimate of the time left. */
-/** A load failure's code: the config's (the core's checks or the backend's refusal), else the server's. */
-function failureCode(err: unknown): ErrorCode {
-  return err instanceof SdserveError && err.code === 'SDS_ERR_CONFIG' ? 'SDS_ERR_CONFIG' : 'SDS_ERR_BACKEND';
-}
-
 function progressReporter(onProgress: ProgressCallback): RequestProgress {
   let firstReport: number | undefined;
   return (step, steps, preview) => {
