@@ -2,8 +2,10 @@
  * Automatic1111's refiner fields on the A1111 routes, through the real server: a tiny SDXL base
  * whose config names the tiny refiner of its repository. `refiner_checkpoint` naming that refiner
  * with `refiner_switch_at` gives the image the generate route gives for the same request with
- * `high_noise_fraction`; without a checkpoint the switch changes nothing; a wrong name, a model
- * without a refiner, img2img and a switch the refiner cannot take are 400s saying so.
+ * `high_noise_fraction`; without a checkpoint the base runs every step, as in A1111 (the generate
+ * route keeps the config's default); sd-models lists the refiner, and its title is taken back as
+ * `refiner_checkpoint`; a wrong name, a model without a refiner, img2img and a switch the refiner
+ * cannot take are 400s saying so.
  */
 import assert from 'node:assert/strict';
 import { symlinkSync, readFileSync, rmSync } from 'node:fs';
@@ -67,6 +69,18 @@ describe('A1111 refiner_checkpoint and refiner_switch_at', () => {
     };
   };
 
+  /** One generate-route image (REQUEST in the generate route's terms) and the parameters its PNG carries. */
+  const generate = async (parameters: object) => {
+    const { status, body } = await post(`/v2/models/${BASE}/generate`, {
+      prompt: REQUEST.prompt, negative_prompt: REQUEST.negative_prompt, seed: REQUEST.seed, steps: REQUEST.steps,
+      guidance_scale: REQUEST.cfg_scale, width: REQUEST.width, height: REQUEST.height, ...parameters,
+    });
+    assert.equal(status, 200, JSON.stringify(body));
+    const files = [body.generated_image].flat() as string[];
+    assert.equal(files.length, 1);
+    return { pixels: pixels(files[0]), pngText: parametersText(files[0]) };
+  };
+
   before(async () => {
     repository = makeRepository({ [BASE]: { config: baseConfig() } }, ['tiny_sd', REFINER]);
     // The base's weights are tiny_sdxl's own.
@@ -92,14 +106,8 @@ describe('A1111 refiner_checkpoint and refiner_switch_at', () => {
 
   test('the refiner named, with a switch, gives the image of generate with that high_noise_fraction, not the base\'s', async () => {
     const refined = await txt2img({ refiner_checkpoint: REFINER, refiner_switch_at: 0.5 });
-    const generated = await post(`/v2/models/${BASE}/generate`, {
-      prompt: REQUEST.prompt, negative_prompt: REQUEST.negative_prompt, seed: REQUEST.seed, steps: REQUEST.steps,
-      guidance_scale: REQUEST.cfg_scale, width: REQUEST.width, height: REQUEST.height, high_noise_fraction: 0.5,
-    });
-    assert.equal(generated.status, 200, JSON.stringify(generated.body));
-    const files = [generated.body.generated_image].flat() as string[];
-    assert.equal(files.length, 1);
-    assert.ok(refined.pixels.equals(pixels(files[0])), 'A1111 refiner image differs from generate\'s with high_noise_fraction 0.5');
+    const generated = await generate({ high_noise_fraction: 0.5 });
+    assert.ok(refined.pixels.equals(generated.pixels), 'A1111 refiner image differs from generate\'s with high_noise_fraction 0.5');
     assert.match(refined.infotext, /, Model: tiny_sdxl_refined, Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.5$/);
     assert.match(refined.pngText ?? '', /, Model: tiny_sdxl_refined, Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.5$/);
 
@@ -111,13 +119,46 @@ describe('A1111 refiner_checkpoint and refiner_switch_at', () => {
     assert.match(baseOnly.pngText ?? '', /, Model: tiny_sdxl_refined$/);
   });
 
-  test('without a checkpoint ("", null or A1111\'s "None") the switch is ignored and the model runs as configured', async () => {
-    const configured = await txt2img({});
-    assert.match(configured.infotext, /Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.8$/);
-    assert.match(configured.pngText ?? '', /Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.8$/);
+  test('without a checkpoint ("", null or A1111\'s "None") the base runs every step, the switch ignored, as in A1111', async () => {
+    const baseAlone = await generate({ high_noise_fraction: 1 });
+    const unnamed = await txt2img({});
+    assert.ok(unnamed.pixels.equals(baseAlone.pixels), 'txt2img without refiner_checkpoint is not the base-only image');
+    assert.match(unnamed.infotext, /, Model: tiny_sdxl_refined$/);
+    assert.match(unnamed.pngText ?? '', /, Model: tiny_sdxl_refined$/);
     for (const checkpoint of ['', null, 'None']) {
       const ignored = await txt2img({ refiner_checkpoint: checkpoint, refiner_switch_at: 0.5 });
-      assert.ok(ignored.pixels.equals(configured.pixels), `refiner_checkpoint ${JSON.stringify(checkpoint)} with a switch changed the image`);
+      assert.ok(ignored.pixels.equals(baseAlone.pixels), `refiner_checkpoint ${JSON.stringify(checkpoint)} with a switch is not the base-only image`);
+      assert.doesNotMatch(ignored.infotext, /Refiner/);
+    }
+    // The generate route keeps the config's default: its refiner at 0.8.
+    const configured = await generate({});
+    assert.ok(!configured.pixels.equals(baseAlone.pixels), 'generate without high_noise_fraction ran no refiner');
+    assert.match(configured.pngText ?? '', /, Model: tiny_sdxl_refined, Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.8$/);
+  });
+
+  test('sd-models lists the refiner once, served or not, and its title is taken back as refiner_checkpoint', async () => {
+    const listed = async () => {
+      const response = await fetch(`${server.url}/sdapi/v1/sd-models`);
+      assert.equal(response.status, 200);
+      return await response.json() as Array<Record<string, unknown>>;
+    };
+    const models = await listed();
+    assert.deepEqual(models.map((model) => model.model_name), [BASE, 'tiny_sd', REFINER].sort());
+    const refiner = models.find((model) => model.model_name === REFINER)!;
+    assert.equal(typeof refiner.title, 'string');
+
+    const chosen = await txt2img({ refiner_checkpoint: refiner.title, refiner_switch_at: 0.5 });
+    assert.ok(chosen.pixels.equals((await generate({ high_noise_fraction: 0.5 })).pixels),
+      'the refiner chosen by its sd-models title gives another image than generate\'s with high_noise_fraction 0.5');
+    assert.match(chosen.infotext, /, Refiner: tiny_sdxl_refiner, Refiner switch at: 0\.5$/);
+
+    // Served on its own too, it is still one checkpoint.
+    const load = await fetch(`${server.url}/v2/repository/models/${REFINER}/load`, { method: 'POST' });
+    assert.equal(load.status, 200, await load.text());
+    try {
+      assert.deepEqual((await listed()).map((model) => model.model_name), [BASE, 'tiny_sd', REFINER].sort());
+    } finally {
+      await fetch(`${server.url}/v2/repository/models/${REFINER}/unload`, { method: 'POST' });
     }
   });
 

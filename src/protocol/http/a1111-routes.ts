@@ -1,11 +1,12 @@
 /**
  * Automatic1111's web UI API, for the tools written against it: `POST /sdapi/v1/txt2img` and
  * `/sdapi/v1/img2img` (`init_images`, `mask`, `denoising_strength`, `mask_blur`) answer
- * `{images: [base64 PNG], parameters, info}`, and
- * `GET /sdapi/v1/sd-models` and `/sdapi/v1/samplers` list what may be asked for. A thin mapping
- * onto the generation module; A1111 fields that would change the image but sdserve does not
- * implement (hires fix, face restoration, variation seeds, scripts) are errors, not ignored.
- * `refiner_checkpoint` and `refiner_switch_at` drive the refiner the model's backend declares.
+ * `{images: [base64 PNG], parameters, info}`, and `GET /sdapi/v1/sd-models` (the models and
+ * their refiners) and `/sdapi/v1/samplers` list what may be asked for. A thin mapping onto the
+ * generation module; A1111 fields that would change the image but sdserve does not implement
+ * (hires fix, face restoration, variation seeds, scripts) are errors, not ignored.
+ * `refiner_checkpoint` and `refiner_switch_at` drive the refiner the model's backend declares;
+ * without a checkpoint the base runs every step, as in A1111.
  */
 import { randomInt } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
@@ -90,8 +91,8 @@ export const txt2imgBodySchema = {
     refiner_checkpoint: {
       ...nullable('string'),
       description: "The model's refiner (its config parameter `refiner`), by name or A1111 title "
-        + '("name", "name.safetensors", "name.safetensors [hash]"); empty, null or "None": the model as configured. '
-        + 'Text-to-image only.',
+        + '("name", "name.safetensors", "name.safetensors [hash]", as /sdapi/v1/sd-models titles it); '
+        + 'empty, null or "None": no refiner, the model runs every step (as A1111 does). Text-to-image only.',
     },
     refiner_switch_at: {
       ...nullable('number'), minimum: 0, maximum: 1,
@@ -230,16 +231,24 @@ function checkpointName(title: string): string {
   return title.trim().replace(/\s*\[[0-9a-fA-F]+\]$/, '').replace(/\.(safetensors|ckpt)$/i, '');
 }
 
+/** The generation contract's "no refiner": a high-noise fraction of 1 leaves every step to the base. */
+const BASE_ALONE = 1;
+
 /**
- * The request's `high_noise_fraction` from A1111's refiner fields, or undefined to run the model as
- * configured. `refiner_checkpoint` must name the refiner the model's backend declares
- * (capabilities `refiner`), and `refiner_switch_at` (A1111: the fraction of the steps after which
- * the refiner takes over) is the fraction; without it, the model's default. Without a checkpoint
- * A1111 runs no refiner and ignores the switch; so does this mapping.
+ * The request's `high_noise_fraction` from A1111's refiner fields, or undefined for none.
+ * `refiner_checkpoint` must name the refiner the model's backend declares (capabilities
+ * `refiner`), and `refiner_switch_at` (A1111: the fraction of the steps after which the refiner
+ * takes over) is the fraction; without it, the model's default. Without a checkpoint A1111 runs no
+ * refiner and ignores the switch; so does this mapping: a model that declares `high_noise_fraction`
+ * (it has a refiner) is asked for the base alone, whatever its config's default.
  */
 function highNoiseFraction(route: Route, model: ImageModel, body: Txt2ImgBody): number | undefined {
   const checkpoint = body.refiner_checkpoint ?? '';
-  if (NO_REFINER_CHECKPOINTS.includes(checkpoint.trim())) return undefined;
+  if (NO_REFINER_CHECKPOINTS.includes(checkpoint.trim())) {
+    // img2img runs no refiner, and the parameter there is a 400.
+    const declared = model.capabilities?.parameters.high_noise_fraction !== undefined;
+    return route === 'txt2img' && declared ? BASE_ALONE : undefined;
+  }
   const field = `${route}: "refiner_checkpoint" ${JSON.stringify(checkpoint)}`;
   if (route === 'img2img') throw invalidArg(`${field}: sdserve runs a refiner after text-to-image only; leave it empty for img2img`);
   const refiner = model.capabilities?.refiner;
@@ -333,12 +342,23 @@ function infotext(settings: Settings, model: ImageModel, seed: number): string {
   return lines.join('\n');
 }
 
+/**
+ * What A1111 lists as checkpoints: the ready text-to-image models and the refiner each declares
+ * (loaded by its base, served on its own or not), each once, by name. A1111 clients choose
+ * `refiner_checkpoint` from this list, and `checkpointName` takes each title back.
+ */
+function checkpointNames(core: InferenceCore): string[] {
+  const models = readyImageModels(core);
+  const refiners = models.map((model) => model.capabilities?.refiner).filter((name) => name !== undefined);
+  return [...new Set([...models.map((model) => model.name), ...refiners])].sort();
+}
+
 /** Fastify plugin, registered under the prefix /sdapi/v1. */
 export async function a1111Routes(app: FastifyInstance, options: { core: InferenceCore }): Promise<void> {
   const { core } = options;
 
-  app.get('/sd-models', async () => readyImageModels(core).map((model) => ({
-    title: model.name, model_name: model.name, hash: null, sha256: null, filename: model.name, config: null,
+  app.get('/sd-models', async () => checkpointNames(core).map((name) => ({
+    title: name, model_name: name, hash: null, sha256: null, filename: name, config: null,
   })));
 
   app.get('/samplers', async () => Object.keys(SAMPLERS).map((name) => ({ name, aliases: [], options: {} })));

@@ -605,7 +605,8 @@ export const OPENAPI_DOCUMENT = {
     },
     '/sdapi/v1/sd-models': {
       get: {
-        operationId: 'a1111SdModels', summary: 'The ready text-to-image models, in A1111\'s shape.',
+        operationId: 'a1111SdModels',
+        summary: "The ready text-to-image models and the refiner each declares, in A1111's shape (a title is a refiner_checkpoint).",
         responses: { 200: { description: 'The models.', content: json({ type: 'array', items: { type: 'object' } }) } },
       },
     },
