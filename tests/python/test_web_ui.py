@@ -318,6 +318,38 @@ def test_wide_layout_and_model_control(browser: playwright_api.Browser, server_u
     context.close()
 
 
+def test_reuse_puts_the_refiner_switch_back(browser: playwright_api.Browser, tmp_path: Path) -> None:
+    """A base model with a refiner (tiny_sdxl whose config names tiny_sdxl_refiner): an image the refiner
+    finished at the config's default switch, reused, puts `Refiner switch at` back into the form's
+    high_noise_fraction field, so the same parameters make the same image."""
+    models = PROJECT_ROOT / "model_repository"
+    base = tmp_path / "tiny_sdxl_refined"
+    base.mkdir()
+    (base / "config.pbtxt").write_text((models / "tiny_sdxl" / "config.pbtxt").read_text().replace(
+        "parameters [", 'parameters [\n  { key: "refiner" value: { string_value: "tiny_sdxl_refiner" } },', 1))
+    (base / "1").symlink_to(models / "tiny_sdxl" / "1")
+    repository = make_repository(tmp_path / "repo", {base.name: base, "tiny_sdxl_refiner": models / "tiny_sdxl_refiner"})
+    with serving(repository, "--model-control-mode", "explicit", "--load-model", base.name) as addresses:
+        context = browser.new_context(viewport=DESKTOP)
+        page = context.new_page()
+        watch = PageWatch(page)
+        page.goto(f"http://{addresses.http}/playground")
+        page.wait_for_function("document.querySelector('#param-high_noise_fraction')")
+        page.fill("#prompt", "a red fox in the snow")
+        for name, value in (("steps", "4"), ("width", "64"), ("height", "64"), ("seed", "9")):
+            page.fill(f"#param-{name}", value)
+        page.click("#generate")
+        assert wait_done(page).startswith("done in "), page.inner_text("#error")
+
+        page.fill("#param-high_noise_fraction", "1")
+        page.click("#gallery button >> nth=0")
+        assert "Refiner: tiny_sdxl_refiner, Refiner switch at: 0.8" in page.inner_text("#details-text")
+        page.click("#reuse-all")
+        assert page.input_value("#param-high_noise_fraction") == "0.8"
+        assert watch.errors == [], watch.errors
+        context.close()
+
+
 def test_api_key_and_restricted_model_control(browser: playwright_api.Browser, tmp_path: Path) -> None:
     """A server with --api-key and its model-repository API restricted: the page asks for the key
     once, works with it, and says that model management is restricted."""
