@@ -77,6 +77,39 @@ export function toSdserveError(err: unknown, code: ErrorCode = 'SDS_ERR_INTERNAL
 
 export const invalidArg = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG', message);
 
+/** How much of a caller's value a message quotes: enough to recognise it, never a 100 kB field whole. */
+export const QUOTED_VALUE_MAX = 120;
+
+/** C1 controls and the Unicode line separators, which JSON leaves as they are but logs may break lines at. */
+const UNESCAPED_BY_JSON = /[\u007f-\u009f\u2028\u2029]/g;
+
+/**
+ * A caller's value as a message quotes it: a string escaped as JSON does within `quote`s (a newline
+ * or control character in it cannot start a forged log line; '' where a format, Triton's, writes
+ * it bare), anything else as its JSON text. Over QUOTED_VALUE_MAX characters, the start and then
+ * "… (N characters)".
+ */
+export function quoted(value: unknown, quote: '"' | "'" | '' = '"'): string {
+  const text = typeof value === 'string' ? value : jsonText(value);
+  let head = text.length > QUOTED_VALUE_MAX ? text.slice(0, QUOTED_VALUE_MAX) : text;
+  if (head.length < text.length && /[\ud800-\udbff]$/.test(head)) head = head.slice(0, -1);  // whole characters only
+  const more = head.length < text.length ? `… (${text.length} characters)` : '';
+  if (typeof value !== 'string') return `${head}${more}`;
+  let escaped = JSON.stringify(head).slice(1, -1)
+    .replace(UNESCAPED_BY_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  if (quote !== '"') escaped = escaped.replace(/\\"/g, '"');
+  if (quote === "'") escaped = escaped.replace(/'/g, "\\'");
+  return `${quote}${escaped}${quote}${more}`;
+}
+
+function jsonText(value: unknown): string {
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);  // a bigint, a cycle
+  }
+}
+
 /** Whose error a failed model load is: the config's (the core's checks or the backend's refusal), else the server's. */
 export function loadFailureCode(err: unknown): 'SDS_ERR_CONFIG' | 'SDS_ERR_BACKEND' {
   return err instanceof SdserveError && err.code === 'SDS_ERR_CONFIG' ? 'SDS_ERR_CONFIG' : 'SDS_ERR_BACKEND';

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdserve_backend.config_errors import InvalidParameter
+from sdserve_backend.quoting import quoted
 
 
 def parse_bool(name: str, value: Any, default: bool, source: str) -> bool:
@@ -18,4 +19,4 @@ def parse_bool(name: str, value: Any, default: bool, source: str) -> bool:
         return default
     if text in ("true", "false"):
         return text == "true"
-    raise InvalidParameter(f"{source} '{name}' must be \"true\" or \"false\", got {value!r}")
+    raise InvalidParameter(f"{source} '{name}' must be \"true\" or \"false\", got {quoted(value)}")

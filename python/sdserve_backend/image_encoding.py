@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from sdserve_backend.quoting import quoted
+
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 DEFAULT_COMPRESSION = 100
 # PNG's zlib level: 6 is zlib's (and Pillow's) own balance of size and time.
@@ -99,5 +101,5 @@ def encode_image(image: np.ndarray, encoding: OutputEncoding, info: GenerationIn
     elif encoding.format == "webp":
         picture.save(out, format="WEBP", quality=encoding.compression)
     else:
-        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {encoding.format!r}")
+        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {quoted(encoding.format)}")
     return out.getvalue()

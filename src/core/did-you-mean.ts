@@ -27,8 +27,11 @@ export function closestName(name: string, candidates: Iterable<string>): string 
   for (const candidate of candidates) {
     const lower = candidate.toLowerCase();
     const partOf = wanted.length >= 3 && lower.split(/[_-]/).some((word) => word === wanted || lower.startsWith(wanted));
+    const limit = Math.max(1, Math.floor(wanted.length / 3));
+    // The lengths' difference is edits already: a 100 kB name is not compared letter by letter.
+    if (!partOf && Math.abs(wanted.length - lower.length) > limit) continue;
     const distance = partOf ? 0.5 : editDistance(wanted, lower);
-    if (distance <= Math.max(1, Math.floor(wanted.length / 3)) && (best === undefined || distance < best.distance)) {
+    if (distance <= limit && (best === undefined || distance < best.distance)) {
       best = { candidate, distance };
     }
   }

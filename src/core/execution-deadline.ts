@@ -1,5 +1,5 @@
 import type { CapabilitiesMeta } from '../backend/messages.js';
-import { SdserveError } from '../errors.js';
+import { quoted, SdserveError } from '../errors.js';
 import { makesImages } from './image-model.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 
@@ -31,7 +31,7 @@ export function executionDeadline(config: ModelConfig, capabilities?: Capabiliti
     const text = config.parameters[name]?.string_value.trim() ?? '';
     if (text === '') return fallback;
     if (!SECONDS.test(text)) {
-      throw new SdserveError('SDS_ERR_CONFIG', `config parameter '${name}' must be a number of seconds >= 0 (0: no limit), got ${JSON.stringify(text)}`);
+      throw new SdserveError('SDS_ERR_CONFIG', `config parameter '${name}' must be a number of seconds >= 0 (0: no limit), got ${quoted(text)}`);
     }
     return Number(text);
   };

@@ -1,6 +1,6 @@
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { SdserveError } from '../errors.js';
+import { quoted, SdserveError } from '../errors.js';
 import { resolveConfinedPath } from '../repository/index.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 
@@ -44,7 +44,7 @@ export async function resolveModelFiles(config: ModelConfig, modelDir: string, v
     const fileName = config.default_model_filename || 'model.py';
     if (!isPlainFileName(fileName)) {
       throw new SdserveError('SDS_ERR_CONFIG',
-        `default_model_filename ${JSON.stringify(fileName)} must be a plain file name inside the version folder`);
+        `default_model_filename ${quoted(fileName)} must be a plain file name inside the version folder`);
     }
     modelFile = await resolveConfinedPath(fileName, versionDir, [versionDir], 'default_model_filename');
   } else {
@@ -89,7 +89,7 @@ async function backendModelFile(backend: string, policy: ModelFilePolicy): Promi
   }
   const installed = [PYTHON_BACKEND, ...(await installedBackends(folders))];
   throw new SdserveError('SDS_ERR_CONFIG',
-    `backend ${JSON.stringify(backend)} is not installed; installed backends: ${[...new Set(installed)].sort().join(', ')} `
+    `backend ${quoted(backend)} is not installed; installed backends: ${[...new Set(installed)].sort().join(', ')} `
     + '(more come from --backend-directory)');
 }
 

@@ -1,4 +1,4 @@
-import { SdserveError } from '../errors.js';
+import { quoted, SdserveError } from '../errors.js';
 import { modelConfigFromJson, resolveVersions, scanRepository, type ModelEntry } from '../repository/index.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import { resolveModelFiles, type ModelFilePolicy } from './model-files.js';
@@ -122,7 +122,7 @@ export class ModelManager {
     const record = this.records.get(name);
     // an unloaded model is as unknown as one never seen, as in Triton
     if (!record || record.versions.size === 0) {
-      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `Request for unknown model: '${name}' is not found`);
+      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `Request for unknown model: ${quoted(name, "'")} is not found`);
     }
     if (version) {
       const served = /^\d+$/.test(version) ? record.versions.get(Number(version)) : undefined;
@@ -150,7 +150,7 @@ export class ModelManager {
   /** Statistics of the loaded versions of `name` (absent: of every model), `version` (absent: all). */
   statistics(name?: string, version?: string): ModelStatistics[] {
     if (name && !this.records.has(name)) {
-      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `requested model '${name}' is not found`);
+      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `requested model ${quoted(name, "'")} is not found`);
     }
     const names = name ? [name] : [...this.records.keys()].sort();
     return names.flatMap((n) => [...(this.records.get(n)?.versions.values() ?? [])]
@@ -195,7 +195,7 @@ export class ModelManager {
 
   private async doUnload(name: string): Promise<void> {
     const record = this.records.get(name);
-    if (!record) throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to unload '${name}', no version is available`);
+    if (!record) throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to unload ${quoted(name, "'")}, no version is available`);
     const versions = [...record.versions.values()];
     record.versions.clear();
     await Promise.all(versions.map((served) => served.unload()));
@@ -211,7 +211,7 @@ export class ModelManager {
     const entry = entries.find((e) => e.name === name);
     if (!entry) {
       const names = entries.map((e) => e.name).sort();
-      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to load '${name}': no model of that name in the repository`
+      throw new SdserveError('SDS_ERR_MODEL_NOT_FOUND', `failed to load ${quoted(name, "'")}: no model of that name in the repository`
         + `${names.length > 0 ? `; models there: ${names.join(', ')}` : ' (it holds no models)'}`);
     }
     const record: ModelRecord = this.records.get(name) ?? { entry, versions: new Map(), reason: '' };

@@ -1,5 +1,5 @@
 import type { CapabilitiesMeta } from '../backend/messages.js';
-import { SdserveError } from '../errors.js';
+import { quoted, SdserveError } from '../errors.js';
 import { makesImages } from './image-model.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import type { InferRequest, ParameterValue } from './types.js';
@@ -62,7 +62,7 @@ export function requestLimits(config: ModelConfig, capabilities?: CapabilitiesMe
     const text = config.parameters[name]?.string_value.trim() ?? '';
     if (text === '') continue;
     if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text))) {
-      throw new SdserveError('SDS_ERR_CONFIG', `config parameter '${name}' must be a non-negative integer (0: no limit), got ${JSON.stringify(text)}`);
+      throw new SdserveError('SDS_ERR_CONFIG', `config parameter '${name}' must be a non-negative integer (0: no limit), got ${quoted(text)}`);
     }
     limits[key] = Number(text);
   }

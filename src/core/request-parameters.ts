@@ -4,7 +4,7 @@
  * named with what was meant. Checked here once, for every front end.
  */
 import type { CapabilitiesMeta, ParameterSpec, ParameterType } from '../backend/messages.js';
-import { invalidArg } from '../errors.js';
+import { invalidArg, quoted } from '../errors.js';
 import { parseBoolean } from './booleans.js';
 import { closestName } from './did-you-mean.js';
 import type { ParameterValue, Parameters } from './types.js';
@@ -44,7 +44,7 @@ function unknownParameter(name: string, capabilities: CapabilitiesMeta, model: s
   const aliasOf = Object.entries(capabilities.parameters).find(([, spec]) => spec.aliases?.includes(name))?.[0];
   // In the backend's declaration order: of several names `name` starts, the first declared is meant.
   const meant = aliasOf ?? closestName(name, declaredParameters(capabilities));
-  return invalidArg(`model '${model}' has no request parameter '${name}'`
+  return invalidArg(`model '${model}' has no request parameter ${quoted(name, "'")}`
     + `${meant !== undefined ? ` (did you mean '${meant}'?)` : ''}; accepted parameters: ${accepted.join(', ')}`);
 }
 
@@ -55,7 +55,7 @@ const TYPE_WORDS: Record<ParameterType, string> = {
 /** 1. the value as one of the declared types  2. its range. */
 function checkValue(name: string, value: ParameterValue, spec: ParameterSpec): ParameterValue {
   const types = Array.isArray(spec.type) ? spec.type : [spec.type];
-  const shown = JSON.stringify(value);
+  const shown = quoted(value);
   const typeError = () => invalidArg(`request parameter '${name}' must be ${types.map((t) => TYPE_WORDS[t]).join(' or ')}, got ${shown}`);
   // 1. type: numbers may come as strings (gRPC string_param, exact 64-bit seeds), booleans as "true"/"false"
   let numeric: number | bigint | undefined;
@@ -98,7 +98,7 @@ function checkEnum(name: string, value: ParameterValue, spec: ParameterSpec): vo
   if (spec.enum === undefined || spec.enum.some((allowed) => allowed === value || String(allowed) === String(value))) return;
   const meant = typeof value === 'string' ? closestName(value, spec.enum.map(String).filter((v) => v !== '')) : undefined;
   throw invalidArg(`request parameter '${name}' must be one of ${spec.enum.map((v) => JSON.stringify(v)).join(', ')}, `
-    + `got ${JSON.stringify(value)}${meant !== undefined ? ` (did you mean '${meant}'?)` : ''}`);
+    + `got ${quoted(value)}${meant !== undefined ? ` (did you mean '${meant}'?)` : ''}`);
 }
 
 /** Compares exactly where a bound or value is beyond 2^53 (64-bit seeds). */

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import type { BackendSpareSource, CapabilitiesMeta } from '../backend/index.js';
-import { loadFailureCode, SdserveError, type ErrorCode } from '../errors.js';
+import { loadFailureCode, quoted, SdserveError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { withParameterPosition } from '../repository/index.js';
 import type { ModelConfig, ModelInput, ModelOutput, QueuePolicy } from '../repository/model-config-types.js';
@@ -268,7 +268,7 @@ function progressReporter(onProgress: ProgressCallback): RequestProgress {
 function queueParameter(value: unknown, name: string): number | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
-    throw new SdserveError('SDS_ERR_INVALID_ARG', `request parameter '${name}' must be a non-negative integer, got ${JSON.stringify(value)}`);
+    throw new SdserveError('SDS_ERR_INVALID_ARG', `request parameter '${name}' must be a non-negative integer, got ${quoted(value)}`);
   }
   return value;
 }
@@ -323,11 +323,11 @@ function schedulerPolicy(config: ModelConfig): SchedulerPolicy {
 /** Triton's answers for a known model: no ready version, the version asked for absent, or not ready. */
 export function notReady(name: string, version?: string, exists = true, reason?: string): SdserveError {
   if (!version) {
-    return new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: '${name}' has no available versions${reason ? `: ${reason}` : ''}`);
+    return new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: ${quoted(name, "'")} has no available versions${reason ? `: ${reason}` : ''}`);
   }
   return exists
-    ? new SdserveError('SDS_ERR_MODEL_NOT_READY', `Request for unknown model: '${name}' version ${version} is not at ready state`)
-    : new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: '${name}' version ${version} is not found`);
+    ? new SdserveError('SDS_ERR_MODEL_NOT_READY', `Request for unknown model: ${quoted(name, "'")} version ${quoted(version, '')} is not at ready state`)
+    : new SdserveError('SDS_ERR_NOT_FOUND', `Request for unknown model: ${quoted(name, "'")} version ${quoted(version, '')} is not found`);
 }
 
 /** One execution's stages: its requests were encoded in one frame (the same input time for all), each decoded on its own. */

@@ -1,4 +1,4 @@
-import { SdserveError } from '../errors.js';
+import { quoted, SdserveError } from '../errors.js';
 import type { ModelConfig, ModelInput } from '../repository/model-config-types.js';
 import { toKServeDatatype } from './datatypes.js';
 import type { InferRequest, Tensor } from './types.js';
@@ -12,7 +12,7 @@ import type { InferRequest, Tensor } from './types.js';
 export function validateRequest(
   request: InferRequest, config: ModelConfig, otherForms: ReadonlyMap<string, ModelInput[]> = new Map(),
 ): number {
-  const prefix = `[request id: ${request.id || '<id_unknown>'}]`;
+  const prefix = `[request id: ${request.id ? quoted(request.id, '') : '<id_unknown>'}]`;
   const invalid = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG', `${prefix} ${message}`);
   const byName = new Map(config.input.map((input) => [input.name, input]));
 
@@ -21,9 +21,9 @@ export function validateRequest(
   for (const tensor of request.inputs) {
     if (!byName.has(tensor.name)) {
       // Triton reports this one without the request id
-      throw new SdserveError('SDS_ERR_INVALID_ARG', `unexpected inference input '${tensor.name}' for model '${config.name}'`);
+      throw new SdserveError('SDS_ERR_INVALID_ARG', `unexpected inference input ${quoted(tensor.name, "'")} for model '${config.name}'`);
     }
-    if (seen.has(tensor.name)) throw invalid(`input '${tensor.name}' is given more than once`);
+    if (seen.has(tensor.name)) throw invalid(`input ${quoted(tensor.name, "'")} is given more than once`);
     seen.add(tensor.name);
   }
   // 2. required inputs are present
@@ -32,7 +32,7 @@ export function validateRequest(
     const required = config.input.filter((i) => !i.optional).length;
     const expected = required === config.input.length
       ? `expected ${required} inputs` : `expected number of inputs between ${required} and ${config.input.length}`;
-    const list = (names: string[]) => `[${names.map((n) => `'${n}'`).join(',')}]`;
+    const list = (names: string[]) => `[${names.map((n) => quoted(n, "'")).join(',')}]`;
     throw invalid(`${expected} but got ${request.inputs.length} inputs for model '${config.name}'. `
       + `Got input(s) ${list([...seen])}, but missing required input(s) ${list(missing.map((i) => i.name))}. `
       + 'Please provide all required input(s).');
@@ -53,7 +53,7 @@ export function validateRequest(
   const outputs = new Set(config.output.map((o) => o.name));
   for (const requested of request.outputs ?? []) {
     if (!outputs.has(requested.name)) {
-      throw invalid(`unexpected inference output '${requested.name}' for model '${config.name}'`);
+      throw invalid(`unexpected inference output ${quoted(requested.name, "'")} for model '${config.name}'`);
     }
   }
   return batchSize ?? 1;
@@ -70,7 +70,7 @@ function matchesForm(tensor: Tensor, form: ModelInput, config: ModelConfig): boo
 function checkDatatype(tensor: Tensor, input: ModelInput, config: ModelConfig, invalid: Invalid): void {
   const expected = toKServeDatatype(input.data_type);
   if (tensor.datatype !== expected) {
-    throw invalid(`inference input '${tensor.name}' data-type is '${tensor.datatype}', but model '${config.name}' expects '${expected}'`);
+    throw invalid(`inference input ${quoted(tensor.name, "'")} data-type is ${quoted(tensor.datatype, "'")}, but model '${config.name}' expects '${expected}'`);
   }
 }
 
@@ -81,7 +81,7 @@ function checkShape(tensor: Tensor, input: ModelInput, config: ModelConfig, inva
   const matches = dims.length === expectedDims.length && dims.every((d, i) => expectedDims[i] === -1 || expectedDims[i] === d);
   if (!matches || (batching && tensor.shape.length === 0)) {
     const expected = batching ? [-1, ...expectedDims] : expectedDims;
-    throw invalid(`unexpected shape for input '${tensor.name}' for model '${config.name}'. `
+    throw invalid(`unexpected shape for input ${quoted(tensor.name, "'")} for model '${config.name}'. `
       + `Expected [${expected.join(',')}], got [${tensor.shape.join(',')}]`);
   }
   if (!batching) return 1;

@@ -5,7 +5,7 @@
  * a BYTES element is a 4-byte little-endian length followed by its bytes.
  */
 import { DATATYPE_SIZE, type KServeDatatype } from '../core/types.js';
-import { invalidArg } from '../errors.js';
+import { invalidArg, quoted } from '../errors.js';
 
 /** Elements a shape holds; `[]` (a scalar) holds one. */
 export function elementCount(shape: readonly number[]): number {
@@ -81,7 +81,7 @@ export function parseHeaderLength(
 ): number | undefined {
   if (value === undefined) return undefined;
   if (Array.isArray(value) || !/^\d+$/.test(value.trim())) {
-    throw invalidArg(`Inference-Header-Content-Length must be one non-negative integer, got '${String(value)}'`);
+    throw invalidArg(`Inference-Header-Content-Length must be one non-negative integer, got ${quoted(String(value), "'")}`);
   }
   const length = Number(value.trim());
   if (length === 0) throw invalidArg('Inference-Header-Content-Length is 0: the JSON header is missing');
@@ -111,13 +111,13 @@ export class BinarySectionReader {
   take(name: string, size: unknown): Buffer {
     if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
       throw invalidArg(
-        `input '${name}': binary_data_size must be a non-negative integer, got ${JSON.stringify(size)}`,
+        `input ${quoted(name, "'")}: binary_data_size must be a non-negative integer, got ${quoted(size)}`,
       );
     }
     const left = this.binary.length - this.offset;
     if (size > left) {
       throw invalidArg(
-        `input '${name}': binary_data_size ${size} exceeds the ${left} bytes of binary data left in the request`,
+        `input ${quoted(name, "'")}: binary_data_size ${size} exceeds the ${left} bytes of binary data left in the request`,
       );
     }
     const slice = this.binary.subarray(this.offset, this.offset + size);

@@ -4,7 +4,7 @@
  * BF16 have no JSON form: they travel only as binary data.
  */
 import { DATATYPE_SIZE, type KServeDatatype } from '../core/types.js';
-import { invalidArg, SdserveError } from '../errors.js';
+import { invalidArg, quoted, SdserveError } from '../errors.js';
 import {
   elementCount, joinBytesElements, shapeString, splitBytesElements, tensorBytesProblem,
 } from './binary-tensor.js';
@@ -63,13 +63,13 @@ function show(value: unknown): string {
  */
 function flatten(name: string, shape: readonly number[], data: unknown): unknown[] {
   if (!Array.isArray(data)) {
-    throw invalidArg(`input '${name}': "data" must be an array, got ${show(data)}`);
+    throw invalidArg(`input ${quoted(name, "'")}: "data" must be an array, got ${show(data)}`);
   }
   const nested = data.some((item) => Array.isArray(item));
   const flat = nested ? flattenNested(name, shape, data) : data;
   const count = elementCount(shape);
   if (flat.length !== count) {
-    throw invalidArg(`input '${name}' has ${flat.length} elements but shape ${shapeString(shape)} needs ${count}`);
+    throw invalidArg(`input ${quoted(name, "'")} has ${flat.length} elements but shape ${shapeString(shape)} needs ${count}`);
   }
   return flat;
 }
@@ -78,14 +78,14 @@ function flattenNested(name: string, shape: readonly number[], data: unknown[]):
   const dims: number[] = [];
   for (let level: unknown = data; Array.isArray(level); level = level[0]) dims.push(level.length);
   const mismatch = () => invalidArg(
-    `unexpected shape for input '${name}': data is nested as ${shapeString(dims)} but shape is ${shapeString(shape)}`,
+    `unexpected shape for input ${quoted(name, "'")}: data is nested as ${shapeString(dims)} but shape is ${shapeString(shape)}`,
   );
   if (dims.length !== shape.length || dims.some((d, i) => d !== shape[i])) throw mismatch();
   const flat: unknown[] = [];
   const walk = (level: unknown, depth: number): void => {
     const leaf = depth === dims.length;
     if (leaf !== !Array.isArray(level) || (!leaf && (level as unknown[]).length !== dims[depth])) {
-      throw invalidArg(`unexpected shape for input '${name}': nested data is ragged, shape is ${shapeString(shape)}`);
+      throw invalidArg(`unexpected shape for input ${quoted(name, "'")}: nested data is ragged, shape is ${shapeString(shape)}`);
     }
     if (leaf) flat.push(level);
     else for (const item of level as unknown[]) walk(item, depth + 1);
@@ -101,7 +101,7 @@ function bytesElement(name: string, index: number, value: unknown): Buffer {
     return Buffer.from(b64, 'base64');
   }
   throw invalidArg(
-    `input '${name}' element ${index}: expected a string or {"b64": "<base64>"} for BYTES, got ${show(value)}`,
+    `input ${quoted(name, "'")} element ${index}: expected a string or {"b64": "<base64>"} for BYTES, got ${show(value)}`,
   );
 }
 
@@ -114,7 +114,7 @@ export function decodeJsonTensorData(
 ): Buffer {
   if (isBinaryOnly(datatype)) {
     throw invalidArg(
-      `input '${name}': datatype ${datatype} has no JSON form; send it as binary data (parameters.binary_data_size)`,
+      `input ${quoted(name, "'")}: datatype ${datatype} has no JSON form; send it as binary data (parameters.binary_data_size)`,
     );
   }
   const flat = flatten(name, shape, data);
@@ -122,7 +122,7 @@ export function decodeJsonTensorData(
   if (datatype === 'BOOL') {
     return Buffer.from(flat.map((v, i) => {
       if (typeof v !== 'boolean') {
-        throw invalidArg(`input '${name}' element ${i}: expected true or false for BOOL, got ${show(v)}`);
+        throw invalidArg(`input ${quoted(name, "'")} element ${i}: expected true or false for BOOL, got ${show(v)}`);
       }
       return v ? 1 : 0;
     }));
@@ -136,7 +136,7 @@ export function decodeJsonTensorData(
       : Number.isFinite(v));
     if (!ok) {
       const want = codec.integer ? `an integer in [${codec.min}, ${codec.max}]` : 'a finite number';
-      throw invalidArg(`input '${name}' element ${i}: expected ${want} for ${datatype}, got ${show(v)}`);
+      throw invalidArg(`input ${quoted(name, "'")} element ${i}: expected ${want} for ${datatype}, got ${show(v)}`);
     }
     codec.write(out, i * size, v);
   });
@@ -161,10 +161,10 @@ function bytesToJson(element: Buffer): JsonElement {
 export function encodeJsonTensorData(
   name: string, datatype: KServeDatatype, shape: readonly number[], data: Buffer,
 ): JsonElement[] {
-  const problem = tensorBytesProblem(`output '${name}'`, datatype, shape, data);
+  const problem = tensorBytesProblem(`output ${quoted(name, "'")}`, datatype, shape, data);
   if (problem !== undefined) throw new SdserveError('SDS_ERR_INTERNAL', problem);
   if (isBinaryOnly(datatype)) {
-    throw new SdserveError('SDS_ERR_INTERNAL', `output '${name}': datatype ${datatype} has no JSON form`);
+    throw new SdserveError('SDS_ERR_INTERNAL', `output ${quoted(name, "'")}: datatype ${datatype} has no JSON form`);
   }
   if (datatype === 'BYTES') return (splitBytesElements(data) as Buffer[]).map(bytesToJson);
   if (datatype === 'BOOL') return Array.from(data, (byte) => byte !== 0);

@@ -1,6 +1,6 @@
 import { realpath } from 'node:fs/promises';
 import path from 'node:path';
-import { SdserveError } from '../errors.js';
+import { quoted, SdserveError } from '../errors.js';
 
 /**
  * Where a path a model config names (a model file, `weights`, `weights_config`, a LoRA folder)
@@ -16,7 +16,7 @@ import { SdserveError } from '../errors.js';
 export async function resolveConfinedPath(value: string, base: string, roots: readonly string[], what: string,
   where = "the model's folder or an --allowed-path root"): Promise<string> {
   const refused = () => new SdserveError('SDS_ERR_CONFIG',
-    `${what} ${JSON.stringify(value)} is not a file or folder inside ${where}`);
+    `${what} ${quoted(value)} is not a file or folder inside ${where}`);
   if (value === '' || value.includes('\0')) throw refused();
   const realRoots = (await Promise.all(roots.map((root) => realPathOfMaybeMissing(root))))
     .filter((root): root is string => root !== undefined);

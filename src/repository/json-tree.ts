@@ -1,4 +1,4 @@
-import { SdserveError } from '../errors.js';
+import { quoted, SdserveError } from '../errors.js';
 import type { PbtxtField, PbtxtMessage, PbtxtValue } from './pbtxt.js';
 
 /**
@@ -22,7 +22,7 @@ function objectToMessage(object: Record<string, unknown>, source: string, path: 
       value.forEach((element, i) => {
         if (Array.isArray(element) || element === null) {
           throw new SdserveError('SDS_ERR_CONFIG',
-            `${source}: ${fieldPath}[${i}]: expected a value or object, found ${jsonKind(element)}`);
+            `${source}: ${quoted(`${fieldPath}[${i}]`, '')}: expected a value or object, found ${jsonKind(element)}`);
         }
         fields.push({ name, value: toValue(element, source, `${fieldPath}[${i}]`), inList: true });
       });
@@ -39,7 +39,7 @@ function toValue(value: unknown, source: string, path: string): PbtxtValue {
   if (typeof value === 'boolean') return { kind: 'identifier', value: String(value) };
   if (typeof value === 'number' && Number.isInteger(value)) return { kind: 'integer', value: BigInt(value) };
   if (typeof value === 'number') return { kind: 'float', value };
-  throw new SdserveError('SDS_ERR_CONFIG', `${source}: ${path}: expected a JSON value, found ${jsonKind(value)}`);
+  throw new SdserveError('SDS_ERR_CONFIG', `${source}: ${quoted(path, '')}: expected a JSON value, found ${jsonKind(value)}`);
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

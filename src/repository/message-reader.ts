@@ -1,4 +1,4 @@
-import { SdserveError } from '../errors.js';
+import { quoted, SdserveError } from '../errors.js';
 import type { PbtxtField, PbtxtMessage, PbtxtValue, SourcePosition } from './pbtxt.js';
 
 /** Where a tree came from: JSON relaxes scalar spelling the way protobuf's JSON mapping does. */
@@ -44,14 +44,14 @@ export function configError(
   context: ReaderContext, path: string, message: string, position?: SourcePosition,
 ): SdserveError {
   const where = position ? `${context.file}:${position.line}:${position.column}` : context.file;
-  return new SdserveError('SDS_ERR_CONFIG', `${where}: ${path ? `${path}: ` : ''}${message}`);
+  return new SdserveError('SDS_ERR_CONFIG', `${where}: ${path ? `${quoted(path, '')}: ` : ''}${message}`);
 }
 
 export function describeValue(value: PbtxtValue): string {
   switch (value.kind) {
     case 'message': return 'a message';
-    case 'string': return `string ${JSON.stringify(value.value)}`;
-    case 'identifier': return `'${value.value}'`;
+    case 'string': return `string ${quoted(value.value)}`;
+    case 'identifier': return quoted(value.value, "'");
     default: return `number ${String(value.value)}`;
   }
 }
@@ -76,7 +76,7 @@ export class MessageReader {
     for (const field of node.fields) {
       const name = aliases.get(field.name);
       if (name === undefined) {
-        throw this.fail(`unknown field '${field.name}'${suggestion(field.name, accepted)}`, field.position);
+        throw this.fail(`unknown field ${quoted(field.name, "'")}${suggestion(field.name, accepted)}`, field.position);
       }
       this.byName.set(name, [...(this.byName.get(name) ?? []), field]);
     }
@@ -157,7 +157,7 @@ export class MessageReader {
       if (value === undefined) return [];
       if (value.kind !== 'message') throw this.fail(`${name}: expected an object, found ${describeValue(value)}`);
       return value.fields.map((entry) => {
-        const path = `${this.childPath(name)}[${JSON.stringify(entry.name)}]`;
+        const path = `${this.childPath(name)}["${entry.name}"]`;  // escaped once, by configError
         return {
           key: { kind: 'string', value: entry.name },
           value: this.asMessage(entry.value, path, valueSchema),
@@ -253,6 +253,7 @@ function suggestion(name: string, known: readonly string[]): string {
   let best: string | undefined;
   let bestDistance = 3;
   for (const candidate of known) {
+    if (Math.abs(name.length - candidate.length) >= bestDistance) continue;  // as many edits at least
     const distance = editDistance(name, candidate);
     if (distance < bestDistance) {
       best = candidate;

@@ -1,3 +1,4 @@
+import { quoted } from '../errors.js';
 import type { ModelInput, ModelOutput, TritonDataType } from './model-config-types.js';
 import { configError, type MessageReader, type MessageSchema } from './message-reader.js';
 
@@ -103,7 +104,7 @@ function rejectDuplicateNames(config: MessageReader, field: 'input' | 'output'):
     const earlier = seen.get(name);
     if (earlier !== undefined) {
       throw configError(tensor.context, tensor.childPath('name'),
-        `${field} name ${JSON.stringify(name)} is already used by ${earlier}`, tensor.position('name'));
+        `${field} name ${quoted(name)} is already used by ${earlier}`, tensor.position('name'));
     }
     seen.set(name, tensor.path);
   }

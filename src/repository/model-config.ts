@@ -1,3 +1,4 @@
+import { quoted } from '../errors.js';
 import type {
   InstanceGroup, InstanceKind, ModelConfig, ModelParameter, VersionPolicy,
 } from './model-config-types.js';
@@ -109,7 +110,7 @@ function readName(config: MessageReader, modelDirName: string): string {
   const name = config.string('name');
   if (name !== '' && name !== modelDirName) {
     throw configError(config.context, 'name',
-      `${JSON.stringify(name)} does not match the model directory name ${JSON.stringify(modelDirName)}`,
+      `${quoted(name)} does not match the model directory name ${quoted(modelDirName)}`,
       config.position('name'));
   }
   return modelDirName;
@@ -184,7 +185,7 @@ function readParameters(config: MessageReader): Record<string, ModelParameter> {
     }
     const key = config.asString(entry.key, `${entry.path}.key`);
     if (Object.hasOwn(parameters, key)) {
-      throw configError(config.context, `${entry.path}.key`, `parameter ${JSON.stringify(key)} is set more than once`, entry.key.position);
+      throw configError(config.context, `${entry.path}.key`, `parameter ${quoted(key)} is set more than once`, entry.key.position);
     }
     setMapEntry(parameters, key, { string_value: entry.value?.string('string_value') ?? '' });
     const position = entry.key.position ?? entry.position;

@@ -71,6 +71,41 @@ describe('a request costs no more than its model allows', () => {
     }
   });
 
+  test('a 100,000-character sampler, refiner, parameter name or scheduler is a 400 whose short message names the field; the model serves on', async () => {
+    const long = `x\n{"level":50}${'x'.repeat(100_000)}`;
+    const post = async (route: string, body: object) => {
+      const response = await fetch(`${server.url}${route}`, {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+      });
+      return { status: response.status, text: await response.text() };
+    };
+    const small = { prompt: 'a cat', steps: 1, width: 64, height: 64 };
+    const refusals: Array<[string, { status: number; text: string }, RegExp]> = [
+      ['A1111 sampler_name', await post('/sdapi/v1/txt2img', { ...small, sampler_name: long }),
+        /^txt2img: unknown sampler "x\\n\{\\"level\\":50\}x+"… \(100014 characters\); samplers: Euler a, /],
+      ['A1111 refiner_checkpoint', await post('/sdapi/v1/txt2img', { ...small, refiner_checkpoint: long }),
+        /^txt2img: "refiner_checkpoint" "x\\n.*"… \(100014 characters\): model 'tiny_sd' has no refiner/],
+      ['generate parameter name', await post('/v2/models/tiny_sd/generate', { ...small, [long]: 1 }),
+        /^model 'tiny_sd' has no request parameter 'x\\n.*'… \(100014 characters\); accepted parameters: /],
+      ['generate scheduler', await post('/v2/models/tiny_sd/generate', { ...small, scheduler: long }),
+        /^request parameter 'scheduler' must be one of .*, got "x\\n.*"… \(100014 characters\)$/],
+    ];
+    const kserve = await infer(server.url, { prompt: ['a cat'] }, { steps: 1, [long]: 1 });
+    refusals.push(['KServe parameter name', { status: kserve.status, text: JSON.stringify({ error: kserve.error }) },
+      /^model 'tiny_sd' has no request parameter 'x\\n.*'… \(100014 characters\)/]);
+    for (const [what, { status, text }, expected] of refusals) {
+      assert.equal(status, 400, `${what}: ${text.slice(0, 300)}`);
+      assert.ok(text.length < 2048, `${what}: a body of ${text.length} bytes`);
+      const message = JSON.parse(text).error as string;
+      assert.match(message, expected, what);
+      assert.doesNotMatch(message, /[\n\r]/, `${what}: a raw line break`);
+    }
+    const served = await post('/sdapi/v1/txt2img', { ...small, sampler_name: 'Euler a' });
+    assert.equal(served.status, 200, served.text.slice(0, 300));
+    const generated = await post('/v2/models/tiny_sd/generate', { ...small, scheduler: 'euler_a' });
+    assert.equal(generated.status, 200, generated.text.slice(0, 300));
+  });
+
   test('a limit that is not a non-negative integer is a config error', async () => {
     const config = await (await fetch(`${server.url}/v2/models/tiny_sd/config`)).json() as any;
     config.parameters.max_prompt_chars = { string_value: 'lots' };

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from sdserve_backend.config_errors import InvalidParameter
+from sdserve_backend.quoting import quoted
 
 # The values of the `engine_fp8` config parameter.
 FP8_MODES = ("off", "static")
@@ -57,7 +58,7 @@ def parse_fp8_mode(value: Any, source: str = "config parameter") -> str:
     """`engine_fp8`: "" or "off" (the default) or "static"."""
     text = str(value or "").strip().lower() or "off"
     if text not in FP8_MODES:
-        raise InvalidParameter(f"{source} 'engine_fp8' must be one of {', '.join(repr(mode) for mode in FP8_MODES)}, got {value!r}")
+        raise InvalidParameter(f"{source} 'engine_fp8' must be one of {', '.join(repr(mode) for mode in FP8_MODES)}, got {quoted(value)}")
     return text
 
 

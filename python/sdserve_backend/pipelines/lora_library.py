@@ -24,6 +24,7 @@ from sdserve_backend.pipelines.components import DiffusionComponents
 from sdserve_backend.pipelines.lora_files import read_lora_file
 from sdserve_backend.pipelines.lora_layers import ChosenLora, LoraAdapter, ModelLoras, RowBlock
 from sdserve_backend.pipelines.lora_slots import DEFAULT_MAX_RANK, DEFAULT_SLOTS, LoraSlots
+from sdserve_backend.quoting import quoted
 
 SUFFIX = ".safetensors"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\- ]{0,127}$")
@@ -46,13 +47,13 @@ def parse_loras_parameter(value: Any) -> LoraRequest:
             value = json.loads(value)
         except json.JSONDecodeError as error:
             raise ValueError(f"parameter 'loras' must be a JSON list of {{\"name\": ..., \"scale\": ...}}, "
-                             f"got {value[:80]!r} ({error.msg})") from None
+                             f"got {quoted(value)} ({error.msg})") from None
     if not isinstance(value, list):
-        raise ValueError(f"parameter 'loras' must be a list of {{\"name\": ..., \"scale\": ...}}, got {value!r}"[:200])
+        raise ValueError(f"parameter 'loras' must be a list of {{\"name\": ..., \"scale\": ...}}, got {quoted(value)}")
     chosen: list[tuple[str, float]] = []
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or set(item) - {"name", "scale"}:
-            raise ValueError(f"parameter 'loras': each entry must be {{\"name\": <text>, \"scale\": <number>}}, got {item!r}"[:200])
+            raise ValueError(f"parameter 'loras': each entry must be {{\"name\": <text>, \"scale\": <number>}}, got {quoted(item)}")
         chosen.append((item["name"], _scale(item.get("scale", 1.0), item["name"])))
     return _merged(chosen)
 
@@ -77,7 +78,7 @@ def _merged(items: list[tuple[str, float]]) -> LoraRequest:
     chosen: dict[str, float] = {}
     for name, scale in items:
         if name in chosen and chosen[name] != scale:
-            raise ValueError(f"LoRA {name!r} is asked for twice, with scales {chosen[name]} and {scale}")
+            raise ValueError(f"LoRA {quoted(name)} is asked for twice, with scales {chosen[name]} and {scale}")
         chosen[name] = scale
     if len(chosen) > MAX_LORAS:
         raise ValueError(f"a request may use at most {MAX_LORAS} LoRAs, got {len(chosen)}")
@@ -90,7 +91,7 @@ def _scale(value: Any, name: str) -> float:
     except (TypeError, ValueError):
         scale = math.nan
     if not math.isfinite(scale) or abs(scale) > MAX_SCALE:
-        raise ValueError(f"LoRA {name!r}: scale must be a number from {-MAX_SCALE:g} to {MAX_SCALE:g}, got {value!r}")
+        raise ValueError(f"LoRA {quoted(name)}: scale must be a number from {-MAX_SCALE:g} to {MAX_SCALE:g}, got {quoted(value)}")
     return scale
 
 
@@ -154,13 +155,13 @@ class LoraLibrary:
 
     def _path(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME.match(name) or ".." in name:
-            raise ValueError(f"LoRA name {name!r} must be a plain file name without {SUFFIX} (letters, digits, "
+            raise ValueError(f"LoRA name {quoted(name)} must be a plain file name without {SUFFIX} (letters, digits, "
                              f"'_', '-', '.', '+', spaces; no folders); {self._listing()}")
         if self.folder is not None:
             path = self.folder / f"{name}{SUFFIX}"
             if path.is_file() and path.resolve().parent == self.folder.resolve():
                 return path
-        raise ValueError(f"LoRA {name!r} is not known; {self._listing()}")
+        raise ValueError(f"LoRA {quoted(name)} is not known; {self._listing()}")
 
     def _listing(self) -> str:
         names = self.available()

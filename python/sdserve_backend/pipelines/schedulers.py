@@ -15,6 +15,8 @@ from diffusers import SchedulerMixin
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import is_scipy_available
 
+from sdserve_backend.quoting import quoted
+
 
 @dataclass(frozen=True)
 class SchedulerVariant:
@@ -91,14 +93,14 @@ def resolve_scheduler(name: str, default_class: type[SchedulerMixin]) -> tuple[t
     class_name = variant.class_name
     if class_name not in SUPPORTED_SCHEDULER_CLASSES:
         known = ", ".join(sorted(SCHEDULER_VARIANTS) + sorted(SUPPORTED_SCHEDULER_CLASSES))
-        raise ValueError(f"scheduler {name!r} is not supported; use one of: {known}")
+        raise ValueError(f"scheduler {quoted(name)} is not supported; use one of: {known}")
     if class_name in _NEEDS_SCIPY and not is_scipy_available():
-        raise ValueError(f"scheduler {name!r} needs the scipy package, which is not installed")
+        raise ValueError(f"scheduler {quoted(name)} needs the scipy package, which is not installed")
     scheduler_class = getattr(diffusers, class_name, None)
     if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
         # diffusers exports a placeholder when a scheduler's optional dependency is missing
         # (DPMSolverSDEScheduler needs torchsde).
-        raise ValueError(f"scheduler {name!r} is not available in this installation of diffusers")
+        raise ValueError(f"scheduler {quoted(name)} is not available in this installation of diffusers")
     return scheduler_class, variant.options
 
 

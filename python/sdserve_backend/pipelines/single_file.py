@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdserve_backend.config_errors import InvalidParameter, UnusableModelFile
+from sdserve_backend.quoting import quoted
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "checkpoint_configs"
 MERGES_FILE = CONFIGS_DIR / "clip_merges.txt"
@@ -140,7 +141,7 @@ def read_shapes(path: Path) -> Shapes:
 def detect_architecture(shapes: Shapes, prediction_type: str | None = None) -> str:
     """One of ARCHITECTURES; ValueError naming what is missing for a layout it does not know."""
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
-        raise InvalidParameter(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+        raise InvalidParameter(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {quoted(prediction_type)}")
     if f"{UNET_PREFIX}input_blocks.0.0.weight" not in shapes:
         hint = (" (it looks like a diffusers UNet file: serve its diffusers folder instead)"
                 if "conv_in.weight" in shapes else "")
@@ -320,7 +321,7 @@ class ConfigFolder:
 
     def __init__(self, architecture: str) -> None:
         if architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {quoted(architecture)}")
         self.architecture = architecture
         self.folder = CONFIGS_DIR / architecture
 

@@ -7,7 +7,7 @@
 import type { CapabilitiesMeta, ParameterSpec } from '../../backend/messages.js';
 import type { InferenceCore } from '../../core/inference-core.js';
 import type { InferRequest, InferResponse, ModelMetadata, Parameters, Tensor, TensorMetadata } from '../../core/types.js';
-import { invalidArg, SdserveError } from '../../errors.js';
+import { invalidArg, quoted, SdserveError } from '../../errors.js';
 import { joinBytesElements, splitBytesElements } from '../binary-tensor.js';
 import { encodePngImages, isImageBatch } from './png-pool.js';
 
@@ -144,7 +144,7 @@ export function chooseImageModel(core: InferenceCore, name: string | undefined):
   if (name !== undefined) {
     const image = describeImageModel(core, name);
     if (image === undefined) {
-      throw invalidArg(`model '${name}' is not a text-to-image model (a BYTES input "${PROMPT_INPUT}", an image output)`);
+      throw invalidArg(`model ${quoted(name, "'")} is not a text-to-image model (a BYTES input "${PROMPT_INPUT}", an image output)`);
     }
     return image;
   }
@@ -262,7 +262,7 @@ export function generationCapabilities(core: InferenceCore, name: string, versio
   const metadata = core.modelMetadata(name, version);
   const model = describeImageModel(core, name, version, metadata);
   if (model === undefined) {
-    throw invalidArg(`model '${name}' is not a text-to-image model (a BYTES input "${PROMPT_INPUT}", an image output)`);
+    throw invalidArg(`model ${quoted(name, "'")} is not a text-to-image model (a BYTES input "${PROMPT_INPUT}", an image output)`);
   }
   const declared = model.capabilities;
   return {

@@ -9,7 +9,7 @@ import {
   DATATYPE_SIZE, KSERVE_DATATYPES, type InferRequest, type InferResponse, type KServeDatatype,
   type Parameters, type RequestedOutput, type Tensor,
 } from '../../core/types.js';
-import { invalidArg, SdserveError } from '../../errors.js';
+import { invalidArg, quoted, SdserveError } from '../../errors.js';
 import { elementCount, joinBytesElements, shapeString, tensorBytesProblem } from '../binary-tensor.js';
 import { checkEntryCount } from '../request-shape.js';
 import type {
@@ -27,7 +27,7 @@ export function decodeParameters(wire: WireParameters | undefined, where: string
     const choice = param.parameter_choice;
     const value = choice === undefined ? undefined : param[choice];
     if (value === undefined || value === null) {
-      throw invalidArg(`${where}: parameter '${key}' has no value`);
+      throw invalidArg(`${where}: parameter ${quoted(key, "'")} has no value`);
     }
     out[key] = value;
   }
@@ -94,7 +94,7 @@ function hasContents(contents: WireTensorContents | null): contents is WireTenso
 export function contentsToRaw(
   name: string, datatype: KServeDatatype, shape: readonly number[], contents: WireTensorContents,
 ): Buffer {
-  const what = `input '${name}'`;
+  const what = `input ${quoted(name, "'")}`;
   const field: ContentsField | undefined = datatype === 'BYTES' ? 'bytes_contents' : CONTENTS[datatype]?.field;
   if (field === undefined) {
     throw invalidArg(`${what}: datatype ${datatype} has no typed contents; send it in raw_input_contents`);
@@ -122,9 +122,9 @@ export function contentsToRaw(
 }
 
 function decodeInput(input: WireInferInputTensor, raw: Buffer | undefined): Tensor {
-  const what = `input '${input.name}'`;
+  const what = `input ${quoted(input.name, "'")}`;
   if (!DATATYPES.has(input.datatype)) {
-    throw invalidArg(`${what}: unknown datatype '${input.datatype}', expected one of ${KSERVE_DATATYPES.join(', ')}`);
+    throw invalidArg(`${what}: unknown datatype ${quoted(input.datatype, "'")}, expected one of ${KSERVE_DATATYPES.join(', ')}`);
   }
   const datatype = input.datatype as KServeDatatype;
   if (input.shape.some((dim) => !Number.isSafeInteger(dim) || dim < 0)) {
@@ -160,13 +160,13 @@ export function decodeInferRequest(wire: WireModelInferRequest): InferRequest {
     }
     const typed = wire.inputs.find((input) => hasContents(input.contents));
     if (typed !== undefined) {
-      throw invalidArg(`input '${typed.name}': contents must not be set when raw_input_contents is used`);
+      throw invalidArg(`input ${quoted(typed.name, "'")}: contents must not be set when raw_input_contents is used`);
     }
   }
   // 2. tensors, requested outputs and parameters
   const inputs = wire.inputs.map((input, i) => decodeInput(input, raw.length > 0 ? raw[i] : undefined));
   const outputs = wire.outputs.map((output): RequestedOutput => {
-    const parameters = decodeParameters(output.parameters, `output '${output.name}'`);
+    const parameters = decodeParameters(output.parameters, `output ${quoted(output.name, "'")}`);
     return { name: output.name, ...(Object.keys(parameters).length > 0 && { parameters }) };
   });
   return {

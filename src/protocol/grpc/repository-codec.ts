@@ -2,7 +2,7 @@
  * RepositoryModelLoad / RepositoryModelUnload parameters (Triton's model repository extension).
  * Only what sdserve acts on is accepted; anything else is refused by name rather than ignored.
  */
-import { invalidArg, SdserveError } from '../../errors.js';
+import { invalidArg, quoted, SdserveError } from '../../errors.js';
 import type { WireRepositoryParameter } from './wire-types.js';
 
 /** The `config` override of a load request (a JSON model configuration), if any. */
@@ -11,13 +11,13 @@ export function decodeLoadParameters(model: string, params: Record<string, WireR
   for (const [key, param] of Object.entries(params)) {
     if (key === 'config') {
       if (param.parameter_choice !== 'string_param') {
-        throw invalidArg(`load of model '${model}': parameter 'config' must be a string_param holding JSON`);
+        throw invalidArg(`load of model ${quoted(model, "'")}: parameter 'config' must be a string_param holding JSON`);
       }
       config = param.string_param;
     } else if (key.startsWith('file:')) {
-      throw new SdserveError('SDS_ERR_UNSUPPORTED', `load of model '${model}': file overrides ('${key}') are not supported`);
+      throw new SdserveError('SDS_ERR_UNSUPPORTED', `load of model ${quoted(model, "'")}: file overrides (${quoted(key, "'")}) are not supported`);
     } else {
-      throw invalidArg(`load of model '${model}': unknown parameter '${key}', expected 'config'`);
+      throw invalidArg(`load of model ${quoted(model, "'")}: unknown parameter ${quoted(key, "'")}, expected 'config'`);
     }
   }
   return config;
@@ -30,7 +30,7 @@ export function decodeLoadParameters(model: string, params: Record<string, WireR
 export function checkUnloadParameters(model: string, params: Record<string, WireRepositoryParameter>): void {
   for (const [key, param] of Object.entries(params)) {
     if (key !== 'unload_dependents' || param.parameter_choice !== 'bool_param') {
-      throw invalidArg(`unload of model '${model}': unknown parameter '${key}', expected 'unload_dependents' (bool_param)`);
+      throw invalidArg(`unload of model ${quoted(model, "'")}: unknown parameter ${quoted(key, "'")}, expected 'unload_dependents' (bool_param)`);
     }
   }
 }

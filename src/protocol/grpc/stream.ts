@@ -13,7 +13,7 @@ import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { parseBoolean } from '../../core/booleans.js';
 import type { InferenceCore } from '../../core/inference-core.js';
-import { invalidArg, SdserveError, toSdserveError } from '../../errors.js';
+import { invalidArg, quoted, SdserveError, toSdserveError } from '../../errors.js';
 import type { ParameterValue, ProgressCallback, StreamedAnswer } from '../../core/types.js';
 import { decodeInferRequest, encodeInferResponse, encodeParameters } from './infer-codec.js';
 import type { WireModelInferRequest, WireModelStreamInferResponse } from './wire-types.js';
@@ -41,7 +41,7 @@ const EMPTY_FINAL_RESPONSE = 'triton_enable_empty_final_response';
 
 function booleanParameter(value: ParameterValue | undefined, name: string): boolean {
   const parsed = value === undefined ? false : parseBoolean(value);
-  if (parsed === undefined) throw invalidArg(`request parameter '${name}' must be a boolean (true or false), got ${JSON.stringify(value)}`);
+  if (parsed === undefined) throw invalidArg(`request parameter '${name}' must be a boolean (true or false), got ${quoted(value)}`);
   return parsed;
 }
 

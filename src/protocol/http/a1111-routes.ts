@@ -13,7 +13,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { closestName } from '../../core/did-you-mean.js';
 import type { InferenceCore } from '../../core/inference-core.js';
 import type { Parameters, ParameterValue } from '../../core/types.js';
-import { invalidArg } from '../../errors.js';
+import { invalidArg, quoted } from '../../errors.js';
 import {
   chooseImageModel, decodeBase64Image, generateImages, readyImageModels, type ImageModel, type ImageRequest,
 } from '../generation/index.js';
@@ -187,11 +187,11 @@ function fieldChecker(route: Route) {
       const neutral = NEUTRAL_FIELDS[field];
       if (neutral === undefined) {
         const meant = closestName(field, known);
-        throw invalidArg(`${route}: unknown field "${field}"${meant ? ` (did you mean "${meant}"?)` : ''}; `
+        throw invalidArg(`${route}: unknown field ${quoted(field)}${meant ? ` (did you mean "${meant}"?)` : ''}; `
           + `sdserve acts on ${mapped.join(', ')}`);
       }
       if (!neutral(value)) {
-        throw invalidArg(`${route}: "${field}": ${JSON.stringify(value)} is not supported by sdserve; leave it at A1111's default`);
+        throw invalidArg(`${route}: "${field}": ${quoted(value)} is not supported by sdserve; leave it at A1111's default`);
       }
     }
     if ((body as Txt2ImgBody).enable_hr === true) throw invalidArg(`${route}: "enable_hr" (hires fix) is not supported by sdserve`);
@@ -202,13 +202,13 @@ function fieldChecker(route: Route) {
 function schedulerOf(body: Txt2ImgBody): string | undefined {
   const sampler = body.sampler_name ?? body.sampler_index;
   if (body.scheduler && !/^automatic$/i.test(body.scheduler)) {
-    throw invalidArg(`txt2img: scheduler "${body.scheduler}" is not supported by sdserve; use "Automatic"`);
+    throw invalidArg(`txt2img: scheduler ${quoted(body.scheduler)} is not supported by sdserve; use "Automatic"`);
   }
   if (sampler === undefined || sampler === null || sampler === '') return undefined;
   const scheduler = SAMPLERS[sampler];
   if (scheduler === undefined) {
     const meant = closestName(sampler, Object.keys(SAMPLERS));
-    throw invalidArg(`txt2img: unknown sampler "${sampler}"${meant ? ` (did you mean "${meant}"?)` : ''}; `
+    throw invalidArg(`txt2img: unknown sampler ${quoted(sampler)}${meant ? ` (did you mean "${meant}"?)` : ''}; `
       + `samplers: ${Object.keys(SAMPLERS).join(', ')}`);
   }
   return scheduler;
@@ -249,7 +249,7 @@ function highNoiseFraction(route: Route, model: ImageModel, body: Txt2ImgBody): 
     const declared = model.capabilities?.parameters.high_noise_fraction !== undefined;
     return route === 'txt2img' && declared ? BASE_ALONE : undefined;
   }
-  const field = `${route}: "refiner_checkpoint" ${JSON.stringify(checkpoint)}`;
+  const field = `${route}: "refiner_checkpoint" ${quoted(checkpoint)}`;
   if (route === 'img2img') throw invalidArg(`${field}: sdserve runs a refiner after text-to-image only; leave it empty for img2img`);
   const refiner = model.capabilities?.refiner;
   if (refiner === undefined) {

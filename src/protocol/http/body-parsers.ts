@@ -7,7 +7,7 @@
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { errorCodes, type FastifyRequest } from 'fastify';
-import { invalidArg, SdserveError } from '../../errors.js';
+import { invalidArg, quoted, SdserveError } from '../../errors.js';
 import { parseHeaderLength, splitInferBody } from '../binary-tensor.js';
 import { checkJsonText } from '../request-shape.js';
 import type { WireInferRequest } from './infer-codec.js';
@@ -32,7 +32,7 @@ export async function decodeContentEncoding(
   if (encoding === undefined || encoding === '' || encoding === 'identity') return raw;
   const inflate = INFLATE[encoding];
   if (inflate === undefined) {
-    throw new SdserveError('SDS_ERR_UNSUPPORTED', `Content-Encoding '${encoding}' is not supported (use gzip or deflate)`);
+    throw new SdserveError('SDS_ERR_UNSUPPORTED', `Content-Encoding ${quoted(encoding, "'")} is not supported (use gzip or deflate)`);
   }
   try {
     return await inflate(raw, { maxOutputLength: limitBytes });
@@ -40,7 +40,7 @@ export async function decodeContentEncoding(
     if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') {
       throw new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE();
     }
-    throw invalidArg(`could not inflate the ${encoding} request body: ${(err as Error).message}`);
+    throw invalidArg(`could not inflate the ${quoted(encoding, '')} request body: ${(err as Error).message}`);
   }
 }
 

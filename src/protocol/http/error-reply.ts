@@ -5,7 +5,7 @@
  * `{"error": "..."}`, and OpenAI's `{"error": {"message", "type", "param", "code"}}` under /v1.
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { SdserveError, toSdserveError } from '../../errors.js';
+import { quoted, SdserveError, toSdserveError } from '../../errors.js';
 
 /** The HTTP status for anything thrown by a handler, parser or the core. */
 export function httpStatusOf(err: unknown): number {
@@ -26,7 +26,7 @@ export function sendError(err: unknown, request: FastifyRequest, reply: FastifyR
   return sendWith(httpStatusOf(err), { error: toSdserveError(err).message }, err, request, reply);
 }
 
-const noRoute = (request: FastifyRequest) => `no route for ${request.method} ${request.url}`;
+const noRoute = (request: FastifyRequest) => `no route for ${request.method} ${quoted(request.url, '')}`;
 
 /** Fastify not-found handler. */
 export function sendNotFound(request: FastifyRequest, reply: FastifyReply): FastifyReply {
@@ -68,7 +68,7 @@ export function formatSchemaError(errors: SchemaError[], dataVar: string): Error
   const first = errors[0];
   const path = (first?.instancePath ?? '').replace(/^\/header(?=\/|$)/, '');
   const allowed = first?.params?.allowedValues;
-  const detail = `${path === '' ? '' : `${path} `}${first?.message ?? 'is invalid'}`
+  const detail = `${path === '' ? '' : `${quoted(path, '')} `}${first?.message ?? 'is invalid'}`
     + (Array.isArray(allowed) ? ` (${allowed.join(', ')})` : '');
   return new Error(`invalid request ${dataVar}: ${detail}`);
 }

@@ -8,7 +8,7 @@ import type {
   InferRequest, InferResponse, KServeDatatype, Parameters, RequestedOutput, Tensor,
 } from '../../core/types.js';
 import { parseBoolean } from '../../core/booleans.js';
-import { invalidArg, SdserveError } from '../../errors.js';
+import { invalidArg, quoted, SdserveError } from '../../errors.js';
 import { BinarySectionReader, tensorBytesProblem } from '../binary-tensor.js';
 import { decodeJsonTensorData, encodeJsonTensorData, isBinaryOnly, type JsonElement } from '../json-tensor.js';
 
@@ -63,11 +63,11 @@ function optionalBool(params: Parameters | undefined, key: string, where: string
   if (value === undefined) return undefined;
   const parsed = parseBoolean(value);
   if (parsed !== undefined) return parsed;
-  throw invalidArg(`${where}: parameter '${key}' must be a boolean (true or false), got ${JSON.stringify(value)}`);
+  throw invalidArg(`${where}: parameter ${quoted(key, "'")} must be a boolean (true or false), got ${quoted(value)}`);
 }
 
 function decodeInput(input: WireInput, reader: BinarySectionReader): Tensor {
-  const what = `input '${input.name}'`;
+  const what = `input ${quoted(input.name, "'")}`;
   if (input.parameters?.shared_memory_region !== undefined) {
     throw unsupported(`${what}: shared memory inputs are not supported`);
   }
@@ -87,7 +87,7 @@ function decodeInput(input: WireInput, reader: BinarySectionReader): Tensor {
 }
 
 function decodeRequestedOutput(output: WireRequestedOutput): RequestedOutput {
-  const what = `requested output '${output.name}'`;
+  const what = `requested output ${quoted(output.name, "'")}`;
   if (output.parameters?.shared_memory_region !== undefined) {
     throw unsupported(`${what}: shared memory outputs are not supported`);
   }
@@ -109,7 +109,7 @@ export function decodeInferRequest(
   const reader = new BinarySectionReader(binary);
   const seen = new Set<string>();
   const inputs = wire.inputs.map((input) => {
-    if (seen.has(input.name)) throw invalidArg(`input '${input.name}' appears more than once`);
+    if (seen.has(input.name)) throw invalidArg(`input ${quoted(input.name, "'")} appears more than once`);
     seen.add(input.name);
     return decodeInput(input, reader);
   });
@@ -117,7 +117,7 @@ export function decodeInferRequest(
   // 2. requested outputs and how each goes back
   const binaryByName = new Map<string, boolean>();
   for (const output of wire.outputs ?? []) {
-    const binaryData = optionalBool(output.parameters, 'binary_data', `requested output '${output.name}'`);
+    const binaryData = optionalBool(output.parameters, 'binary_data', `requested output ${quoted(output.name, "'")}`);
     if (binaryData !== undefined) binaryByName.set(output.name, binaryData);
   }
   const binaryByDefault = optionalBool(wire.parameters, 'binary_data_output', 'request') ?? false;

@@ -14,7 +14,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
 import { closestName } from '../../core/did-you-mean.js';
 import type { Parameters } from '../../core/types.js';
-import { invalidArg, SdserveError } from '../../errors.js';
+import { invalidArg, quoted, SdserveError } from '../../errors.js';
 import {
   chooseImageModel, generateImages, OUTPUT_FORMATS, readyImageModels, type GeneratedImages, type ImageRequest,
   type OutputFormat,
@@ -82,8 +82,10 @@ async function rejectUnknownFields(request: FastifyRequest): Promise<void> {
   const unknown = Object.keys(body).filter((key) => !IMAGES_FIELDS.includes(key));
   if (unknown.length > 0) {
     const meant = unknown.map((key) => closestName(key, IMAGES_FIELDS)).filter((name) => name !== undefined);
-    throw invalidArg(`unsupported field${unknown.length > 1 ? 's' : ''} ${unknown.map((key) => `"${key}"`).join(', ')}`
-      + `${meant.length > 0 ? ` (did you mean ${meant.map((name) => `"${name}"`).join(', ')}?)` : ''}; `
+    // A few names say it; a hundred long ones would only make the message as large as the body.
+    const named = unknown.slice(0, 5).map((key) => quoted(key)).join(', ') + (unknown.length > 5 ? ` and ${unknown.length - 5} more` : '');
+    throw invalidArg(`unsupported field${unknown.length > 1 ? 's' : ''} ${named}`
+      + `${meant.length > 0 ? ` (did you mean ${[...new Set(meant)].slice(0, 5).map((name) => `"${name}"`).join(', ')}?)` : ''}; `
       + `supported: ${IMAGES_FIELDS.join(', ')}`);
   }
 }
@@ -158,19 +160,19 @@ async function readParts(request: FastifyRequest, form: EditForm): Promise<void>
       throw invalidArg(`images/edits: "${name}" must be a file part (a PNG, JPEG or WebP file), got a text field`);
     }
     if (part.type === 'file') {
-      if (name !== 'image' && name !== 'mask') throw invalidArg(`images/edits: unexpected file field "${part.fieldname}"; files are "image" and "mask"`);
+      if (name !== 'image' && name !== 'mask') throw invalidArg(`images/edits: unexpected file field ${quoted(part.fieldname)}; files are "image" and "mask"`);
       (name === 'image' ? form.images : form.masks).push(await part.toBuffer());
       continue;
     }
     if (!(EDIT_FIELDS as readonly string[]).includes(name)) {
       const meant = closestName(name, [...EDIT_FIELDS, 'image', 'mask']);
-      throw invalidArg(`images/edits: unsupported field "${name}"${meant ? ` (did you mean "${meant}"?)` : ''}; `
+      throw invalidArg(`images/edits: unsupported field ${quoted(name)}${meant ? ` (did you mean "${meant}"?)` : ''}; `
         + `supported: image, mask, ${EDIT_FIELDS.join(', ')}`);
     }
     const text = String(part.value);
     const number = Number(text);
     if (EDIT_NUMBERS.has(name) && (text.trim() === '' || !Number.isFinite(number))) {
-      throw invalidArg(`images/edits: "${name}" must be a number, got ${JSON.stringify(text)}`);
+      throw invalidArg(`images/edits: "${name}" must be a number, got ${quoted(text)}`);
     }
     form.fields[name] = EDIT_NUMBERS.has(name) ? number : text;
   }
@@ -187,10 +189,10 @@ function toEditRequest(form: EditForm): ImageRequest {
     throw invalidArg(`images/edits: "n" must be an integer from 1 to ${MAX_IMAGES}, got ${String(n)}`);
   }
   if (fields.size !== undefined && !/^(auto|[1-9][0-9]*x[1-9][0-9]*)$/.test(String(fields.size))) {
-    throw invalidArg(`images/edits: "size" must be "WIDTHxHEIGHT" or "auto", got ${JSON.stringify(fields.size)}`);
+    throw invalidArg(`images/edits: "size" must be "WIDTHxHEIGHT" or "auto", got ${quoted(fields.size)}`);
   }
   if (fields.response_format !== undefined && !['b64_json', 'url'].includes(String(fields.response_format))) {
-    throw invalidArg(`images/edits: "response_format" must be "b64_json", got ${JSON.stringify(fields.response_format)}`);
+    throw invalidArg(`images/edits: "response_format" must be "b64_json", got ${quoted(fields.response_format)}`);
   }
   if (fields.prompt.length === 0) throw invalidArg('images/edits: "prompt" must not be empty');
   if (fields.output_format !== undefined && !(OUTPUT_FORMATS as readonly unknown[]).includes(fields.output_format)) {

@@ -4,7 +4,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import type { InferenceCore } from '../../core/inference-core.js';
-import { SdserveError } from '../../errors.js';
+import { quoted, SdserveError } from '../../errors.js';
 import { emptyBodyAsObject } from './body-parsers.js';
 import { loadModelSchema, repositoryIndexSchema, unloadModelSchema } from './schemas.js';
 
@@ -16,7 +16,7 @@ interface LoadBody {
 function rejectFileOverrides(parameters: Record<string, unknown>): void {
   const file = Object.keys(parameters).find((key) => key.startsWith('file:'));
   if (file !== undefined) {
-    throw new SdserveError('SDS_ERR_UNSUPPORTED', `load parameter '${file}': model file overrides are not supported`);
+    throw new SdserveError('SDS_ERR_UNSUPPORTED', `load parameter ${quoted(file, "'")}: model file overrides are not supported`);
   }
 }
 

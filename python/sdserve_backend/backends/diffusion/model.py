@@ -50,6 +50,7 @@ from sdserve_backend.pipelines import (
 from sdserve_backend.pipelines.few_step import few_step_defaults
 from sdserve_backend.pipelines.text_to_image import uses_refiner
 from sdserve_backend.pipelines.schedulers import max_inference_steps
+from sdserve_backend.quoting import quoted
 
 OUTPUT_NAME = "generated_image"
 ENCODED_OUTPUT_NAME = "generated_image_encoded"
@@ -134,16 +135,16 @@ class TritonPythonModel:
         versions = sorted((int(entry.name) for entry in refiner_dir.iterdir() if entry.name.isdigit() and entry.is_dir()),
                           reverse=True) if refiner_dir.is_dir() else []
         if not versions:
-            raise ModelFileNotFound(f"config parameter 'refiner': no model {name!r} with a version folder in the model repository")
+            raise ModelFileNotFound(f"config parameter 'refiner': no model {quoted(name)} with a version folder in the model repository")
         try:
             weights = model_settings.resolve_weights(refiner_dir / str(versions[0]), "", "")
             refiner = load_components(weights, placement.device, placement.dtype)
         except ModelConfigError as error:
             # The caller named a model, not the repository's place on this host: its files are named from the repository.
             where = f"{model_dir.parent}{os.sep}"
-            raise type(error)(f"config parameter 'refiner': model {name!r}: {str(error).replace(where, '')}") from None
+            raise type(error)(f"config parameter 'refiner': model {quoted(name)}: {str(error).replace(where, '')}") from None
         if not refiner.requires_aesthetics_score or not base.is_sdxl:
-            raise InvalidParameter(f"config parameter 'refiner': {name!r} must be an SDXL refiner (its model_index.json sets "
+            raise InvalidParameter(f"config parameter 'refiner': {quoted(name)} must be an SDXL refiner (its model_index.json sets "
                              "requires_aesthetics_score) and this model an SDXL base")
         return share_equal_modules(refiner, base)
 

@@ -31,6 +31,7 @@ from sdserve_backend.pipelines.requests import DEFAULT_AESTHETIC_SCORE, DEFAULT_
 from sdserve_backend.pipelines.tasks.inpaint import MAX_MASK_BLUR
 from sdserve_backend.pipelines.tasks.refined import DEFAULT_HIGH_NOISE_FRACTION
 from sdserve_backend.pipelines.tasks.text_to_image import MAX_AESTHETIC_SCORE
+from sdserve_backend.quoting import quoted
 
 README_HINT = 'see README "Serving real weights"'
 KNOWN_VERSIONS = ("1.5", "2.1", "xl-1.0")
@@ -104,10 +105,10 @@ def unknown_name_message(what: str, name: str, accepted: Mapping[str, object] | 
     # A name that starts several accepted ones ('guidance') names them all; else the closest typo.
     close = sorted(known for known in accepted if len(name) >= 3 and known.startswith(name))
     close = close or difflib.get_close_matches(name, list(accepted), n=1)
-    quoted = [repr(known) for known in close]
-    options = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}" if quoted else ""
-    hint = f" (did you mean {options}?)" if quoted else ""
-    return f"{what} {name!r} is not known{hint}; known: {', '.join(sorted(accepted))}"
+    meant = [repr(known) for known in close]
+    options = meant[0] if len(meant) == 1 else f"{', '.join(meant[:-1])} or {meant[-1]}" if meant else ""
+    hint = f" (did you mean {options}?)" if meant else ""
+    return f"{what} {quoted(name)} is not known{hint}; known: {', '.join(sorted(accepted))}"
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def read_request_overrides(parameters_json: str, defaults: ModelDefaults) -> tup
     """The settings and seed for one request: its parameters over the model's defaults."""
     parameters = json.loads(parameters_json or "{}")
     if not isinstance(parameters, dict):
-        raise InvalidParameter(f"request parameters must be a JSON object, got {parameters_json!r}")
+        raise InvalidParameter(f"request parameters must be a JSON object, got {quoted(parameters_json)}")
     source = "parameter"
     base = defaults.settings
     settings = GenerationSettings(
@@ -236,7 +237,7 @@ def read_preview_every(parameters_json: str) -> int:
         return 0
     if isinstance(value, int) and value >= 0:
         return value
-    raise InvalidParameter(f"parameter 'preview' must be true, false or a non-negative number of steps, got {value!r}")
+    raise InvalidParameter(f"parameter 'preview' must be true, false or a non-negative number of steps, got {quoted(value)}")
 
 
 @dataclass(frozen=True)
@@ -258,11 +259,11 @@ def read_image_parameters(parameters_json: str) -> ImageParameters:
     strength = parameters.get("strength")
     if strength is not None:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise InvalidParameter(f"parameter 'strength' must be a number in (0, 1], got {strength!r}")
+            raise InvalidParameter(f"parameter 'strength' must be a number in (0, 1], got {quoted(strength)}")
         strength = float(strength)
     mask_blur = _parse_int("mask_blur", parameters.get("mask_blur"), 0, "parameter")
     if not 0 <= mask_blur <= MAX_MASK_BLUR:
-        raise InvalidParameter(f"parameter 'mask_blur' must be an integer from 0 to {MAX_MASK_BLUR}, got {mask_blur!r}")
+        raise InvalidParameter(f"parameter 'mask_blur' must be an integer from 0 to {MAX_MASK_BLUR}, got {quoted(mask_blur)}")
     return ImageParameters(
         strength=strength,
         mask_blur=mask_blur,
@@ -324,7 +325,7 @@ def locate_lora_dir(version_dir: Path, parameters: Mapping[str, str]) -> Path:
     folder = Path(configured) if Path(configured).is_absolute() else version_dir / configured
     if not folder.is_dir():
         # Named explicitly, a missing folder is a mistake to report, not a model without LoRAs.
-        raise ModelFileNotFound(f"config parameter 'lora_dir' names {configured!r}, which is not a folder")
+        raise ModelFileNotFound(f"config parameter 'lora_dir' names {quoted(configured)}, which is not a folder")
     return folder
 
 
@@ -338,12 +339,12 @@ def read_output_encoding(parameters_json: str, encoded_output_requested: bool) -
         return None
     output_format = "png" if given_format is None else given_format
     if not isinstance(output_format, str) or output_format.strip().lower() not in OUTPUT_FORMATS:
-        raise InvalidParameter(f"parameter 'output_format' must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+        raise InvalidParameter(f"parameter 'output_format' must be one of {', '.join(OUTPUT_FORMATS)}, got {quoted(output_format)}")
     compression = DEFAULT_COMPRESSION
     if given_compression is not None:
         compression = _parse_int("output_compression", given_compression, None, "parameter")
         if not 0 <= compression <= 100:
-            raise InvalidParameter(f"parameter 'output_compression' must be an integer from 0 to 100, got {given_compression!r}")
+            raise InvalidParameter(f"parameter 'output_compression' must be an integer from 0 to 100, got {quoted(given_compression)}")
     return OutputEncoding(format=output_format.strip().lower(), compression=compression)
 
 
@@ -374,7 +375,7 @@ def read_checkpoint_options(version_dir: Path, parameters: Mapping[str, str]) ->
     prediction_type = str(parameters.get("prediction_type", "") or "").strip()
     if prediction_type and prediction_type not in PREDICTION_TYPES:
         raise InvalidParameter(f"config parameter 'prediction_type' must be one of {', '.join(PREDICTION_TYPES)} "
-                         f"(or empty: the model's own), got {prediction_type!r}")
+                         f"(or empty: the model's own), got {quoted(prediction_type)}")
     return CheckpointOptions(vae=path("vae_weights"), text_encoders=path("text_encoder_weights"),
                              prediction_type=prediction_type or None)
 
@@ -409,12 +410,12 @@ def version_mismatch(configured: str, detected: str | None, is_sdxl: bool) -> st
     if configured == "":
         return None
     if configured not in KNOWN_VERSIONS:
-        return f"config parameter 'version' is {configured!r}, not one of {', '.join(KNOWN_VERSIONS)}; ignoring it"
+        return f"config parameter 'version' is {quoted(configured)}, not one of {', '.join(KNOWN_VERSIONS)}; ignoring it"
     weights_kind = detected or ("xl-1.0" if is_sdxl else "1.x/2.x")
     agrees = configured == detected if detected is not None else (configured == "xl-1.0") == is_sdxl
     if agrees:
         return None
-    return f"config parameter 'version' says {configured!r} but the weights are Stable Diffusion {weights_kind}; using the weights"
+    return f"config parameter 'version' says {quoted(configured)} but the weights are Stable Diffusion {weights_kind}; using the weights"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,42 +425,42 @@ def version_mismatch(configured: str, detected: str | None, is_sdxl: bool) -> st
 def parse_image_side(name: str, value: Any, default: int, source: str) -> int:
     side = _parse_int(name, value, default, source)
     if not 8 <= side <= MAX_IMAGE_SIDE or side % 8 != 0:
-        raise InvalidParameter(f"{source} '{name}' must be a multiple of 8 from 8 to {MAX_IMAGE_SIDE}, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be a multiple of 8 from 8 to {MAX_IMAGE_SIDE}, got {quoted(value)}")
     return side
 
 
 def parse_steps(value: Any, default: int, source: str) -> int:
     steps = _parse_int("steps", value, default, source)
     if not 1 <= steps <= MAX_STEPS:
-        raise InvalidParameter(f"{source} 'steps' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
+        raise InvalidParameter(f"{source} 'steps' must be an integer from 1 to {MAX_STEPS}, got {quoted(value)}")
     return steps
 
 
 def parse_lora_cache_size(value: Any, source: str) -> int:
     size = _parse_int("lora_cache_size", value, DEFAULT_LORA_CAPACITY, source)
     if size < 1:
-        raise InvalidParameter(f"{source} 'lora_cache_size' must be an integer >= 1, got {value!r}")
+        raise InvalidParameter(f"{source} 'lora_cache_size' must be an integer >= 1, got {quoted(value)}")
     return size
 
 
 def parse_lora_slots(value: Any, source: str) -> int:
     slots = _parse_int("lora_slots", value, DEFAULT_LORA_SLOTS, source)
     if slots != 0 and not 2 <= slots <= 256:
-        raise InvalidParameter(f"{source} 'lora_slots' must be 0 (off) or an integer from 2 to 256, got {value!r}")
+        raise InvalidParameter(f"{source} 'lora_slots' must be 0 (off) or an integer from 2 to 256, got {quoted(value)}")
     return slots
 
 
 def parse_lora_max_rank(value: Any, source: str) -> int:
     rank = _parse_int("lora_max_rank", value, DEFAULT_LORA_MAX_RANK, source)
     if not 1 <= rank <= 1024:
-        raise InvalidParameter(f"{source} 'lora_max_rank' must be an integer from 1 to 1024, got {value!r}")
+        raise InvalidParameter(f"{source} 'lora_max_rank' must be an integer from 1 to 1024, got {quoted(value)}")
     return rank
 
 
 def parse_prompt_cache_size(value: Any, source: str) -> int:
     size = _parse_int("prompt_cache_size", value, DEFAULT_PROMPT_CACHE_SIZE, source)
     if size < 0:
-        raise InvalidParameter(f"{source} 'prompt_cache_size' must be an integer >= 0, got {value!r}")
+        raise InvalidParameter(f"{source} 'prompt_cache_size' must be an integer >= 0, got {quoted(value)}")
     return size
 
 
@@ -471,7 +472,7 @@ def parse_guidance_scale(value: Any, default: float, source: str) -> float:
     except (TypeError, ValueError):
         scale = math.nan
     if not math.isfinite(scale) or scale < 0:
-        raise InvalidParameter(f"{source} 'guidance_scale' must be a finite number >= 0, got {value!r}")
+        raise InvalidParameter(f"{source} 'guidance_scale' must be a finite number >= 0, got {quoted(value)}")
     return scale
 
 
@@ -484,7 +485,7 @@ def parse_fraction(name: str, value: Any, default: float, source: str) -> float:
     except (TypeError, ValueError):
         fraction = math.nan
     if not 0.0 <= fraction <= 1.0:
-        raise InvalidParameter(f"{source} '{name}' must be a number from 0 to 1, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be a number from 0 to 1, got {quoted(value)}")
     return fraction
 
 
@@ -497,7 +498,7 @@ def parse_number_in(name: str, value: Any, default: float, low: float, high: flo
     except (TypeError, ValueError):
         number = math.nan
     if not low <= number <= high:
-        raise InvalidParameter(f"{source} '{name}' must be a number from {low:g} to {high:g}, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be a number from {low:g} to {high:g}, got {quoted(value)}")
     return number
 
 
@@ -505,14 +506,14 @@ def parse_model_name(name: str, value: Any, source: str) -> str:
     """A model of the repository, by its plain name ("" for none): never a path."""
     text = str(value or "").strip()
     if text and (not MODEL_NAME.match(text) or text in (".", "..")):
-        raise InvalidParameter(f"{source} '{name}' must be the plain name of a model in the repository, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be the plain name of a model in the repository, got {quoted(value)}")
     return text
 
 
 def parse_cache_interval(value: Any, default: int, source: str) -> int:
     interval = _parse_int("cache_interval", value, default, source)
     if not 1 <= interval <= MAX_STEPS:
-        raise InvalidParameter(f"{source} 'cache_interval' must be an integer from 1 to {MAX_STEPS}, got {value!r}")
+        raise InvalidParameter(f"{source} 'cache_interval' must be an integer from 1 to {MAX_STEPS}, got {quoted(value)}")
     return interval
 
 
@@ -524,7 +525,7 @@ def parse_engine_sizes(value: Any, source: str = "config parameter") -> tuple[tu
             continue
         sides = part.strip().lower().split("x")
         if len(sides) != 2:
-            raise InvalidParameter(f"{source} 'engine_sizes' must be sizes like 768x768 separated by commas, got {value!r}")
+            raise InvalidParameter(f"{source} 'engine_sizes' must be sizes like 768x768 separated by commas, got {quoted(value)}")
         height = parse_image_side("engine_sizes", sides[0].strip(), None, source)  # type: ignore[arg-type]
         width = parse_image_side("engine_sizes", sides[1].strip(), None, source)  # type: ignore[arg-type]
         if (height, width) not in sizes:
@@ -535,13 +536,13 @@ def parse_engine_sizes(value: Any, source: str = "config parameter") -> tuple[tu
 def parse_seed(value: Any, source: str) -> int:
     seed = _parse_int("seed", value, None, source)
     if not 0 <= seed <= MAX_SEED:
-        raise InvalidParameter(f"{source} 'seed' must be an integer from 0 to {MAX_SEED}, got {value!r}")
+        raise InvalidParameter(f"{source} 'seed' must be an integer from 0 to {MAX_SEED}, got {quoted(value)}")
     return seed
 
 
 def _parse_scheduler(value: Any) -> str:
     if not isinstance(value, str):
-        raise InvalidParameter(f"parameter 'scheduler' must be a scheduler name, got {value!r}")
+        raise InvalidParameter(f"parameter 'scheduler' must be a scheduler name, got {quoted(value)}")
     return value.strip()
 
 
@@ -549,7 +550,7 @@ def _parse_int(name: str, value: Any, default: int | None, source: str) -> int:
     if (value == "" or value is None) and default is not None:
         return default
     if isinstance(value, bool):
-        raise InvalidParameter(f"{source} '{name}' must be an integer, got {value!r}")
+        raise InvalidParameter(f"{source} '{name}' must be an integer, got {quoted(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -559,4 +560,4 @@ def _parse_int(name: str, value: Any, default: int | None, source: str) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise InvalidParameter(f"{source} '{name}' must be an integer, got {value!r}")
+    raise InvalidParameter(f"{source} '{name}' must be an integer, got {quoted(value)}")

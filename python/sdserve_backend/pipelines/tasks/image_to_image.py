@@ -23,6 +23,7 @@ from sdserve_backend.pipelines.denoise import DenoisingState, start_denoising
 from sdserve_backend.pipelines.prompts import PromptEncoder
 from sdserve_backend.pipelines.requests import GenerationRequest, GenerationSettings
 from sdserve_backend.pipelines.tasks.text_to_image import TextToImage
+from sdserve_backend.quoting import quoted
 
 # diffusers' default strength for image-to-image; for the SDXL refiner, its SDXL pipeline's.
 DEFAULT_STRENGTH = 0.8
@@ -59,7 +60,7 @@ class ImageToImage(TextToImage):
             raise ValueError("this is an inpainting model (its UNet takes a mask): give a 'mask' with the 'image'")
         strength = self.strength(request)
         if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+            raise ValueError(f"strength must be a number in (0, 1], got {quoted(strength)}")
         if int(settings.steps * strength) < 1:
             raise ValueError(
                 f"strength {strength} of {settings.steps} steps leaves no step to run; "

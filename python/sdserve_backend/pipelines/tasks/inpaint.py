@@ -30,6 +30,7 @@ from sdserve_backend.pipelines.denoise import DenoisingState, start_denoising
 from sdserve_backend.pipelines.prompts import PromptEncoder
 from sdserve_backend.pipelines.requests import GenerationRequest, GenerationSettings
 from sdserve_backend.pipelines.tasks.image_to_image import ImageToImage
+from sdserve_backend.quoting import quoted
 
 # The most blur a mask may take, in pixels.
 MAX_MASK_BLUR = 64
@@ -65,7 +66,7 @@ class Inpaint(ImageToImage):
                     "a mask must be the size of its image"
                 )
         if not isinstance(request.mask_blur, int) or not 0 <= request.mask_blur <= MAX_MASK_BLUR:
-            raise ValueError(f"mask_blur must be an integer from 0 to {MAX_MASK_BLUR}, got {request.mask_blur!r}")
+            raise ValueError(f"mask_blur must be an integer from 0 to {MAX_MASK_BLUR}, got {quoted(request.mask_blur)}")
 
     @torch.inference_mode()
     def prepare(self, request: GenerationRequest, settings: GenerationSettings) -> DenoisingState:

@@ -27,6 +27,7 @@ from sdserve_backend.pipelines.requests import GenerationRequest, GenerationSett
 from sdserve_backend.pipelines.tasks.image_to_image import ImageToImage, denoising_cutoff
 from sdserve_backend.pipelines.tasks.text_to_image import TextToImage
 from sdserve_backend.pipelines.vae import decode_latents
+from sdserve_backend.quoting import quoted
 
 # diffusers' example split for SDXL base + refiner: the base runs the first 80 % of the schedule.
 DEFAULT_HIGH_NOISE_FRACTION = 0.8
@@ -46,7 +47,7 @@ class RefinedTextToImage(TextToImage):
         super().check(request, settings)
         fraction = request.high_noise_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-            raise ValueError(f"high_noise_fraction must be a number in (0, 1) for the refiner to run, got {fraction!r}")
+            raise ValueError(f"high_noise_fraction must be a number in (0, 1) for the refiner to run, got {quoted(fraction)}")
         base_steps, refiner_steps = self.phase_steps(settings, fraction)
         if base_steps == 0 or refiner_steps == 0:
             raise ValueError(

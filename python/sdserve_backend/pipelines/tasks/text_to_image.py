@@ -23,6 +23,7 @@ from sdserve_backend.pipelines.denoise import DenoisingState, start_denoising
 from sdserve_backend.pipelines.prompts import PromptEncoder
 from sdserve_backend.pipelines.requests import MAX_SEED, GenerationRequest, GenerationSettings
 from sdserve_backend.pipelines.vae import decode_latents
+from sdserve_backend.quoting import quoted
 
 # SDXL micro-conditioning: no crop (Podell et al. 2023, "SDXL", section 2.2).
 CROP_TOP_LEFT = (0, 0)
@@ -46,35 +47,35 @@ class TextToImage:
         factor = self.components.vae_scale_factor
         for name, value in (("height", settings.height), ("width", settings.width)):
             if not isinstance(value, int) or value <= 0 or value % factor != 0:
-                raise ValueError(f"{name} must be a positive multiple of {factor}, got {value!r}")
+                raise ValueError(f"{name} must be a positive multiple of {factor}, got {quoted(value)}")
         max_steps = schedulers.max_scheduler_steps(
             settings.scheduler, self.components.scheduler_class, self.components.scheduler_config
         )
         if not isinstance(settings.steps, int) or not 1 <= settings.steps <= max_steps:
-            with_scheduler = f" with scheduler {settings.scheduler!r}" if max_steps != schedulers.max_inference_steps(
+            with_scheduler = f" with scheduler {quoted(settings.scheduler)}" if max_steps != schedulers.max_inference_steps(
                 self.components.scheduler_config) else ""
-            raise ValueError(f"steps must be an integer from 1 to {max_steps}{with_scheduler}, got {settings.steps!r}")
+            raise ValueError(f"steps must be an integer from 1 to {max_steps}{with_scheduler}, got {quoted(settings.steps)}")
         if not math.isfinite(settings.guidance_scale) or settings.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {settings.guidance_scale!r}")
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {quoted(settings.guidance_scale)}")
         start, end = settings.guidance_start, settings.guidance_end
         if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start <= end <= 1.0):
             raise ValueError(
                 f"guidance_start and guidance_end must be fractions with 0 <= guidance_start <= guidance_end <= 1, "
-                f"got {start!r} and {end!r}"
+                f"got {quoted(start)} and {quoted(end)}"
             )
         if not isinstance(settings.cache_interval, int) or not 1 <= settings.cache_interval <= max_steps:
-            raise ValueError(f"cache_interval must be an integer from 1 to {max_steps}, got {settings.cache_interval!r}")
+            raise ValueError(f"cache_interval must be an integer from 1 to {max_steps}, got {quoted(settings.cache_interval)}")
         if len(request.prompts) == 0:
             raise ValueError("prompt must hold at least one prompt, got none")
         if not all(isinstance(prompt, str) for prompt in request.prompts):
-            raise ValueError(f"prompt must be text, got {request.prompts!r}")
+            raise ValueError(f"prompt must be text, got {quoted(request.prompts)}")
         if request.negative_prompts is not None and len(request.negative_prompts) != len(request.prompts):
             raise ValueError(
                 f"negative_prompt must hold one entry per prompt ({len(request.prompts)}), "
                 f"got {len(request.negative_prompts)}"
             )
         if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {request.seed!r}")
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {quoted(request.seed)}")
         if self.name == "text_to_image" and self.components.is_inpainting:
             raise ValueError("this is an inpainting model (its UNet takes a mask): give an input 'image' and a 'mask'")
         if self.name == "text_to_image" and self.components.requires_aesthetics_score:
@@ -82,7 +83,7 @@ class TextToImage:
         for name in ("aesthetic_score", "negative_aesthetic_score"):
             score = getattr(request, name)
             if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= MAX_AESTHETIC_SCORE:
-                raise ValueError(f"{name} must be a number from 0 to {MAX_AESTHETIC_SCORE}, got {score!r}")
+                raise ValueError(f"{name} must be a number from 0 to {MAX_AESTHETIC_SCORE}, got {quoted(score)}")
 
     def batch_key(self, request: GenerationRequest, settings: GenerationSettings) -> Hashable:
         # Rows of one UNet call share the latent size and the length of the text conditioning
