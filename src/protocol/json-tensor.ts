@@ -52,18 +52,13 @@ export function isBinaryOnly(datatype: KServeDatatype): boolean {
   return BINARY_ONLY.has(datatype);
 }
 
-function show(value: unknown): string {
-  const text = JSON.stringify(value) ?? String(value);
-  return text.length > 40 ? `${text.slice(0, 37)}...` : text;
-}
-
 /**
  * Flattens `data` row-major. Flat data only needs the right element count; nested data must
  * also be rectangular and nest exactly as `shape` says.
  */
 function flatten(name: string, shape: readonly number[], data: unknown): unknown[] {
   if (!Array.isArray(data)) {
-    throw invalidArg(`input ${quoted(name, "'")}: "data" must be an array, got ${show(data)}`);
+    throw invalidArg(`input ${quoted(name, "'")}: "data" must be an array, got ${quoted(data)}`);
   }
   const nested = data.some((item) => Array.isArray(item));
   const flat = nested ? flattenNested(name, shape, data) : data;
@@ -101,7 +96,7 @@ function bytesElement(name: string, index: number, value: unknown): Buffer {
     return Buffer.from(b64, 'base64');
   }
   throw invalidArg(
-    `input ${quoted(name, "'")} element ${index}: expected a string or {"b64": "<base64>"} for BYTES, got ${show(value)}`,
+    `input ${quoted(name, "'")} element ${index}: expected a string or {"b64": "<base64>"} for BYTES, got ${quoted(value)}`,
   );
 }
 
@@ -122,7 +117,7 @@ export function decodeJsonTensorData(
   if (datatype === 'BOOL') {
     return Buffer.from(flat.map((v, i) => {
       if (typeof v !== 'boolean') {
-        throw invalidArg(`input ${quoted(name, "'")} element ${i}: expected true or false for BOOL, got ${show(v)}`);
+        throw invalidArg(`input ${quoted(name, "'")} element ${i}: expected true or false for BOOL, got ${quoted(v)}`);
       }
       return v ? 1 : 0;
     }));
@@ -136,7 +131,7 @@ export function decodeJsonTensorData(
       : Number.isFinite(v));
     if (!ok) {
       const want = codec.integer ? `an integer in [${codec.min}, ${codec.max}]` : 'a finite number';
-      throw invalidArg(`input ${quoted(name, "'")} element ${i}: expected ${want} for ${datatype}, got ${show(v)}`);
+      throw invalidArg(`input ${quoted(name, "'")} element ${i}: expected ${want} for ${datatype}, got ${quoted(v)}`);
     }
     codec.write(out, i * size, v);
   });

@@ -193,7 +193,7 @@ export class MessageReader {
     const max = BigInt(range.max ?? Number.MAX_SAFE_INTEGER);
     if (integer < min || integer > max) {
       const bounds = range.max === undefined ? `>= ${min}` : `between ${min} and ${max}`;
-      throw configError(this.context, path, `expected an integer ${bounds}, found ${integer}`, value.position);
+      throw configError(this.context, path, `expected an integer ${bounds}, found ${quoted(String(integer), '')}`, value.position);
     }
     return Number(integer);
   }
