@@ -88,7 +88,7 @@ export function checkRequestLimits(request: InferRequest, config: ModelConfig, c
       if (declared !== undefined && declared.data_type !== 'TYPE_STRING') continue;
       const longest = longestElement(tensor.data, limits.maxPromptChars);
       if (longest !== undefined) {
-        throw refuse(`input '${tensor.name}' has an element of ${longest} characters, over the limit of `
+        throw refuse(`input ${quoted(tensor.name, "'")} has an element of ${longest} characters, over the limit of `
           + `${limits.maxPromptChars} (config parameter max_prompt_chars)`);
       }
     }

@@ -106,6 +106,20 @@ describe('a request costs no more than its model allows', () => {
     assert.equal(generated.status, 200, generated.text.slice(0, 300));
   });
 
+  test('a config override with a 100,000-character parameter name is a 400 whose short message names it; the model serves on', async () => {
+    const config = await (await fetch(`${server.url}/v2/models/tiny_sd/config`)).json() as any;
+    config.parameters[`x${'y'.repeat(100_000)}`] = { string_value: '1' };
+    const response = await fetch(`${server.url}/v2/repository/models/tiny_sd/load`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ parameters: { config: JSON.stringify(config) } }),
+    });
+    const text = await response.text();
+    assert.equal(response.status, 400, text.slice(0, 300));
+    assert.ok(text.length < 2048, `a body of ${text.length} bytes`);
+    assert.match(JSON.parse(text).error, /config parameter 'xy+'… \(100001 characters\) is not known/);
+    assert.equal((await fetch(`${server.url}/v2/models/tiny_sd/ready`)).status, 200);
+  });
+
   test('a limit that is not a non-negative integer is a config error', async () => {
     const config = await (await fetch(`${server.url}/v2/models/tiny_sd/config`)).json() as any;
     config.parameters.max_prompt_chars = { string_value: 'lots' };

@@ -122,8 +122,8 @@ async function requireJsonBody(request: FastifyRequest): Promise<void> {
   if (type === undefined || type === 'application/json' || type.endsWith('+json')) return;
   const path = request.url.split('?')[0];
   if (type === 'multipart/form-data' && path === '/v1/images/edits') return;
-  throw invalidArg(`${request.method} ${path}: the body must be JSON (Content-Type: application/json)`
-    + `${path === '/v1/images/edits' ? ' or multipart/form-data' : ''}, got ${type}; sdserve's OpenAI-style API supports `
+  throw invalidArg(`${request.method} ${quoted(path, '')}: the body must be JSON (Content-Type: application/json)`
+    + `${path === '/v1/images/edits' ? ' or multipart/form-data' : ''}, got ${quoted(type, '')}; sdserve's OpenAI-style API supports `
     + 'POST /v1/images/generations (JSON) and /v1/images/edits (multipart): images.create_variation() is not supported');
 }
 

@@ -13,7 +13,7 @@
  *    page without data and stays open (its API calls are checked like any other).
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { SdserveError } from '../../errors.js';
+import { quoted, SdserveError } from '../../errors.js';
 import { checkAccess, type AccessPolicy, type ApiGroup } from '../access-policy.js';
 
 /** Route patterns → Triton API group; the first match wins, anything else is `inference`. */
@@ -71,7 +71,7 @@ function checkOrigin(request: FastifyRequest, corsOrigins: readonly string[]): v
   if (origin === undefined || SAFE_METHODS.has(request.method)) return;
   if (origin === `${request.protocol}://${request.host}` || corsOrigins.includes(origin)) return;
   throw new SdserveError('SDS_ERR_FORBIDDEN_ORIGIN',
-    `cross-origin ${request.method} from '${origin}' refused; allow the origin with --http-cors-origin`);
+    `cross-origin ${request.method} from ${quoted(origin, "'")} refused; allow the origin with --http-cors-origin`);
 }
 
 function checkMediaType(request: FastifyRequest): void {
@@ -81,7 +81,7 @@ function checkMediaType(request: FastifyRequest): void {
   const extra = extraMediaTypes(request);
   if (JSON_TYPE.test(mediaType) || extra.includes(mediaType)) return;
   throw new SdserveError('SDS_ERR_UNSUPPORTED_MEDIA_TYPE',
-    `Content-Type '${mediaType}' is not accepted here: send ${['application/json', ...extra].join(' or ')}`);
+    `Content-Type ${quoted(mediaType, "'")} is not accepted here: send ${['application/json', ...extra].join(' or ')}`);
 }
 
 /** The onRequest hook enforcing origin, media type and access for every request. */
