@@ -4,6 +4,7 @@
     python3 bench/gpu/round2.py --case sdxl --part stock --out DIR [--lock FILE --peers N]
     python3 bench/gpu/round2.py --case sdxl --part engine --out DIR [--lock FILE --peers N]
     python3 bench/gpu/round2.py --case sdxl --part engine --fp8 static --out DIR
+    python3 bench/gpu/round2.py --case sdxl --part engine [--fp8 static] --lean [--jit] --out DIR
     python3 bench/gpu/round2.py --case sdxl --part lever --layout nchw [--fp8 static] --out DIR
 
 One process per (case, part), on random-weight full-size models (`run.py`'s `build_models`):
@@ -129,6 +130,12 @@ def main() -> int:
     parser.add_argument("--wait-s", type=float, default=420)
     parser.add_argument("--engine-dir", type=Path, default=Path("/tmp/round2-engine"))
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/round2"), help="images shared by the parts")
+    parser.add_argument("--lean", action="store_true",
+                        help="engine: no feature-caching graphs and the VAE decoder uncompiled, outside graphs (a shorter "
+                             "build); measures the UNet calls, exact mode and the profile, no fast mode")
+    parser.add_argument("--jit", action="store_true",
+                        help="engine: plain torch.compile instead of compiling ahead of time (FP8 runs only so: "
+                             "the engine keeps it off, its UNet compiled ahead of time stalled)")
     parser.add_argument("--stock-wait-s", type=float, default=120,
                         help="engine: how long to wait for a stock part's image to compare with (0: no stock part runs)")
     args = parser.parse_args()
@@ -239,13 +246,16 @@ def main() -> int:
     prepared, report = prepare_with_report(
         components, Placement(torch.device("cuda"), torch.float16), engine_dir=args.engine_dir / args.case,
         max_rows=8, height=case["height"], width=case["width"], force_rebuild=True,
-        options=EngineOptions(compile=True, feature_cache=True, fp8=args.fp8), log=lambda m: log(f"[{args.case}] {m}"))
+        options=EngineOptions(compile=True, feature_cache=not args.lean, vae_graphs=not args.lean, fp8=args.fp8,
+                              precompiled=not args.jit),
+        log=lambda m: log(f"[{args.case}] {m}"))
+    record["lean"], record["jit"] = args.lean, args.jit
     record["engine_build_s"] = time.perf_counter() - started
     record["engine_report"] = dataclasses.asdict(report)
     save()
     pipeline = TextToImagePipeline(prepared, prompt_cache_size=0)
     # Warm every path once (the feature-caching graphs, one row) before the timings.
-    run_engine_pipeline(pipeline, case, 1, 4, (0.0, 0.5, 2))
+    run_engine_pipeline(pipeline, case, 1, 4, (0.0, 1.0, 1) if args.lean else (0.0, 0.5, 2))
     coordination.built()
     with coordination.measuring():
         unet = prepared.unet
@@ -253,6 +263,8 @@ def main() -> int:
             inputs = base.unet_inputs(parts, case, rows)
             added = inputs.get("added_cond_kwargs")
             record["unet_ms"][f"engine_rows{rows}"] = base.unet_call_ms(lambda: unet(**inputs, return_dict=False))
+            if args.lean:
+                continue
             _, features = unet.forward_keeping_features(inputs["sample"], inputs["timestep"],
                                                         inputs["encoder_hidden_states"], added)
             record["unet_ms"][f"engine_keep_rows{rows}"] = base.unet_call_ms(
@@ -272,6 +284,8 @@ def main() -> int:
         np.save(args.scratch / f"engine_{args.case}{fp8_suffix}.npy", exact[1])
         # With FP8: only every fast mode together (the fast-mode target), the rest is float16's.
         fast_modes = FAST_MODES if not fp8_suffix else {"guidance_0_0.5+cache_3": FAST_MODES["guidance_0_0.5+cache_3"]}
+        if args.lean:
+            fast_modes = {}
         float16_image = args.scratch / f"engine_{args.case}.npy"
         if fp8_suffix and float16_image.is_file():
             record["exact_psnr_vs_float16_engine_db"] = base.psnr(exact[1], np.load(float16_image))
