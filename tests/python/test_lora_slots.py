@@ -207,6 +207,9 @@ def test_the_tables_grow_for_a_higher_rank_and_the_graphs_are_captured_again(tin
     torch.testing.assert_close(run(runner, library, wide, inputs), run(runner, library, wide, inputs, graphs=False), **TOLERANCE)
     assert (first_rank, slots.rank) == (8, 16)
     assert slots.version > first_version
+    # The bias-column buffers of the old capacity are gone with its graphs
+    kept_ranks = {key[3] for key in slots._ones_hidden}
+    assert kept_ranks and all(rank % slots.rank == 0 and rank >= slots.rank for rank in kept_ranks), kept_ranks
     ((key, _),) = runner.lora_calls.values()
     assert key != first_key, "the graphs on the old tables were replaced"
     torch.testing.assert_close(run(runner, library, single, inputs), run(runner, library, single, inputs, graphs=False),

@@ -289,6 +289,8 @@ class LoraSlots:
             self._set_biases(slot)
         self.rank = rank
         self.version += 1
+        # Sized for the old capacity; the graphs captured on them are stale with the old table.
+        self._ones_hidden.clear()
         self._resident.clear()
         self._held.clear()
         self._rows_key, self._rows = None, None
