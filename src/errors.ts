@@ -80,23 +80,30 @@ export const invalidArg = (message: string) => new SdserveError('SDS_ERR_INVALID
 /** How much of a caller's value a message quotes: enough to recognise it, never a 100 kB field whole. */
 export const QUOTED_VALUE_MAX = 120;
 
-/** C1 controls and the Unicode line separators, which JSON leaves as they are but logs may break lines at. */
+/** What JSON leaves as it is but a log may break a line at: C1 controls and the Unicode line separators. */
 const UNESCAPED_BY_JSON = /[\u007f-\u009f\u2028\u2029]/g;
+/** Every control and line separator: a non-string's text (JSON's, or String()'s where JSON has none). */
+const LINE_BREAKING = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
+/** A string without any of these is its own escaped form in every quote mark. */
+const NEEDS_ESCAPING = /["'\\\u0000-\u001f\u007f-\u009f\u2028\u2029\ud800-\udfff]/;
+
+const unicodeEscape = (c: string) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
 
 /**
  * A caller's value as a message quotes it: a string escaped as JSON does within `quote`s (a newline
  * or control character in it cannot start a forged log line; '' where a format, Triton's, writes
- * it bare), anything else as its JSON text. Over QUOTED_VALUE_MAX characters, the start and then
- * "… (N characters)".
+ * it bare), anything else as its JSON text, its line breaks escaped too. Over QUOTED_VALUE_MAX
+ * characters, the start and then "… (N characters)".
  */
 export function quoted(value: unknown, quote: '"' | "'" | '' = '"'): string {
+  // A plain short name, the common case on every request's decoding path, needs no work.
+  if (typeof value === 'string' && value.length <= QUOTED_VALUE_MAX && !NEEDS_ESCAPING.test(value)) return `${quote}${value}${quote}`;
   const text = typeof value === 'string' ? value : jsonText(value);
   let head = text.length > QUOTED_VALUE_MAX ? text.slice(0, QUOTED_VALUE_MAX) : text;
   if (head.length < text.length && /[\ud800-\udbff]$/.test(head)) head = head.slice(0, -1);  // whole characters only
   const more = head.length < text.length ? `… (${text.length} characters)` : '';
-  if (typeof value !== 'string') return `${head}${more}`;
-  let escaped = JSON.stringify(head).slice(1, -1)
-    .replace(UNESCAPED_BY_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  if (typeof value !== 'string') return `${head.replace(LINE_BREAKING, unicodeEscape)}${more}`;
+  let escaped = JSON.stringify(head).slice(1, -1).replace(UNESCAPED_BY_JSON, unicodeEscape);
   if (quote !== '"') escaped = escaped.replace(/\\"/g, '"');
   if (quote === "'") escaped = escaped.replace(/'/g, "\\'");
   return `${quote}${escaped}${quote}${more}`;

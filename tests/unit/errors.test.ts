@@ -50,3 +50,13 @@ test('other values are shown as their JSON text, bounded the same way', () => {
   assert.ok(big.length < QUOTED_VALUE_MAX + 40);
   assert.match(big, /^\{"key":"v+… \(5010 characters\)$/);
 });
+
+test('a value that is not a string cannot carry a line break through either: JSON leaves U+2028 and C1 controls as they are', () => {
+  const shown = quoted({ name: 'x\u2028{"level":50}\u0085y', list: ['\u2029'] });
+  assert.doesNotMatch(shown, /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/);
+  assert.equal(shown, '{"name":"x\\u2028{\\"level\\":50}\\u0085y","list":["\\u2029"]}');
+  assert.equal(JSON.stringify(JSON.parse(shown)), JSON.stringify({ name: 'x\u2028{"level":50}\u0085y', list: ['\u2029'] }));
+  const long = quoted(['\u2028'.repeat(5000)]);
+  assert.doesNotMatch(long, /[\u2028]/);
+  assert.match(long, /… \(5004 characters\)$/);
+});
