@@ -3,6 +3,7 @@ import { quoted, SdserveError } from '../errors.js';
 import { makesImages } from './image-model.js';
 import type { ModelConfig } from '../repository/model-config-types.js';
 import type { InferRequest, ParameterValue } from './types.js';
+import { requestIdTag } from './validate-request.js';
 
 /**
  * What one request may cost, from the model's config.pbtxt `parameters` (0: no limit). Checked
@@ -78,7 +79,7 @@ export function requestLimits(config: ModelConfig, capabilities?: CapabilitiesMe
 export function checkRequestLimits(request: InferRequest, config: ModelConfig, capabilities?: CapabilitiesMeta): void {
   const limits = requestLimits(config, capabilities);
   const refuse = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG',
-    `[request id: ${request.id || '<id_unknown>'}] ${message} for model '${config.name}'`);
+    `${requestIdTag(request)} ${message} for model '${config.name}'`);
   // 1. text inputs
   if (limits.maxPromptChars > 0) {
     for (const tensor of request.inputs) {

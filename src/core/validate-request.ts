@@ -3,6 +3,11 @@ import type { ModelConfig, ModelInput } from '../repository/model-config-types.j
 import { toKServeDatatype } from './datatypes.js';
 import type { InferRequest, Tensor } from './types.js';
 
+/** Triton's `[request id: ...]` that starts a refusal: the caller's id escaped and bounded. */
+export function requestIdTag(request: InferRequest): string {
+  return `[request id: ${request.id ? quoted(request.id, '') : '<id_unknown>'}]`;
+}
+
 /**
  * Checks a request against its model's config, with Triton's wording, and returns its batch size
  * (1 for models that do not batch). `otherForms`: per input name, the other datatype and dims
@@ -12,8 +17,7 @@ import type { InferRequest, Tensor } from './types.js';
 export function validateRequest(
   request: InferRequest, config: ModelConfig, otherForms: ReadonlyMap<string, ModelInput[]> = new Map(),
 ): number {
-  const prefix = `[request id: ${request.id ? quoted(request.id, '') : '<id_unknown>'}]`;
-  const invalid = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG', `${prefix} ${message}`);
+  const invalid = (message: string) => new SdserveError('SDS_ERR_INVALID_ARG', `${requestIdTag(request)} ${message}`);
   const byName = new Map(config.input.map((input) => [input.name, input]));
 
   // 1. every input is known and given once

@@ -4,13 +4,14 @@ import { bytesTensor } from './support/binary-infer.js';
 import { makeRepository, startServerProcess, type ServerProcess } from './support/server-process.js';
 
 /** A binary infer request to tiny_sd with the given text inputs and parameters. */
-async function infer(url: string, texts: Record<string, string[]>, parameters: Record<string, unknown>) {
+async function infer(url: string, texts: Record<string, string[]>, parameters: Record<string, unknown>, id?: string) {
   const payloads = Object.entries(texts).map(([name, values]) => ({ name, values, data: bytesTensor(values) }));
   const header = Buffer.from(JSON.stringify({
     inputs: payloads.map(({ name, values, data }) => ({
       name, datatype: 'BYTES', shape: [values.length, 1], parameters: { binary_data_size: data.length },
     })),
     parameters,
+    ...(id !== undefined && { id }),
   }));
   const response = await fetch(`${url}/v2/models/tiny_sd/infer`, {
     method: 'POST',
@@ -55,6 +56,16 @@ describe('a request costs no more than its model allows', () => {
     const long = await infer(server.url, { prompt: ['a cat', 'a dog'] }, { height: 1024, width: 1024, steps: 1000 });
     assert.equal(long.status, 400);
     assert.match(long.error as string, /a request of 2 image\(s\) x 1048576 pixels x 1000 steps costs 2097152000, over the limit of 419430400 \(config parameter max_request_cost\)/);
+  });
+
+  test('a refusal over a limit quotes the request id as the other checks do: escaped and bounded', async () => {
+    const id = `x\n{"level":50}${'x'.repeat(100_000)}`;
+    const big = await infer(server.url, { prompt: ['a cat'] }, { height: 4096, width: 4096, steps: 1 }, id);
+    assert.equal(big.status, 400);
+    const message = big.error as string;
+    assert.ok(message.length < 1024, `a message of ${message.length} characters`);
+    assert.doesNotMatch(message, /[\n\r]/);
+    assert.match(message, /^\[request id: x\\n\{"level":50\}x+… \(100014 characters\)\] an image of 4096x4096 has 16777216 pixels/);
   });
 
   test('a prompt of 4,000 characters is served', async () => {
