@@ -64,6 +64,8 @@ def linears_called(unet: Any, call: Callable[[Any], Any]) -> set[str]:
 def quantize(unet: Any, variant: str, calibrate: Callable[[Any], Any]) -> int:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
+    from sdserve_backend.engine.fp8 import KEEP_INDUCTOR_CONFIG  # every variant compiles with Inductor's defaults
+
     called = linears_called(unet, calibrate)
 
     def in_transformer_block(module: torch.nn.Module, path: str) -> bool:
@@ -73,16 +75,20 @@ def quantize(unet: Any, variant: str, calibrate: Callable[[Any], Any]) -> int:
                 and module.in_features % 16 == 0 and module.out_features % 16 == 0)
 
     if variant == "fp8 dynamic/tensor":
-        quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor()), filter_fn=in_transformer_block)
+        quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor(), **KEEP_INDUCTOR_CONFIG),
+                  filter_fn=in_transformer_block)
     elif variant == "fp8 dynamic/row":
-        quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=in_transformer_block)
+        quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), **KEEP_INDUCTOR_CONFIG),
+                  filter_fn=in_transformer_block)
     elif variant == "fp8 static":
         from torchao.prototype.quantization.quant_api import Float8StaticActivationFloat8WeightConfig
 
-        quantize_(unet, Float8StaticActivationFloat8WeightConfig(step="prepare"), filter_fn=in_transformer_block)
+        quantize_(unet, Float8StaticActivationFloat8WeightConfig(step="prepare", **KEEP_INDUCTOR_CONFIG),
+                  filter_fn=in_transformer_block)
         for _ in range(2):
             calibrate(unet)
-        quantize_(unet, Float8StaticActivationFloat8WeightConfig(step="convert"), filter_fn=in_transformer_block)
+        quantize_(unet, Float8StaticActivationFloat8WeightConfig(step="convert", **KEEP_INDUCTOR_CONFIG),
+                  filter_fn=in_transformer_block)
     else:
         raise ValueError(variant)
     return len(called)

@@ -111,7 +111,10 @@ def test_a_warm_start_converts_with_the_saved_scales_to_the_same_layers_and_outp
     tiny_model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     """The engine folder keeps the calibrated scales; converting a fresh copy of the UNet with them
-    gives the calibrated UNet's FP8 layers and exactly its outputs, without a calibration call."""
+    gives the calibrated UNet's FP8 layers and exactly its outputs, without a calibration call.
+    Neither conversion touches Inductor's process-wide settings (torchao's configs would switch on
+    coordinate-descent tuning, which kept an H200's FP8 engine build busy for minutes)."""
+    inductor_before = inductor_tuning_settings()
     components = load_components(tiny_model_dirs["sdxl"], torch.device("cpu"), torch.float32)
     unet = components.unet
     unet.fuse_qkv_projections()
@@ -136,6 +139,15 @@ def test_a_warm_start_converts_with_the_saved_scales_to_the_same_layers_and_outp
     with torch.no_grad():
         for inputs in calibration[:2]:
             assert torch.equal(unet(**inputs, return_dict=False)[0], fresh(**inputs, return_dict=False)[0])
+    assert inductor_tuning_settings() == inductor_before
+
+
+def inductor_tuning_settings() -> dict[str, object]:
+    from torch._inductor import config
+
+    return {name: getattr(config, name) for name in ("coordinate_descent_tuning", "coordinate_descent_check_all_directions",
+                                                     "force_fuse_int_mm_with_mul", "fx_graph_cache")} | \
+        {"unique_kernel_names": config.triton.unique_kernel_names}
 
 
 def test_saved_scales_that_do_not_fit_convert_nothing_and_damaged_files_read_as_none(

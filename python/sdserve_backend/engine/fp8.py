@@ -52,6 +52,12 @@ CALIBRATION_TIMESTEP_COUNT = 5
 CALIBRATION_SEED = 0
 # The activation scale of each converted layer, by its path in the UNet, in the engine folder.
 SCALES_FILE = "fp8_scales.safetensors"
+# torchao's configs by default switch on Inductor's coordinate-descent tuning for the whole process:
+# every Triton kernel of the compiled UNet is then tuned on its first run, each candidate a
+# ptxas compile. On an H200 that kept the FP8 engine's first calls busy for minutes (SD 1.5 over
+# 6, SDXL over 6; py-spy: CoordescTuner under the graph warm-ups), and it would slow every model
+# compiled later in the process. The engine compiles with Inductor's defaults.
+KEEP_INDUCTOR_CONFIG = {"set_inductor_config": False}
 
 
 def parse_fp8_mode(value: Any, source: str = "config parameter") -> str:
@@ -122,10 +128,10 @@ def quantize_unet_static(unet: torch.nn.Module, calibration_inputs: Sequence[Map
         return 0
     chosen: Callable[[torch.nn.Module, str], bool] = lambda module, path: path in targets  # noqa: E731
     with torch.no_grad():
-        quantize_(unet, Float8StaticActivationFloat8WeightConfig(step="prepare"), filter_fn=chosen)
+        quantize_(unet, Float8StaticActivationFloat8WeightConfig(step="prepare", **KEEP_INDUCTOR_CONFIG), filter_fn=chosen)
         for inputs in calibration_inputs:
             _forward(unet, inputs)
-        quantize_(unet, Float8StaticActivationFloat8WeightConfig(step="convert"), filter_fn=chosen)
+        quantize_(unet, Float8StaticActivationFloat8WeightConfig(step="convert", **KEEP_INDUCTOR_CONFIG), filter_fn=chosen)
     return len(targets)
 
 
@@ -193,7 +199,8 @@ def quantize_unet_with_scales(unet: torch.nn.Module, scales: Mapping[str, torch.
     with torch.no_grad():
         for path, scale in scales.items():
             layer = modules[path]
-            config = Float8StaticActivationFloat8WeightConfig(act_quant_scale=scale.to(layer.weight.device))
+            config = Float8StaticActivationFloat8WeightConfig(act_quant_scale=scale.to(layer.weight.device),
+                                                              **KEEP_INDUCTOR_CONFIG)
             quantize_(layer, config, filter_fn=lambda module, _: module is layer)
     return len(scales)
 
