@@ -309,14 +309,6 @@ def engine_disabled() -> bool:
     return os.environ.get(DISABLE_VARIABLE, "1").strip().lower() in ("0", "off", "false", "no")
 
 
-# Measured on an H200 (2026-11-28, bench/gpu/results/fp8/engine_stall/): the FP8 UNet compiled
-# ahead of time, as the engine compiles it, made no progress in its first calls (the graph captures)
-# for 3 (SD 1.5) and 6 (SDXL) minutes, where float16's take 8 s. Until that is understood and fixed,
-# a config asking for FP8 gets a float16 engine rather than a load that does not finish.
-FP8_STALLS = ("inside the compiled engine the FP8 UNet's first calls did not finish within minutes on an H200 "
-              "(float16's take seconds); it stays off until that is fixed")
-
-
 def fp8_off_reason(options: EngineOptions, device: torch.device) -> str | None:
     """Why the FP8 the options ask for stays off (None: it applies, or none was asked for). FP8
     pays only with its activation casts fused by torch.compile (`bench/gpu/README.md`, "FP8")."""
@@ -327,8 +319,6 @@ def fp8_off_reason(options: EngineOptions, device: torch.device) -> str | None:
     reason = fp8.unavailable_reason(device)
     if reason is None and not (options.compile and options.cuda_graphs):
         reason = "it pays only compiled (engine_compile: \"true\"), where torch.compile fuses the activation casts"
-    if reason is None and options.precompiled:
-        reason = FP8_STALLS
     return reason
 
 
