@@ -25,6 +25,7 @@ from sdserve_backend.engine import build as engine_build
 from sdserve_backend.engine import metadata
 from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
 from sdserve_backend.engine.buckets import chunks
+from sdserve_backend.engine.precompiled import PrecompiledForward
 from sdserve_backend.engine.prepare import EngineOptions, vae_decode_dtype
 from sdserve_backend.engine.runners import UNetRunner, VaeRunner, decode_forward, plain_forward
 from sdserve_backend.engine.static_call import BucketedCall
@@ -223,22 +224,39 @@ def tracing_backend() -> tuple[list[torch.fx.GraphModule], Any]:
     return traces, backend
 
 
+@pytest.mark.parametrize("rows_in_order", [(8, 4, 2, 3, 1), (1, 2, 4)], ids=["largest-first", "one-row-first"])
 @pytest.mark.parametrize("variant", ["sd", "sdxl"])
-def test_compiled_unet_is_traced_once_for_two_rows_or_more_and_once_for_one(
-    components: dict[str, DiffusionComponents], variant: str
+def test_compiled_unet_is_traced_once_for_every_row_count(
+    components: dict[str, DiffusionComponents], variant: str, rows_in_order: tuple[int, ...]
 ) -> None:
-    """The engine compiles the UNet with the row count symbolic, so buckets 2, 4, 8 ... share one
-    compiled graph (a trace per bucket would multiply the minutes a first build takes); one row
-    (guidance off, or outside a guidance interval) is compiled too, as a graph of its own."""
+    """The engine compiles the UNet with the row count symbolic, so every bucket shares one
+    compiled graph (a trace per bucket would multiply the minutes a first build takes), one row
+    (guidance off, or outside a guidance interval) included, whichever row count comes first."""
     parts = components[variant]
     traces, counting_backend = tracing_backend()
     runner = UNetRunner(parts.unet, "default", compiled=torch.compile(plain_forward, backend=counting_backend))
-    for rows in (8, 4, 2, 3, 1):
+    for rows in rows_in_order:
         inputs = unet_inputs(parts, rows, seed=rows)
         with torch.inference_mode():
             output = runner.run_captured(**inputs)
         torch.testing.assert_close(output, eager_unet(parts, inputs), **TOLERANCE)
-    assert len(traces) == 2
+    assert len(traces) == 1
+    torch._dynamo.reset()
+
+
+def test_a_unet_compiled_ahead_of_time_at_one_row_serves_more_rows(components: dict[str, DiffusionComponents]) -> None:
+    """Compiled ahead of time (no guards, dispatched by input signature), the forward a one-row
+    call compiled is the one later row counts run: one compile, each row count as eager computes it."""
+    parts = components["sd"]
+    torch._dynamo.reset()
+    forward = PrecompiledForward("unet", plain_forward, None, {"gpu": "cpu"}, backend="aot_eager")
+    runner = UNetRunner(parts.unet, "default", compiled=forward)
+    for rows in (1, 3, 2):
+        inputs = unet_inputs(parts, rows, seed=rows)
+        with torch.inference_mode():
+            output = runner.run_captured(**inputs)
+        torch.testing.assert_close(output, eager_unet(parts, inputs), **TOLERANCE)
+    assert list(forward.sources.values()) == ["compiled"]
     torch._dynamo.reset()
 
 
@@ -249,7 +267,7 @@ def test_feature_caching_runner_keeps_and_reuses_features_through_its_buckets(
     """With feature caching the bucketed call is the split forward (prediction and deep features),
     the plain call takes its prediction, and the reuse buckets run the outer blocks on kept
     features: each as the eager model computes it, padded rows or not; compiled, the full and the
-    reuse forward are each traced once for two rows and up and once for one."""
+    reuse forward are each traced once for every row count, one row included."""
     parts = components[variant]
     traces, counting_backend = tracing_backend()
     runner = UNetRunner(parts.unet, "default", keeps_features=True,
@@ -277,7 +295,7 @@ def test_feature_caching_runner_keeps_and_reuses_features_through_its_buckets(
         assert kept.shape[0] == rows
         torch.testing.assert_close(noise, expected, **TOLERANCE)
         torch.testing.assert_close(reused, expected, **TOLERANCE)
-    assert len(traces) == 4
+    assert len(traces) == 2
     torch._dynamo.reset()
 
 

@@ -32,8 +32,10 @@ import torch
 from sdserve_backend.engine import metadata
 
 PRECOMPILED_SUBDIR = "precompiled"
-# Bumped when what an artifact holds or how it is keyed changes.
-ARTIFACT_FORMAT = 1
+# Bumped when what an artifact holds or how it is keyed changes. 2: the UNet's row-symbolic
+# forward serves one row too (`runners._rows_symbolic_from_one`); an artifact of format 1 was
+# compiled assuming 2 rows and up, and must not be loaded for one row under the same signature.
+ARTIFACT_FORMAT = 2
 
 
 class PrecompiledForward:
