@@ -129,6 +129,10 @@ def prepare_with_report(
     if fp8_off is not None:
         # One line, and the load goes on in float16: a config meant for FP8 GPUs loads anywhere.
         say(f"engine: engine_fp8 {options.fp8!r} is off: {fp8_off}")
+    uses_fp8 = options.fp8 != "off" and fp8_off is None
+    # The mode the engine is built in, not the one asked for: an engine built in float16 because
+    # FP8 was off must not count as current for a later process where FP8 applies.
+    fp8_mode = options.fp8 if uses_fp8 else "off"
     if placement.device.type != "cuda" or not torch.cuda.is_available():
         return components, EngineReport(status="cpu", reason="no CUDA device: the components stay as they are")
     if engine_disabled():
@@ -155,7 +159,7 @@ def prepare_with_report(
 
     # 2. Reuse or measure the choices
     expected = _expected_metadata(components, placement, height, width, buckets, vae_buckets, weights, engine_dir,
-                                  options, vae_dtype)
+                                  options, vae_dtype, fp8_mode)
     expected["extra_sizes"] = [list(size) for size in extra_sizes]
     recorded = metadata.read_metadata(engine_dir) if engine_dir is not None else None
     stale = metadata.stale_fields(recorded, expected)
@@ -165,7 +169,6 @@ def prepare_with_report(
     say(f"engine: {report.reason}")
 
     # FP8 before any timing or capture: the choices are measured on the converted UNet
-    uses_fp8 = options.fp8 != "off" and fp8_off is None
     if uses_fp8:
         stage = time.perf_counter()
         _convert_fp8(components, unet, height, width, Path(engine_dir) if engine_dir is not None else None, reuse, options, say)
@@ -178,7 +181,7 @@ def prepare_with_report(
     else:
         choices, report.tuning_ms = _tune(components, unet, vae, latent_size, buckets, options, say)
         choices["vae_dtype"] = str(vae_dtype).removeprefix("torch.")
-        choices["fp8"] = options.fp8 if uses_fp8 else "off"
+        choices["fp8"] = fp8_mode
     report.choices = choices
     seconds["tune"] = time.perf_counter() - stage
 
@@ -356,7 +359,10 @@ def _expected_metadata(
     engine_dir: Path | None,
     options: EngineOptions,
     vae_dtype: torch.dtype,
+    fp8_mode: str,
 ) -> dict[str, Any]:
+    """engine.json's key fields; `fp8_mode` is the FP8 mode the engine is built in ("off" where
+    `fp8_off_reason` keeps the asked one off)."""
     device = placement.device
     properties = torch.cuda.get_device_properties(device)
     unet, vae = _model(components.unet), _model(components.vae)
@@ -379,7 +385,7 @@ def _expected_metadata(
         "vae_buckets": list(vae_buckets),
         "height": height,
         "width": width,
-        "fp8": options.fp8,
+        "fp8": fp8_mode,
     }
 
 
