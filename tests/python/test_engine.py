@@ -400,6 +400,17 @@ def test_a_recorded_engine_is_current_until_a_key_field_changes(tmp_path: Path) 
     assert metadata.stale_fields(recorded, expected_metadata(weights_hash="other")) == ["weights_hash"]
 
 
+def test_an_engine_built_in_float16_is_stale_where_fp8_applies(tmp_path: Path) -> None:
+    """The "fp8" key field is the mode the engine was built in; an engine.json that recorded the mode
+    asked for there while FP8 stayed off (its choices say "off") is stale where FP8 applies."""
+    metadata.write_metadata(tmp_path, {**expected_metadata(fp8="static"), "choices": {"attention": "flash", "fp8": "off"}})
+    recorded = metadata.read_metadata(tmp_path)
+    assert metadata.stale_fields(recorded, expected_metadata(fp8="static")) == ["fp8"]
+    built_fp8 = {**expected_metadata(fp8="static"), "choices": {"attention": "flash", "fp8": "static"}}
+    assert metadata.is_current(built_fp8, expected_metadata(fp8="static"))
+    assert metadata.stale_fields(built_fp8, expected_metadata(fp8="off")) == ["fp8"]
+
+
 def test_a_missing_or_unreadable_engine_is_stale(tmp_path: Path) -> None:
     assert metadata.read_metadata(tmp_path) is None
     assert metadata.stale_fields(None, expected_metadata()) == list(metadata.KEY_FIELDS)

@@ -98,8 +98,15 @@ def stale_fields(recorded: Mapping[str, Any] | None, expected: Mapping[str, Any]
     """The key fields whose recorded value differs from `expected`; all of them when nothing is recorded."""
     if recorded is None:
         return [field for field in KEY_FIELDS if field in expected]
-    return [field for field in KEY_FIELDS
-            if field in expected and _normal(recorded.get(field, KEY_FIELD_DEFAULTS.get(field))) != _normal(expected[field])]
+    stale = [field for field in KEY_FIELDS
+             if field in expected and _normal(recorded.get(field, KEY_FIELD_DEFAULTS.get(field))) != _normal(expected[field])]
+    choices = recorded.get("choices")
+    if "fp8" in expected and "fp8" not in stale and isinstance(choices, Mapping) and \
+            choices.get("fp8", KEY_FIELD_DEFAULTS["fp8"]) != expected["fp8"]:
+        # An engine.json written before "fp8" held the mode built in recorded the mode asked for
+        # there, and the one built in (float16 where FP8 stayed off) only in its choices.
+        stale.append("fp8")
+    return stale
 
 
 def is_current(recorded: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> bool:
