@@ -26,7 +26,7 @@ from sdserve_backend.engine import metadata
 from sdserve_backend.engine.backend import engine_dir_for, prepare_for_model
 from sdserve_backend.engine.buckets import chunks
 from sdserve_backend.engine.precompiled import PrecompiledForward
-from sdserve_backend.engine.prepare import EngineOptions, vae_decode_dtype
+from sdserve_backend.engine.prepare import EngineOptions, vae_bucket_sizes, vae_decode_dtype
 from sdserve_backend.engine.runners import UNetRunner, VaeRunner, decode_forward, plain_forward
 from sdserve_backend.engine.static_call import BucketedCall
 from sdserve_backend.pipelines import GenerationRequest, GenerationSettings, TextToImagePipeline, load_components
@@ -83,6 +83,18 @@ def test_buckets_are_powers_of_two_and_their_half_steps_up_to_max_rows() -> None
     assert bucket_sizes(32) == (1, 2, 4, 6, 8, 12, 16, 24, 32)
     with pytest.raises(ValueError, match="max_rows"):
         bucket_sizes(0)
+
+
+def test_vae_buckets_are_one_image_when_compiled_else_held_to_rows_and_pixels() -> None:
+    """Compiled, the decoder is captured for one image only and decodes a batch image by image (faster
+    per image than its symbolic-count compile, and one compile less); uncompiled, its buckets go up to
+    vae_max_rows, the UNet's rows and vae_max_pixels."""
+    assert vae_bucket_sizes(EngineOptions(compile=True), 16, 512, 512) == (1,)
+    assert vae_bucket_sizes(EngineOptions(compile=True), 16, 1024, 1024) == (1,)
+    assert vae_bucket_sizes(EngineOptions(), 16, 512, 512) == (1, 2, 4)
+    assert vae_bucket_sizes(EngineOptions(), 16, 1024, 1024) == (1, 2)
+    assert vae_bucket_sizes(EngineOptions(), 2, 512, 512) == (1, 2)
+    assert vae_bucket_sizes(EngineOptions(compile=True, cuda_graphs=False), 16, 512, 512) == (1, 2, 4)
 
 
 def test_pick_bucket_takes_the_smallest_that_holds_the_rows() -> None:

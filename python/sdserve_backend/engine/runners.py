@@ -306,9 +306,10 @@ class VaeRunner(_ModelRunner):
     def run_captured(self, latents: torch.Tensor) -> torch.Tensor:
         """What each bucket captures: the compiled `decode` when there is one, else `run_eager`.
 
-        A single image, the usual decode, has a trace of its own; two images and up share one
-        with the row count symbolic, so the buckets cost at most two compiles. (Unlike the UNet's,
-        the decoder's symbolic graph is slower at one image: SDXL on an H200, 43.5 against 33.7 ms.)
+        A single image has a trace of its own; two images and up share one with the row count
+        symbolic. (Unlike the UNet's, the decoder's symbolic graph is slower at one image: SDXL on an
+        H200, 43.5 against 33.7 ms; so a compiled engine captures the one-image bucket only and
+        decodes a batch image by image, `prepare.vae_bucket_sizes`.)
         """
         if self._compiled is None:
             return self.run_eager(latents)
