@@ -60,7 +60,7 @@ class EngineOptions:
     vae_graphs: bool = True
     # Decoding batches above this run in chunks: each VAE bucket's graph holds its activations,
     # so the largest bucket is also held to vae_max_pixels (an SDXL decode in float32 at 1024x1024
-    # takes about 6 GiB per image).
+    # takes about 6 GiB per image). A compiled engine captures one image only (`vae_bucket_sizes`).
     vae_max_rows: int = 4
     vae_max_pixels: int = 2 * 1024 * 1024
     tune_repeats: int = 10

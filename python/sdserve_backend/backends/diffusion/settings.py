@@ -75,8 +75,8 @@ CONFIG_PARAMETERS: dict[str, str] = {
     "force_engine_build": "true: rebuild the GPU engine at load",
     "engine_compile": "true: torch.compile the UNet into the GPU engine",
     "engine_fp8": 'fast mode, default "off": "static" runs the UNet\'s transformer-block Linear layers in FP8 with '
-                  'calibrated activation scales (compiled engines on compute capability 8.9 and up; kept off, logged, while '
-                  'the compiled FP8 UNet stalls: README "GPU engine")',
+                  'calibrated activation scales (compiled engines on compute capability 8.9 and up; elsewhere off, '
+                  'logged: README "GPU engine")',
     "engine_sizes": 'more image sizes the GPU engine captures graphs for, besides image_height x image_width: "768x768,512x768" (height x width)',
     "engine_cache_dir": "where this model's GPU engine is kept (absolute, or relative to the server's --engine-cache-dir)",
     "refiner": "SDXL base: the name of an SDXL refiner model in this repository whose weights (its highest version "
