@@ -244,7 +244,7 @@ def main() -> int:
     components = base.sdserve_components(parts)
     started = time.perf_counter()
     prepared, report = prepare_with_report(
-        components, Placement(torch.device("cuda"), torch.float16), engine_dir=args.engine_dir / args.case,
+        components, Placement(torch.device("cuda"), torch.float16), engine_dir=args.engine_dir / f"{args.case}{fp8_suffix}",
         max_rows=8, height=case["height"], width=case["width"], force_rebuild=True,
         options=EngineOptions(compile=True, feature_cache=not args.lean, vae_graphs=not args.lean, fp8=args.fp8,
                               precompiled=not args.jit),

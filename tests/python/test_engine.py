@@ -95,6 +95,8 @@ def test_vae_buckets_are_one_image_when_compiled_else_held_to_rows_and_pixels() 
     assert vae_bucket_sizes(EngineOptions(), 16, 1024, 1024) == (1, 2)
     assert vae_bucket_sizes(EngineOptions(), 2, 512, 512) == (1, 2)
     assert vae_bucket_sizes(EngineOptions(compile=True, cuda_graphs=False), 16, 512, 512) == (1, 2, 4)
+    # Without the decoder's graphs it is not compiled either: batches decode whole, eagerly
+    assert vae_bucket_sizes(EngineOptions(compile=True, vae_graphs=False), 16, 512, 512) == (1, 2, 4)
 
 
 def test_pick_bucket_takes_the_smallest_that_holds_the_rows() -> None:

@@ -311,7 +311,7 @@ def vae_bucket_sizes(options: EngineOptions, max_rows: int, height: int, width: 
     than a compile with the image count symbolic (H200, 2026-11-28: SD 1.5 at 512² 7.64 ms an image
     against 8.96 in a 4-image call; SDXL at 1024² 33.7 against 43.7 in a 2-image call), and the
     build skips that second compile (20-30 s)."""
-    if options.compile and options.cuda_graphs:
+    if options.compile and options.cuda_graphs and options.vae_graphs:
         return (1,)
     return bucket_sizes(max(1, min(options.vae_max_rows, max_rows, options.vae_max_pixels // (height * width))))
 

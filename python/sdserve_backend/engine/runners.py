@@ -275,7 +275,10 @@ def _rows_symbolic_from_one() -> contextlib.AbstractContextManager[Any]:
     H200, 39.5 s for SD 1.5). Measured there (SDXL 1024², compiled ahead of time, CUDA-graph
     captured): the shared graph runs one row in 18.52 ms against 18.63 ms for a one-row compile,
     its outputs as close to eager's. The VAE decoder keeps its one-image compile: shared, it ran
-    one image in 43.5 ms against 33.7 ms."""
+    one image in 43.5 ms against 33.7 ms. This holds for the engine's ahead-of-time compile, which
+    keeps no guards; under plain torch.compile (a forward that cannot be compiled ahead of time)
+    Inductor may add a guard of its own on the row count, and one row is then compiled apart (seen
+    on a CPU: its convolution lowering), a compile more but the same results."""
     return fx_config.patch(backed_size_oblivious=True)
 
 
