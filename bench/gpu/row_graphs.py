@@ -6,7 +6,8 @@
 On random-weight full-size models (`run.py`'s `build_models`), prepared as the engine prepares them
 (fused QKV, channels_last UNet, a float32 VAE in bfloat16, cuDNN attention): the UNet forward and
 the VAE decoder each compiled ahead of time twice, once with the row count symbolic (marked at 2
-rows, under `backed_size_oblivious` as the engine compiles it) and once for one row. Then, when
+rows, under `backed_size_oblivious` as the engine compiles it, `_rows_symbolic_from_one`) and once
+for one row. Then, when
 `--go-flag` exists (a peer has finished with the GPU; at most 400 s later), each is replayed from a
 CUDA graph: milliseconds per call at 1 and 2 rows (the decoder also 4 images), and each output
 against eager's. Writes `one_row_<case>.json` into --out.
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.fx.experimental import _config as fx_config
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -34,7 +34,7 @@ import run as base  # noqa: E402
 from sdserve_backend.engine.attention import attention_backend  # noqa: E402
 from sdserve_backend.engine.precompiled import _ahead_of_time  # noqa: E402
 from sdserve_backend.engine.prepare import _fuse_qkv  # noqa: E402
-from sdserve_backend.engine.runners import decode_forward, plain_forward  # noqa: E402
+from sdserve_backend.engine.runners import _rows_symbolic_from_one, decode_forward, plain_forward  # noqa: E402
 
 STARTED = time.perf_counter()
 ATTENTION = "cudnn"
@@ -46,7 +46,7 @@ def log(message: str) -> None:
 
 def compile_ahead(function: Callable[..., Any], model: Any, args: tuple[Any, ...]) -> tuple[Any, float]:
     started = time.perf_counter()
-    with attention_backend(ATTENTION), torch.inference_mode(), fx_config.patch(backed_size_oblivious=True):
+    with attention_backend(ATTENTION), torch.inference_mode(), _rows_symbolic_from_one():
         compiled = _ahead_of_time(function, "inductor").aot_compile(((model, *args), {}))
     getattr(compiled, "disable_guard_check", lambda: None)()  # the engine dispatches by shape itself
     return compiled, time.perf_counter() - started

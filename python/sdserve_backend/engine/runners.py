@@ -204,12 +204,10 @@ class UNetRunner(_ModelRunner):
                          inputs, sample, timestep, encoder_hidden_states, features, _added(text_embeds, time_ids))
 
     def _run(self, function: Any, compiled: bool, row_inputs: list[torch.Tensor], *args: Any) -> Any:
-        if not compiled:
-            with attention_backend(self._attention):
-                return function(self._model, *args)
-        for tensor in row_inputs:
-            torch._dynamo.mark_dynamic(tensor, 0)
-        with attention_backend(self._attention), _rows_symbolic_from_one():
+        if compiled:
+            for tensor in row_inputs:
+                torch._dynamo.mark_dynamic(tensor, 0)
+        with attention_backend(self._attention), _rows_symbolic_from_one() if compiled else contextlib.nullcontext():
             return function(self._model, *args)
 
     def forward_keeping_features(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
